@@ -1,0 +1,55 @@
+"""One distribution for the whole-slide nucleus analysis (engine, CLI, Girder plugin)."""
+from setuptools import find_packages, setup
+
+BASE = [
+    "numpy>=1.24",
+    "scipy>=1.10",
+    "scikit-image>=0.21",
+    "pandas>=2.0",
+    "pyarrow>=14",
+    "shapely>=2.0",
+    "dask[distributed]>=2024.1",
+    "large-image[tifffile,openslide,pil]==1.35.6",
+    "onnxruntime>=1.17",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    "cli": ["ctk-cli>=1.5"],
+    "triton": ["tritonclient[http,grpc]>=2.40"],
+    "gpu": ["cupy-cuda12x>=13"],
+    "plugin": [
+        "girder==3.2.18",
+        "girder-jobs==3.2.18",
+        "girder-worker==0.10.7",
+        "girder-slicer-cli-web==1.5.14",
+        "girder-large-image==1.35.6",
+        "girder-large-image-annotation==1.35.6",
+        "histomicsui==1.8.1",
+    ],
+    "train": ["torch==2.13.0", "onnx>=1.15"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.5", "jsonschema>=4"],
+}
+
+setup(
+    name="dsa-nucleus-analysis",
+    version="0.1.0",
+    description="Whole-slide nucleus segmentation, classification and features for the DSA",
+    python_requires=">=3.10",
+    packages=find_packages(include=["slicer_cli", "slicer_cli.*"])
+    + ["girder_nucleus_analysis"],
+    package_dir={"girder_nucleus_analysis": "plugin/girder_nucleus_analysis"},
+    package_data={
+        "slicer_cli": ["slicer_cli_list.json", "*/*.xml"],
+    },
+    install_requires=BASE,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "nucleus-analysis=slicer_cli.NucleusAnalysis.NucleusAnalysis:console_main",
+        ],
+        "girder.plugin": [
+            "nucleus_analysis=girder_nucleus_analysis:NucleusAnalysisPlugin",
+        ],
+    },
+)

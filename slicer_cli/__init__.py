@@ -1,0 +1,1 @@
+"""Slicer CLIs of the nucleus analysis and the engine they call (``slicer_cli.nuclei``)."""

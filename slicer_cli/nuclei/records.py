@@ -1,0 +1,68 @@
+"""Small frozen records passed between stages.
+
+Coordinates are always base-level slide pixels (level 0); units are in the names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the plan.
+
+    ``x``/``y``/``width``/``height`` are the read window in base pixels (overlap included);
+    ``core_*`` is the part this tile owns: a nucleus whose centroid lies there belongs to it.
+    ``scale`` = model pixels per base pixel (e.g. 0.5 for a 0.25 um/px slide read at 0.5).
+    """
+
+    index: int
+    x: int
+    y: int
+    width: int
+    height: int
+    core_x0: int
+    core_y0: int
+    core_x1: int
+    core_y1: int
+    scale: float
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where to read: the tiles with tissue, and the facts used to make them."""
+
+    slide_path: str
+    size_x: int
+    size_y: int
+    slide_mpp: float
+    model_mpp: float
+    tile_size_px: int
+    overlap_px: int
+    region: tuple[int, int, int, int]
+    tiles: tuple[Tile, ...]
+    tissue_fraction: float = 1.0
+    skipped_tiles: int = 0
+
+
+@dataclass(frozen=True)
+class TileNuclei:
+    """Nuclei one tile owns, in base pixels; parallel arrays of length n.
+
+    ``contours`` holds one ``(k, 2)`` float array of ``x, y`` vertices per nucleus (closed
+    implicitly); ``features`` one row per nucleus with HistomicsTK column names.
+    """
+
+    tile_index: int
+    centroid_x: np.ndarray
+    centroid_y: np.ndarray
+    bbox: np.ndarray              # (n, 4) left, top, right, bottom
+    class_index: np.ndarray       # (n,) int
+    class_prob: np.ndarray        # (n,) float
+    contours: list = field(default_factory=list)
+    features: object = None       # pandas.DataFrame or None
+
+    def __len__(self) -> int:
+        return int(self.centroid_x.shape[0])
