@@ -1,0 +1,61 @@
+"""In-process ONNX Runtime backend (the default; needs no server, no GPU)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError, ModelError
+from ..model import DEFAULT_MODEL_DIR, INPUT_NAME, OUTPUT_NAMES, load_model_info, onnx_path
+
+
+class LocalBackend:
+    """Run the shipped ONNX model with ONNX Runtime (CUDA provider when available).
+
+    Parameters
+    ----------
+    model_dir : path
+        Triton-layout model directory: ``config.pbtxt`` plus ``<version>/model.onnx``.
+    threads : int, optional
+        Intra-op threads (default: all cores this process may use).
+    """
+
+    def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.info = load_model_info(model_dir)
+        path = onnx_path(model_dir)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        opts.inter_op_num_threads = 1
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in ort.get_available_providers()]
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own non-exported exception types
+            raise ModelError(f"cannot load {path}: {e}") from e
+        names = {o.name for o in self._session.get_outputs()}
+        if INPUT_NAME not in {i.name for i in self._session.get_inputs()} or not set(
+                OUTPUT_NAMES) <= names:
+            raise ModelError(f"{path} does not have the contract's inputs/outputs")
+        # ONNX Runtime parallelises inside one call; more calls in flight only contend.
+        self.concurrency = 1
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the network on a uint8 ``[N, H, W, 3]`` batch."""
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise BackendError(f"batch must be uint8 [N, H, W, 3], got {batch.dtype} "
+                               f"{batch.shape}")
+        outs = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        return dict(zip(OUTPUT_NAMES, outs))
+
+    def close(self) -> None:
+        """Drop the session."""
+        self._session = None
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
