@@ -15,7 +15,7 @@ BASE = [
 ]
 
 EXTRAS = {
-    "cli": ["ctk-cli>=1.5"],
+    "cli": ["ctk-cli>=1.5", "girder-slicer-cli-web==1.5.14"],
     "triton": ["tritonclient[http,grpc]>=2.40"],
     "gpu": ["cupy-cuda12x>=13"],
     "plugin": [
