@@ -1,0 +1,136 @@
+"""Writers: the DSA annotation (JSON) and the per-nucleus feature table (CSV + Parquet).
+
+Both stream: nuclei are appended batch by batch and never all sit in memory.  Both write to
+``<final>.part`` and rename only on :meth:`commit`, so a failed run leaves no final-named file
+(and never touches an existing one until the new result is complete).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputError
+
+
+def _open_part(path: str | Path):
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory")
+        return part, open(part, "w", encoding="utf-8", newline="")
+    except OSError as e:
+        raise OutputError(f"cannot write output {path}: {e.strerror or e}") from e
+
+
+class AnnotationWriter:
+    """Stream one large_image annotation document: a closed polyline per nucleus.
+
+    Parameters
+    ----------
+    path : path
+        Final file name (``.anot`` / ``.json``).
+    name, description : str
+        Annotation name and description as HistomicsUI lists them.
+    attributes : dict
+        Model, version and parameters of the run (never a token).
+    """
+
+    def __init__(self, path: str | Path, name: str, description: str, attributes: dict):
+        self.path = Path(path)
+        self._part, self._fh = _open_part(self.path)
+        self._first = True
+        head = json.dumps({"name": name, "description": description,
+                           "attributes": attributes, "display": {"visible": True}})
+        self._fh.write(head[:-1] + ', "elements": [\n')
+
+    def write(self, ids: np.ndarray, contours: list[np.ndarray], groups: list[str],
+              colors: list[str], probs: np.ndarray) -> None:
+        """Append nuclei: ids, base-pixel ``(k, 2)`` contours, class names/colours, probs."""
+        parts = []
+        for nid, pts, group, color, prob in zip(ids.tolist(), contours, groups, colors,
+                                                probs.tolist()):
+            coords = ",".join(f"[{x:.1f},{y:.1f},0]" for x, y in pts.tolist())
+            parts.append(
+                f'{{"type":"polyline","closed":true,"points":[{coords}],'
+                f'"group":{json.dumps(group)},"lineColor":"{color}","lineWidth":1,'
+                f'"user":{{"id":{nid},"class":{json.dumps(group)},"probability":{prob:.4f}}}}}')
+        if not parts:
+            return
+        text = ",\n".join(parts)
+        self._fh.write(text if self._first else ",\n" + text)
+        self._first = False
+
+    def commit(self) -> Path:
+        """Close the document and move it to its final name."""
+        self._fh.write("\n]}\n")
+        self._fh.close()
+        os.replace(self._part, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        self._fh.close()
+        self._part.unlink(missing_ok=True)
+
+
+class FeatureTableWriter:
+    """Stream the feature table to CSV and, optionally, Parquet (one row group per batch)."""
+
+    def __init__(self, csv_path: str | Path, parquet_path: str | Path | None = None):
+        self.csv_path = Path(csv_path)
+        self.parquet_path = Path(parquet_path) if parquet_path else None
+        self._csv_part, self._csv = _open_part(self.csv_path)
+        self._pq_part = self._pq = None
+        if self.parquet_path is not None:
+            self._pq_part, fh = _open_part(self.parquet_path)
+            fh.close()
+        self._columns: list[str] | None = None
+        self._schema = None
+        self.rows = 0
+
+    def write(self, table) -> None:
+        """Append a ``pandas.DataFrame`` batch (same columns every time)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._columns is None:
+            self._columns = list(table.columns)
+            table.to_csv(self._csv, index=False, header=True, float_format="%.8g")
+        else:
+            if list(table.columns) != self._columns:
+                raise ValueError("feature table batches must share their columns")
+            if len(table):
+                table.to_csv(self._csv, index=False, header=False, float_format="%.8g")
+        if self._pq_part is not None:
+            arrow = pa.Table.from_pandas(table, preserve_index=False)
+            if self._pq is None:
+                self._schema = arrow.schema
+                self._pq = pq.ParquetWriter(self._pq_part, self._schema)
+            if len(table) or self.rows == 0:
+                self._pq.write_table(arrow.cast(self._schema))
+        self.rows += len(table)
+
+    def commit(self) -> list[Path]:
+        """Close and move the files to their final names."""
+        self._csv.close()
+        done = [self.csv_path]
+        if self._pq is not None:
+            self._pq.close()
+        if self._pq_part is not None:
+            os.replace(self._pq_part, self.parquet_path)
+            done.append(self.parquet_path)
+        os.replace(self._csv_part, self.csv_path)
+        return done
+
+    def abort(self) -> None:
+        """Drop the partial files."""
+        self._csv.close()
+        self._csv_part.unlink(missing_ok=True)
+        if self._pq is not None:
+            self._pq.close()
+        if self._pq_part is not None:
+            self._pq_part.unlink(missing_ok=True)
