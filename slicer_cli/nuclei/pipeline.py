@@ -1,0 +1,409 @@
+"""The whole-slide pipeline: the only module that imports the stages.
+
+slide -> tissue mask -> tile plan -> [read -> (stain) -> infer -> instances -> ownership ->
+outlines + features] per batch of tiles -> writers (in tile order, streamed).
+
+Batches run on a local thread pipeline by default (reading and post-processing of one batch
+overlap inference of another), or on a ``dask.distributed`` cluster when a scheduler address
+is given (``local:N`` starts a LocalCluster of N worker processes on this machine).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+
+from . import backends
+from .errors import AnalysisError, BackendError
+from .features import compute_features
+from .instances import extract_instances
+from .model import DEFAULT_MODEL_DIR, ModelInfo
+from .outlines import trace_outlines
+from .records import Tile, TileNuclei, TilePlan
+from .seams import keep_owned
+from .slide import Slide, open_slide, read_thumbnail, read_tile
+from .stain import normalize_stain
+from .tiling import plan_tiles
+from .tissue import detect_tissue
+from .writers import AnnotationWriter, FeatureTableWriter
+
+THUMBNAIL_PX = 2048
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Parameters of one run (all optional; defaults come from the model)."""
+
+    region: tuple[float, float, float, float] | None = None
+    slide_mpp: float | None = None
+    triton_url: str | None = None
+    model_name: str | None = None
+    model_dir: str = str(DEFAULT_MODEL_DIR)
+    batch_size: int = 4
+    tile_size_px: int | None = None
+    overlap_px: int | None = None
+    stain_normalize: bool = False
+    min_tissue_fraction: float = 0.01
+    scheduler: str | None = None
+    workers: int = 0
+    parquet: bool = True
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What a run did, measured."""
+
+    nuclei: int
+    class_counts: dict[str, int]
+    tiles: int
+    skipped_tiles: int
+    tissue_mpx: float
+    wall_s: float
+    inference_s: float
+    outputs: list[str] = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Context:
+    """What a worker needs to analyse batches (built once per process or run)."""
+
+    slide: Slide
+    source: object
+    backend: object
+    info: ModelInfo
+    options: AnalysisOptions
+    tile_size_px: int
+    infer_gate: threading.Semaphore
+    inference_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def run_analysis(slide_path: str, annotation_path: str, table_path: str,
+                 options: AnalysisOptions = AnalysisOptions(),
+                 progress: Callable[[float, str], None] | None = None) -> AnalysisResult:
+    """Analyse every nucleus of a slide and write the annotation and feature table.
+
+    Parameters
+    ----------
+    slide_path : str
+        Any slide large_image opens.
+    annotation_path : str
+        Output annotation JSON (one document).
+    table_path : str
+        Output feature table CSV; a Parquet copy is written beside it (``.parquet``) unless
+        ``options.parquet`` is false.
+    options : AnalysisOptions
+    progress : callable, optional
+        Called with ``(fraction, message)`` as batches complete.
+
+    Raises
+    ------
+    AnalysisError
+        Any bad input or backend failure, with a one-line message; no final-named output is
+        left behind.
+    """
+    t0 = time.perf_counter()
+    report = progress or (lambda f, m: None)
+    slide, source = open_slide(slide_path, options.slide_mpp)
+    backend = backends.open_backend(options.triton_url, options.model_dir, options.model_name)
+    with backend:
+        info = backend.info
+        tile_size = _round_up(options.tile_size_px or info.tile_size, info.size_multiple)
+        overlap = options.overlap_px if options.overlap_px is not None else info.overlap
+        thumb = read_thumbnail(source, THUMBNAIL_PX)
+        tissue = detect_tissue(thumb, slide.size_x, slide.size_y)
+        plan = plan_tiles(slide, info.mpp, tile_size, overlap, options.region, tissue,
+                          options.min_tissue_fraction)
+        report(0.0, f"{len(plan.tiles)} tiles with tissue ({plan.skipped_tiles} skipped)")
+        ctx = _Context(slide=slide, source=source, backend=backend, info=info, options=options,
+                       tile_size_px=tile_size,
+                       infer_gate=threading.Semaphore(max(1, backend.concurrency)))
+        attributes = _attributes(info, plan, options)
+        ann = AnnotationWriter(annotation_path, name=f"Nuclei ({info.name} {info.version})",
+                               description="Nuclei segmented and classified by "
+                                           f"{info.name} {info.version}",
+                               attributes=attributes)
+        try:
+            parquet = Path(table_path).with_suffix(".parquet") if options.parquet else None
+            table = FeatureTableWriter(table_path, parquet)
+        except AnalysisError:
+            ann.abort()
+            raise
+        try:
+            counts, inference_s = _run_batches(ctx, plan, ann, table, report)
+            outputs = [str(ann.commit())] + [str(p) for p in table.commit()]
+        except BaseException:
+            ann.abort()
+            table.abort()
+            raise
+    tissue_mpx = plan.tissue_fraction * plan.region[2] * plan.region[3] * (
+        slide.mpp / info.mpp) ** 2 / 1e6
+    report(1.0, f"{sum(counts)} nuclei")
+    return AnalysisResult(
+        nuclei=int(sum(counts)),
+        class_counts={c: int(n) for c, n in zip(info.classes, counts)},
+        tiles=len(plan.tiles), skipped_tiles=plan.skipped_tiles, tissue_mpx=tissue_mpx,
+        wall_s=time.perf_counter() - t0, inference_s=inference_s, outputs=outputs,
+        model={"name": info.name, "version": info.version})
+
+
+def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
+                 table: FeatureTableWriter, report) -> tuple[np.ndarray, float]:
+    """Run every batch and write results in tile order; return class counts, inference s."""
+    info = ctx.info
+    batches = [plan.tiles[i:i + ctx.options.batch_size]
+               for i in range(0, len(plan.tiles), ctx.options.batch_size)]
+    counts = np.zeros(len(info.classes), dtype=np.int64)
+    next_id = 1
+    pending: dict[int, list[TileNuclei]] = {}
+    done = 0
+    empty = _empty_table(info)
+    table.write(empty)
+
+    def emit(results: list[TileNuclei]) -> None:
+        nonlocal next_id
+        for nuc in results:
+            n = len(nuc)
+            if not n:
+                continue
+            ids = np.arange(next_id, next_id + n)
+            next_id += n
+            groups = [info.classes[c] for c in nuc.class_index]
+            colors = [info.class_colors[c] for c in nuc.class_index]
+            ann.write(ids, nuc.contours, groups, colors, nuc.class_prob)
+            table.write(_table_rows(ids, nuc, groups, empty.columns))
+            np.add.at(counts, nuc.class_index, 1)
+
+    def on_result(index: int, results: list[TileNuclei]) -> None:
+        nonlocal done
+        pending[index] = results
+        while done in pending:
+            emit(pending.pop(done))
+            done += 1
+            report(done / len(batches), f"batch {done}/{len(batches)}")
+
+    if ctx.options.scheduler:
+        inference_s = _run_distributed(ctx, plan, batches, on_result)
+    else:
+        _run_local(ctx, batches, on_result)
+        inference_s = ctx.inference_s
+    return counts, inference_s
+
+
+def _run_local(ctx: _Context, batches: list, on_result) -> None:
+    workers = ctx.options.workers or max(2, ctx.backend.concurrency + 1)
+    window = 2 * workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nuclei") as pool:
+        futures: dict = {}
+        it = iter(enumerate(batches))
+        try:
+            for index, batch in it:
+                futures[pool.submit(analyse_batch, ctx, batch)] = index
+                if len(futures) >= window:
+                    _drain(futures, on_result, FIRST_COMPLETED)
+            _drain(futures, on_result, None)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def _drain(futures: dict, on_result, until) -> None:
+    while futures:
+        finished, _ = wait(list(futures), return_when=until or "ALL_COMPLETED")
+        for fut in finished:
+            index = futures.pop(fut)
+            on_result(index, fut.result())
+        if until is not None:
+            return
+
+
+def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
+    """Read, infer and post-process one batch of tiles (the unit of scheduling)."""
+    size = ctx.tile_size_px
+    batch = np.stack([read_tile(ctx.source, ctx.slide, t, size) for t in tiles])
+    if ctx.options.stain_normalize:
+        batch = np.stack([normalize_stain(im) for im in batch])
+    with ctx.infer_gate:
+        t0 = time.perf_counter()
+        maps = ctx.backend.infer(batch)
+        dt = time.perf_counter() - t0
+    with ctx.lock:
+        ctx.inference_s += dt
+    return [_tile_nuclei(ctx, tile, batch[k], maps["FOREGROUND"][k], maps["DISTANCE"][k],
+                         maps["CLASS_PROB"][k]) for k, tile in enumerate(tiles)]
+
+
+def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) -> TileNuclei:
+    info = ctx.info
+    inst = extract_instances(fg, dist, cls, fg_threshold=info.fg_threshold,
+                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px)
+    labels = inst.labels
+    n = int(labels.max()) if labels.size else 0
+    f = 1.0 / tile.scale
+    if n == 0:
+        return _empty_nuclei(tile.index)
+    ids = np.arange(1, n + 1)
+    ones = np.ones(labels.shape, dtype=np.float64)
+    area = ndi.sum(ones, labels, ids)
+    rows, cols = np.indices(labels.shape, dtype=np.float64)
+    cy = ndi.sum(rows, labels, ids) / area
+    cx = ndi.sum(cols, labels, ids) / area
+    base_x = tile.x + (cx + 0.5) * f - 0.5
+    base_y = tile.y + (cy + 0.5) * f - 0.5
+    own = keep_owned(base_x, base_y, tile)
+    if not own.any():
+        return _empty_nuclei(tile.index)
+    # Relabel the owned nuclei 1..m, in their original order.
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[1:][own] = np.arange(1, int(own.sum()) + 1)
+    owned = remap[labels]
+    contours = [tile_pts * f + [tile.x + 0.5 * f - 0.5, tile.y + 0.5 * f - 0.5]
+                for tile_pts in trace_outlines(owned)]
+    feats = compute_features(owned, image)
+    slices = ndi.find_objects(owned)
+    bbox_px = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices],
+                       dtype=np.float64)
+    bbox = np.column_stack([tile.x + bbox_px[:, 0] * f, tile.y + bbox_px[:, 1] * f,
+                            tile.x + bbox_px[:, 2] * f, tile.y + bbox_px[:, 3] * f])
+    return TileNuclei(tile_index=tile.index, centroid_x=base_x[own], centroid_y=base_y[own],
+                      bbox=bbox, class_index=inst.class_index[own],
+                      class_prob=inst.class_prob[own], contours=contours, features=feats)
+
+
+def _empty_nuclei(index: int) -> TileNuclei:
+    z = np.zeros(0)
+    return TileNuclei(tile_index=index, centroid_x=z, centroid_y=z, bbox=np.zeros((0, 4)),
+                      class_index=np.zeros(0, dtype=np.int64), class_prob=z, contours=[],
+                      features=None)
+
+
+_ID_COLUMNS = ["nucleus_id", "class", "class_probability", "Identifier.CentroidX",
+               "Identifier.CentroidY", "Identifier.Xmin", "Identifier.Ymin", "Identifier.Xmax",
+               "Identifier.Ymax"]
+
+
+def _feature_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c != "Label" and not c.startswith("Identifier.")]
+
+
+def _empty_table(info: ModelInfo) -> pd.DataFrame:
+    feats = compute_features(np.zeros((8, 8), dtype=np.int32), np.zeros((8, 8, 3), np.uint8))
+    cols = _ID_COLUMNS + _feature_columns(feats)
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
+    frame["nucleus_id"] = frame["nucleus_id"].astype("int64")
+    frame["class"] = frame["class"].astype("object")
+    return frame
+
+
+def _table_rows(ids: np.ndarray, nuc: TileNuclei, groups: list[str], columns) -> pd.DataFrame:
+    head = pd.DataFrame({
+        "nucleus_id": ids.astype(np.int64), "class": groups,
+        "class_probability": nuc.class_prob.astype(np.float64),
+        "Identifier.CentroidX": nuc.centroid_x, "Identifier.CentroidY": nuc.centroid_y,
+        "Identifier.Xmin": nuc.bbox[:, 0], "Identifier.Ymin": nuc.bbox[:, 1],
+        "Identifier.Xmax": nuc.bbox[:, 2], "Identifier.Ymax": nuc.bbox[:, 3]})
+    feats = nuc.features[_feature_columns(nuc.features)].reset_index(drop=True)
+    frame = pd.concat([head, feats.astype("float64")], axis=1)
+    return frame[list(columns)]
+
+
+def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions) -> dict:
+    params = {k: v for k, v in asdict(options).items()
+              if k in ("region", "slide_mpp", "batch_size", "tile_size_px", "overlap_px",
+                       "stain_normalize", "min_tissue_fraction")}
+    params["backend"] = "triton" if options.triton_url else "onnxruntime"
+    return {"model": {"name": info.name, "version": info.version, "mpp": info.mpp,
+                      "classes": list(info.classes), "class_colors": list(info.class_colors)},
+            "params": params,
+            "plan": {"tiles": len(plan.tiles), "skipped_tiles": plan.skipped_tiles,
+                     "tile_size_px": plan.tile_size_px, "overlap_px": plan.overlap_px,
+                     "slide_mpp": plan.slide_mpp, "region": list(plan.region)}}
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return int(-(-int(value) // multiple) * multiple)
+
+
+# --- dask.distributed -------------------------------------------------------------------
+
+_WORKER_CONTEXTS: dict[tuple, _Context] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_context(key: tuple) -> _Context:
+    """Open the slide and backend once per worker process (cached by run parameters)."""
+    with _WORKER_LOCK:
+        ctx = _WORKER_CONTEXTS.get(key)
+        if ctx is None:
+            slide_path, slide_mpp, opts_items, tile_size = key
+            options = AnalysisOptions(**dict(opts_items))
+            slide, source = open_slide(slide_path, slide_mpp)
+            backend = backends.open_backend(options.triton_url, options.model_dir,
+                                            options.model_name)
+            ctx = _Context(slide=slide, source=source, backend=backend, info=backend.info,
+                           options=options, tile_size_px=tile_size,
+                           infer_gate=threading.Semaphore(max(1, backend.concurrency)))
+            _WORKER_CONTEXTS.clear()  # one run at a time per worker keeps memory bounded
+            _WORKER_CONTEXTS[key] = ctx
+        return ctx
+
+
+def _analyse_remote(key: tuple, tiles: tuple[Tile, ...]) -> tuple[list[TileNuclei], float]:
+    ctx = _worker_context(key)
+    before = ctx.inference_s
+    results = analyse_batch(ctx, tiles)
+    return results, ctx.inference_s - before
+
+
+def _run_distributed(ctx: _Context, plan: TilePlan, batches: list, on_result) -> float:
+    from distributed import Client, LocalCluster, as_completed
+
+    address = ctx.options.scheduler
+    cluster = None
+    if address.startswith("local:"):
+        n = int(address.split(":", 1)[1] or os.cpu_count())
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        address = cluster.scheduler_address
+    opts = {k: v for k, v in asdict(ctx.options).items() if k != "scheduler"}
+    key = (plan.slide_path, ctx.slide.mpp, tuple(sorted(opts.items())), ctx.tile_size_px)
+    inference_s = 0.0
+    try:
+        client = Client(address, timeout="30s")
+    except OSError as e:
+        if cluster is not None:
+            cluster.close()
+        raise BackendError(f"cannot reach dask scheduler {address}: {e}") from e
+    try:
+        window = 2 * max(1, len(client.nthreads()))
+        it = iter(enumerate(batches))
+        active = as_completed()
+        index_of = {}
+        for index, batch in it:
+            fut = client.submit(_analyse_remote, key, batch, pure=False)
+            index_of[fut.key] = index
+            active.add(fut)
+            if active.count() >= window:
+                fut = next(active)
+                results, dt = fut.result()
+                inference_s += dt
+                on_result(index_of.pop(fut.key), results)
+        for fut in active:
+            results, dt = fut.result()
+            inference_s += dt
+            on_result(index_of.pop(fut.key), results)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return inference_s
