@@ -1,0 +1,72 @@
+"""Opening slides and reading tiles: real files, and each way a slide can be bad."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slicer_cli.nuclei.errors import ResolutionError, SlideError
+from slicer_cli.nuclei.records import Tile
+from slicer_cli.nuclei.slide import open_slide, read_thumbnail, read_tile
+
+
+def test_open_real_svs_reads_size_and_resolution(cmu_svs):
+    slide, _ = open_slide(str(cmu_svs))
+    assert (slide.size_x, slide.size_y) == (2220, 2967)
+    assert slide.mpp == pytest.approx(0.499)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SlideError, match="not found"):
+        open_slide(str(tmp_path / "nope.svs"))
+
+
+def test_directory_is_not_a_slide(tmp_path):
+    with pytest.raises(SlideError, match="not a readable file"):
+        open_slide(str(tmp_path))
+
+
+def test_non_image_file(tmp_path):
+    path = tmp_path / "notes.svs"
+    path.write_text("this is not a slide\n" * 100)
+    with pytest.raises(SlideError, match="cannot read slide notes.svs"):
+        open_slide(str(path))
+
+
+def test_truncated_slide_fails_cleanly(tmp_path, cmu_svs):
+    path = tmp_path / "truncated.svs"
+    path.write_bytes(cmu_svs.read_bytes()[:300_000])
+    with pytest.raises(SlideError):
+        slide, source = open_slide(str(path))
+        # Some readers open the header and fail only on pixels: read everything.
+        read_thumbnail(source, 256)
+        for y in range(0, slide.size_y, 1024):
+            for x in range(0, slide.size_x, 1024):
+                read_tile(source, slide, Tile(0, x, y, 1024, 1024, x, y, x + 1, y + 1, 1.0),
+                          1024)
+
+
+def test_no_resolution_needs_explicit_mpp(hgsc_image):
+    with pytest.raises(ResolutionError, match="--slide-mpp"):
+        open_slide(str(hgsc_image))
+    slide, _ = open_slide(str(hgsc_image), mpp=0.5)
+    assert slide.mpp == 0.5
+
+
+def test_read_tile_pads_outside_with_glass(cmu_svs):
+    slide, source = open_slide(str(cmu_svs))
+    tile = Tile(0, -100, -50, 400, 400, 0, 0, 300, 350, 1.0)
+    arr = read_tile(source, slide, tile, 400)
+    assert arr.shape == (400, 400, 3) and arr.dtype == np.uint8
+    assert (arr[:50] == 255).all() and (arr[:, :100] == 255).all()
+    inside = arr[50:, 100:]
+    direct, _ = source.getRegion(region=dict(left=0, top=0, width=300, height=350),
+                                 format="numpy")
+    np.testing.assert_array_equal(inside, direct[:, :, :3])
+
+
+def test_read_tile_resamples_to_model_resolution(cmu_svs):
+    slide, source = open_slide(str(cmu_svs), mpp=0.25)  # pretend 40x: read at half size
+    tile = Tile(0, 800, 1200, 800, 800, 800, 1200, 1600, 2000, 0.5)
+    arr = read_tile(source, slide, tile, 400)
+    assert arr.shape == (400, 400, 3)
+    assert arr.std() > 10  # real tissue, not padding

@@ -1,0 +1,58 @@
+"""The tile plan: cores partition the region exactly; bad regions fail with RegionError."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slicer_cli.nuclei.errors import RegionError
+from slicer_cli.nuclei.slide import Slide
+from slicer_cli.nuclei.tiling import plan_tiles
+from slicer_cli.nuclei.tissue import TissueMask
+
+
+@pytest.mark.parametrize("mpp", [0.5, 0.25, 0.499, 1.0])
+@pytest.mark.parametrize("region", [None, (100, 200, 1500, 1300)])
+def test_cores_partition_region(mpp, region):
+    slide = Slide("x", 2220, 2967, mpp)
+    plan = plan_tiles(slide, 0.5, 512, 128, region)
+    left, top, w, h = plan.region
+    cover = np.zeros((slide.size_y, slide.size_x), dtype=np.int32)
+    for t in plan.tiles:
+        cover[t.core_y0:t.core_y1, t.core_x0:t.core_x1] += 1
+        # the read window holds the core with the overlap's half on each side
+        margin = 64 * 0.5 / mpp
+        assert t.x <= t.core_x0 - margin + 1 and t.y <= t.core_y0 - margin + 1
+        assert t.x + t.width >= t.core_x1 + margin - 2
+    inside = cover[top:top + h, left:left + w]
+    assert (inside == 1).all()
+    assert cover.sum() == w * h
+
+
+def test_region_outside_slide():
+    with pytest.raises(RegionError, match="outside the slide"):
+        plan_tiles(Slide("x", 1000, 1000, 0.5), 0.5, 512, 128, (2000, 2000, 100, 100))
+
+
+def test_region_without_area():
+    with pytest.raises(RegionError, match="no area"):
+        plan_tiles(Slide("x", 1000, 1000, 0.5), 0.5, 512, 128, (10, 10, 0, 100))
+
+
+def test_region_partly_outside_is_clipped():
+    plan = plan_tiles(Slide("x", 1000, 1000, 0.5), 0.5, 512, 128, (900, -50, 500, 200))
+    assert plan.region == (900, 0, 100, 150)
+
+
+def test_tiles_without_tissue_are_skipped():
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[:50, :50] = True  # tissue only in the top-left quarter
+    tissue = TissueMask(mask, 100 / 4000, 100 / 4000)
+    plan = plan_tiles(Slide("x", 4000, 4000, 0.5), 0.5, 512, 128, None, tissue)
+    assert plan.skipped_tiles > 0
+    assert all(t.core_x0 < 2000 and t.core_y0 < 2000 for t in plan.tiles)
+    assert [t.index for t in plan.tiles] == list(range(len(plan.tiles)))
+
+
+def test_bad_geometry():
+    with pytest.raises(ValueError):
+        plan_tiles(Slide("x", 1000, 1000, 0.5), 0.5, 256, 128)
