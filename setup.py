@@ -11,6 +11,9 @@ BASE = [
     "dask[distributed]>=2024.1",
     "large-image[tifffile,openslide,pil]==1.35.6",
     "onnxruntime>=1.17",
+    "opencv-python-headless>=4.8",
+    # the model contract is parsed with Triton's own protobuf schema (model_config_pb2)
+    "tritonclient[grpc]>=2.40",
     "tqdm>=4.60",
 ]
 
