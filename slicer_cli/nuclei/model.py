@@ -77,7 +77,8 @@ def info_from_config(config: dict) -> ModelInfo:
     if set(inputs) != {INPUT_NAME}:
         raise ModelError(f"model {name!r}: expected one input {INPUT_NAME!r}, got {sorted(inputs)}")
     image = inputs[INPUT_NAME]
-    if image.get("data_type") != "TYPE_UINT8" or [int(d) for d in image.get("dims", [])][-1:] != [3]:
+    channels = [int(d) for d in image.get("dims", [])][-1:]
+    if image.get("data_type") != "TYPE_UINT8" or channels != [3]:
         raise ModelError(f"model {name!r}: input {INPUT_NAME} must be TYPE_UINT8 [N, H, W, 3]")
     missing = [o for o in OUTPUT_NAMES if o not in outputs]
     if missing:

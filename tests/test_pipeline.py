@@ -1,0 +1,102 @@
+"""The whole-slide pipeline on real images: seams, scheduling, empty slides."""
+from __future__ import annotations
+
+import jsonschema
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.draw import polygon as draw_polygon
+
+from slicer_cli.nuclei.pipeline import AnalysisOptions, run_analysis
+
+from .conftest import load_annotation
+
+
+def _rasterise(doc: dict, shape: tuple[int, int]) -> np.ndarray:
+    lab = np.zeros(shape, dtype=np.int32)
+    for el in doc["elements"]:
+        pts = np.asarray(el["points"])
+        rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape)
+        lab[rr, cc] = el["user"]["id"]
+    return lab
+
+
+def _run(tmp_path, name, slide, **kw):
+    ann, csv = tmp_path / f"{name}.anot", tmp_path / f"{name}.csv"
+    result = run_analysis(str(slide), str(ann), str(csv), AnalysisOptions(**kw))
+    return result, load_annotation(ann), pd.read_csv(csv)
+
+
+@pytest.fixture(scope="module")
+def hgsc_runs(tmp_path_factory, hgsc_image):
+    tmp = tmp_path_factory.mktemp("hgsc")
+    tiled = _run(tmp, "tiled", hgsc_image, slide_mpp=0.5, tile_size_px=512, overlap_px=128)
+    single = _run(tmp, "single", hgsc_image, slide_mpp=0.5, tile_size_px=1664, overlap_px=128)
+    return tiled, single
+
+
+def test_tiled_matches_single_pass(hgsc_runs, annotation_schema):
+    from slicer_cli.nuclei.metrics import panoptic_quality
+
+    (r_tiled, doc_tiled, tab_tiled), (r_single, doc_single, _) = hgsc_runs
+    assert r_tiled.tiles > 1 and r_single.tiles == 1
+    jsonschema.validate(doc_tiled, annotation_schema)
+    lab_t = _rasterise(doc_tiled, (1500, 1500))
+    lab_s = _rasterise(doc_single, (1500, 1500))
+    pq = panoptic_quality(lab_s, lab_t)
+    pq_value = pq["pq"] if isinstance(pq, dict) else pq[0]
+    assert pq_value >= 0.95, pq
+    assert abs(r_tiled.nuclei - r_single.nuclei) <= 0.02 * r_single.nuclei
+    # ownership: no nucleus twice (no two centroids closer than 2 px)
+    from scipy.spatial import cKDTree
+
+    xy = tab_tiled[["Identifier.CentroidX", "Identifier.CentroidY"]].to_numpy()
+    assert not cKDTree(xy).query_pairs(2.0)
+
+
+def test_plausible_count_against_labels(hgsc_runs, hgsc_labels):
+    (r_tiled, _, _), _ = hgsc_runs
+    n_true = len(np.unique(hgsc_labels)) - 1
+    assert 0.6 * n_true <= r_tiled.nuclei <= 1.5 * n_true
+
+
+def test_table_joins_annotation(hgsc_runs):
+    (_, doc, table), _ = hgsc_runs
+    ids = [el["user"]["id"] for el in doc["elements"]]
+    assert ids == list(range(1, len(ids) + 1))
+    assert table["nucleus_id"].tolist() == ids
+    assert table["class"].tolist() == [el["group"] for el in doc["elements"]]
+    for col in ("Size.Area", "Shape.Circularity", "Nucleus.Intensity.Mean"):
+        assert col in table.columns and table[col].notna().all()
+    # centroids (base px) lie inside each outline's bounding box
+    xy = table[["Identifier.CentroidX", "Identifier.CentroidY"]].to_numpy()
+    for (x, y), el in zip(xy[::50], doc["elements"][::50]):
+        pts = np.asarray(el["points"])
+        assert pts[:, 0].min() - 1 <= x <= pts[:, 0].max() + 1
+        assert pts[:, 1].min() - 1 <= y <= pts[:, 1].max() + 1
+
+
+def test_dask_local_cluster_gives_same_nuclei(tmp_path, hgsc_image):
+    from distributed import LocalCluster
+
+    base = _run(tmp_path, "threads", hgsc_image, slide_mpp=0.5, tile_size_px=512)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        dist = _run(tmp_path, "dask", hgsc_image, slide_mpp=0.5, tile_size_px=512,
+                    scheduler=cluster.scheduler_address)
+    assert dist[0].nuclei == base[0].nuclei
+    assert dist[1]["elements"] == base[1]["elements"]
+    pd.testing.assert_frame_equal(dist[2], base[2])
+
+
+def test_slide_without_tissue_gives_valid_empty_outputs(tmp_path, annotation_schema):
+    import tifffile
+
+    slide = tmp_path / "glass.tiff"
+    glass = np.full((2048, 2048, 3), 242, dtype=np.uint8)
+    tifffile.imwrite(slide, glass, tile=(256, 256), photometric="rgb")
+    result, doc, table = _run(tmp_path, "glass", slide, slide_mpp=0.5)
+    assert result.nuclei == 0 and result.tiles == 0 and result.skipped_tiles > 0
+    jsonschema.validate(doc, annotation_schema)
+    assert doc["elements"] == []
+    assert len(table) == 0 and "Size.Area" in table.columns
