@@ -27,8 +27,8 @@ class _Progress:
         if self._bar is not None:
             self._bar.n = int(fraction * 1000)
             self._bar.set_postfix_str(message)
-        else:
-            print(message, file=sys.stderr, flush=True)
+        else:  # job logs: stdout carries progress, stderr only errors
+            print(message, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

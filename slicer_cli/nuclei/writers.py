@@ -99,19 +99,21 @@ class FeatureTableWriter:
 
         if self._columns is None:
             self._columns = list(table.columns)
+            self._first = table.iloc[:0]
             table.to_csv(self._csv, index=False, header=True, float_format="%.8g")
         else:
             if list(table.columns) != self._columns:
                 raise ValueError("feature table batches must share their columns")
             if len(table):
                 table.to_csv(self._csv, index=False, header=False, float_format="%.8g")
-        if self._pq_part is not None:
+        if self._pq_part is not None and len(table):
+            # The schema comes from the first non-empty batch: an empty one types its text
+            # columns as null.
             arrow = pa.Table.from_pandas(table, preserve_index=False)
             if self._pq is None:
                 self._schema = arrow.schema
                 self._pq = pq.ParquetWriter(self._pq_part, self._schema)
-            if len(table) or self.rows == 0:
-                self._pq.write_table(arrow.cast(self._schema))
+            self._pq.write_table(arrow.cast(self._schema))
         self.rows += len(table)
 
     def commit(self) -> list[Path]:
@@ -120,6 +122,15 @@ class FeatureTableWriter:
         done = [self.csv_path]
         if self._pq is not None:
             self._pq.close()
+        elif self._pq_part is not None:  # no rows: an empty table with the columns
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pa.Schema.from_pandas(self._first, preserve_index=False)
+            schema = pa.schema([f.with_type(pa.string()) if f.type == pa.null() else f
+                                for f in schema])
+            pq.write_table(pa.Table.from_pandas(self._first, schema=schema,
+                                                preserve_index=False), self._pq_part)
         if self._pq_part is not None:
             os.replace(self._pq_part, self.parquet_path)
             done.append(self.parquet_path)
