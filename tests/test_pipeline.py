@@ -100,3 +100,16 @@ def test_slide_without_tissue_gives_valid_empty_outputs(tmp_path, annotation_sch
     jsonschema.validate(doc, annotation_schema)
     assert doc["elements"] == []
     assert len(table) == 0 and "Size.Area" in table.columns
+
+
+def test_unreachable_scheduler_fails_cleanly(tmp_path, hgsc_image):
+    import socket
+
+    from slicer_cli.nuclei.errors import BackendError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BackendError, match="cannot reach dask scheduler"):
+        _run(tmp_path, "x", hgsc_image, slide_mpp=0.5, scheduler=f"tcp://127.0.0.1:{port}")
+    assert list(tmp_path.iterdir()) == []

@@ -379,7 +379,7 @@ def _run_distributed(ctx: _Context, plan: TilePlan, batches: list, on_result) ->
     key = (plan.slide_path, ctx.slide.mpp, tuple(sorted(opts.items())), ctx.tile_size_px)
     inference_s = 0.0
     try:
-        client = Client(address, timeout="30s")
+        client = Client(address, timeout="10s")
     except OSError as e:
         if cluster is not None:
             cluster.close()
