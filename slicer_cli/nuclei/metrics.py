@@ -1,0 +1,176 @@
+"""Instance segmentation metrics (HoVer-Net ``compute_stats`` / PanNuke conventions).
+
+All functions take integer label images (0 background, any positive ids) and are vectorised:
+overlaps come from one ``np.unique`` over (true, pred) label pairs, never a per-nucleus loop.
+
+* :func:`panoptic_quality` -- binary PQ with DQ (= detection F1 at IoU 0.5) and SQ; a true
+  and a predicted nucleus match when their IoU is > 0.5 (such matches are unique);
+* :func:`aggregated_jaccard_index` -- AJI (Kumar et al. 2017, HoVer-Net ``get_fast_aji``);
+* :func:`multiclass_pq` -- per-class PQ on class-restricted instance maps and their mean, mPQ
+  (PanNuke: a class absent from both truth and prediction is skipped, NaN).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_MATCH_IOU = 0.5
+
+
+def _overlaps(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Areas of every true / pred id and intersections of every overlapping pair.
+
+    Returns ``(true_ids, true_area, pred_ids, pred_area, pair_t, pair_p, inter)`` where
+    ``pair_t`` / ``pair_p`` index into ``true_ids`` / ``pred_ids``.
+    """
+    true = np.asarray(true)
+    pred = np.asarray(pred)
+    if true.shape != pred.shape:
+        raise ValueError(f"label images differ in shape: {true.shape} vs {pred.shape}")
+    t_ids, t_inv = np.unique(true.ravel(), return_inverse=True)
+    p_ids, p_inv = np.unique(pred.ravel(), return_inverse=True)
+    t_area = np.bincount(t_inv, minlength=len(t_ids))
+    p_area = np.bincount(p_inv, minlength=len(p_ids))
+    both = (true.ravel() > 0) & (pred.ravel() > 0)
+    keys = t_inv[both].astype(np.int64) * len(p_ids) + p_inv[both]
+    pairs, inter = np.unique(keys, return_counts=True)
+    pair_t, pair_p = np.divmod(pairs, len(p_ids))
+    t_fg = t_ids > 0
+    p_fg = p_ids > 0
+    # Re-index to foreground ids only.
+    t_map = np.cumsum(t_fg) - 1
+    p_map = np.cumsum(p_fg) - 1
+    return (t_ids[t_fg], t_area[t_fg], p_ids[p_fg], p_area[p_fg], t_map[pair_t],
+            p_map[pair_p], inter)
+
+
+def panoptic_quality(true_labels: np.ndarray, pred_labels: np.ndarray,
+                     match_iou: float = _MATCH_IOU) -> dict[str, float]:
+    """Binary panoptic quality of a predicted instance map against the truth.
+
+    Parameters
+    ----------
+    true_labels, pred_labels : array of int, same shape
+        Instance label images (0 background).
+    match_iou : float
+        A pair matches when IoU > ``match_iou`` (>= 0.5 keeps matches unique).
+
+    Returns
+    -------
+    dict
+        ``pq``, ``dq`` (= ``f1``, detection F1 at the matching IoU), ``sq`` (mean IoU of the
+        matches), ``f1``, ``precision``, ``recall``, and counts ``tp``, ``fp``, ``fn``.
+        With no nucleus in either image every score is 1.0 (nothing to find, nothing found);
+        with nuclei on one side only they are 0.0.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ or ``match_iou`` < 0.5.
+    """
+    if match_iou < 0.5:
+        raise ValueError("match_iou must be >= 0.5 for unique matching")
+    t_ids, t_area, p_ids, p_area, pt, pp, inter = _overlaps(true_labels, pred_labels)
+    iou = inter / (t_area[pt] + p_area[pp] - inter)
+    matched = iou > match_iou
+    tp = int(matched.sum())
+    fp = len(p_ids) - tp
+    fn = len(t_ids) - tp
+    return _pq_dict(tp, fp, fn, float(iou[matched].sum()))
+
+
+def _pq_dict(tp: int, fp: int, fn: int, iou_sum: float) -> dict[str, float]:
+    if tp + fp + fn == 0:
+        dq = sq = precision = recall = 1.0
+    else:
+        dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+        sq = iou_sum / tp if tp else 0.0
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+    return {"pq": dq * sq, "dq": dq, "sq": sq, "f1": dq, "precision": precision,
+            "recall": recall, "tp": tp, "fp": fp, "fn": fn}
+
+
+def detection_f1(true_labels: np.ndarray, pred_labels: np.ndarray,
+                 match_iou: float = _MATCH_IOU) -> float:
+    """Detection F1: a nucleus is found when one prediction overlaps it with IoU > 0.5."""
+    return panoptic_quality(true_labels, pred_labels, match_iou)["f1"]
+
+
+def aggregated_jaccard_index(true_labels: np.ndarray, pred_labels: np.ndarray) -> float:
+    """Aggregated Jaccard Index (AJI).
+
+    Each true nucleus is paired with the prediction of highest IoU among those it overlaps
+    (ties: the lowest predicted id); intersections and unions of the pairs are summed, the
+    areas of unpaired true nuclei and of predictions paired with no nucleus are added to the
+    union. A prediction may pair with several true nuclei (as in Kumar et al. and HoVer-Net's
+    ``get_fast_aji``).
+
+    Returns
+    -------
+    float
+        AJI in [0, 1]; 1.0 when both images are empty, 0.0 when only one is.
+    """
+    t_ids, t_area, p_ids, p_area, pt, pp, inter = _overlaps(true_labels, pred_labels)
+    if len(t_ids) == 0 and len(p_ids) == 0:
+        return 1.0
+    union = t_area[pt] + p_area[pp] - inter
+    iou = inter / union
+    # Best pair per true nucleus: sort by (true, -iou, pred) and take the first of each true.
+    order = np.lexsort((pp, -iou, pt))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pt[order][1:] != pt[order][:-1]
+    best = order[first]
+    total_inter = float(inter[best].sum())
+    total_union = float(union[best].sum())
+    paired_true = np.zeros(len(t_ids), dtype=bool)
+    paired_true[pt[best]] = True
+    paired_pred = np.zeros(len(p_ids), dtype=bool)
+    paired_pred[pp[best]] = True
+    total_union += float(t_area[~paired_true].sum()) + float(p_area[~paired_pred].sum())
+    return total_inter / total_union if total_union else 0.0
+
+
+def multiclass_pq(true_labels: np.ndarray, true_classes: np.ndarray, pred_labels: np.ndarray,
+                  pred_classes: np.ndarray, n_classes: int,
+                  match_iou: float = _MATCH_IOU) -> dict[str, object]:
+    """Per-class PQ and mPQ (mean over classes), PanNuke / HoVer-Net convention.
+
+    For class ``c`` the instance maps are restricted to the nuclei of class ``c`` (truth and
+    prediction separately) and binary PQ is computed on them.
+
+    Parameters
+    ----------
+    true_labels, pred_labels : array of int
+        Instance label images.
+    true_classes, pred_classes : array of int
+        Class (0-based) of each instance: element ``k`` belongs to label ``k + 1``.
+    n_classes : int
+        Number of classes C.
+
+    Returns
+    -------
+    dict
+        ``mpq`` (mean of the defined per-class PQs), ``pq_per_class`` (list of C floats; NaN
+        for a class absent from truth and prediction) and ``per_class`` (the full
+        :func:`panoptic_quality` dict of every class).
+    """
+    true_labels = np.asarray(true_labels)
+    pred_labels = np.asarray(pred_labels)
+    t_lut = np.concatenate([[-1], np.asarray(true_classes, dtype=np.int64)])
+    p_lut = np.concatenate([[-1], np.asarray(pred_classes, dtype=np.int64)])
+    if len(t_lut) <= true_labels.max(initial=0) or len(p_lut) <= pred_labels.max(initial=0):
+        raise ValueError("need one class per label 1..max(labels)")
+    t_cls = t_lut[true_labels]
+    p_cls = p_lut[pred_labels]
+    per_class = []
+    pqs = []
+    for c in range(n_classes):
+        t = np.where(t_cls == c, true_labels, 0)
+        p = np.where(p_cls == c, pred_labels, 0)
+        stats = panoptic_quality(t, p, match_iou)
+        per_class.append(stats)
+        pqs.append(float("nan") if stats["tp"] + stats["fp"] + stats["fn"] == 0
+                   else stats["pq"])
+    defined = [q for q in pqs if q == q]
+    return {"mpq": float(np.mean(defined)) if defined else float("nan"),
+            "pq_per_class": pqs, "per_class": per_class}

@@ -1,0 +1,136 @@
+"""Metrics on hand-made label images whose scores are worked out by hand in each test."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from slicer_cli.nuclei.metrics import (
+    aggregated_jaccard_index,
+    detection_f1,
+    multiclass_pq,
+    panoptic_quality,
+)
+
+
+def _canvas() -> np.ndarray:
+    return np.zeros((30, 40), dtype=np.int32)
+
+
+def _two_squares() -> np.ndarray:
+    lab = _canvas()
+    lab[0:10, 0:10] = 1      # 100 px
+    lab[15:25, 20:30] = 2    # 100 px
+    return lab
+
+
+def test_perfect_match_scores_one_even_with_other_ids():
+    true = _two_squares()
+    pred = np.where(true == 1, 42, np.where(true == 2, 7, 0))  # same nuclei, other ids
+    pq = panoptic_quality(true, pred)
+    assert pq["pq"] == pq["dq"] == pq["sq"] == pq["f1"] == 1.0
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (2, 0, 0)
+    assert aggregated_jaccard_index(true, pred) == 1.0
+    assert detection_f1(true, pred) == 1.0
+
+
+def test_one_missed_nucleus():
+    true = _two_squares()
+    pred = np.where(true == 1, 1, 0)
+    pq = panoptic_quality(true, pred)
+    # tp 1, fn 1: DQ = 1 / (1 + 0.5) = 2/3, SQ = 1, PQ = 2/3
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (1, 0, 1)
+    assert pq["dq"] == pytest.approx(2 / 3)
+    assert pq["sq"] == pytest.approx(1.0)
+    assert pq["pq"] == pytest.approx(2 / 3)
+    assert pq["recall"] == pytest.approx(0.5) and pq["precision"] == pytest.approx(1.0)
+    # AJI: intersection 100 / (union 100 + missed area 100) = 0.5
+    assert aggregated_jaccard_index(true, pred) == pytest.approx(0.5)
+
+
+def test_shifted_nucleus_with_known_iou():
+    true = _canvas()
+    true[0:10, 0:10] = 1
+    pred = _canvas()
+    pred[0:10, 2:12] = 1  # shift by 2 px: intersection 80, union 120, IoU 2/3
+    pq = panoptic_quality(true, pred)
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (1, 0, 0)
+    assert pq["sq"] == pytest.approx(2 / 3)
+    assert pq["pq"] == pytest.approx(2 / 3)
+    assert aggregated_jaccard_index(true, pred) == pytest.approx(80 / 120)
+
+
+def test_shift_below_iou_half_is_a_miss_and_a_false_positive():
+    true = _canvas()
+    true[0:10, 0:10] = 1
+    pred = _canvas()
+    pred[0:10, 4:14] = 1  # intersection 60, union 140, IoU 3/7 < 0.5
+    pq = panoptic_quality(true, pred)
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (0, 1, 1)
+    assert pq["pq"] == 0.0 and pq["f1"] == 0.0
+    assert aggregated_jaccard_index(true, pred) == pytest.approx(60 / 140)
+
+
+def test_iou_exactly_half_does_not_match():
+    true = _canvas()
+    true[0:10, 0:10] = 1
+    true[0:10, 10:20] = 2
+    pred = _canvas()
+    pred[0:10, 0:20] = 1  # one prediction over both: IoU 100/200 = 0.5 with each
+    pq = panoptic_quality(true, pred)
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (0, 1, 2)
+    assert pq["pq"] == 0.0
+    # AJI: both true nuclei pair with the merged prediction (its area counted per pair):
+    # (100 + 100) / (200 + 200) = 0.5
+    assert aggregated_jaccard_index(true, pred) == pytest.approx(0.5)
+
+
+def test_aji_adds_unpaired_prediction_to_union():
+    true = _canvas()
+    true[0:10, 0:10] = 1
+    pred = _canvas()
+    pred[0:10, 0:6] = 1   # IoU 60/100, the best pair
+    pred[0:10, 6:10] = 2  # IoU 40/100, left unpaired: its 40 px join the union
+    pred[20:25, 30:35] = 3  # a 25 px false positive elsewhere
+    assert aggregated_jaccard_index(true, pred) == pytest.approx(60 / (100 + 40 + 25))
+    pq = panoptic_quality(true, pred)
+    assert (pq["tp"], pq["fp"], pq["fn"]) == (1, 2, 0)
+    # DQ = 1 / (1 + 1) = 0.5, SQ = 0.6
+    assert pq["pq"] == pytest.approx(0.3)
+
+
+def test_empty_images():
+    empty = _canvas()
+    both = panoptic_quality(empty, empty)
+    assert both["pq"] == 1.0 and both["tp"] == both["fp"] == both["fn"] == 0
+    assert aggregated_jaccard_index(empty, empty) == 1.0
+    one = _two_squares()
+    assert panoptic_quality(one, empty)["pq"] == 0.0
+    assert panoptic_quality(empty, one)["pq"] == 0.0
+    assert panoptic_quality(empty, one)["fp"] == 2
+    assert aggregated_jaccard_index(one, empty) == 0.0
+    assert aggregated_jaccard_index(empty, one) == 0.0
+
+
+def test_multiclass_pq_per_class_and_mean():
+    true = _two_squares()
+    pred = true.copy()
+    # truth: nucleus 1 is class 0, nucleus 2 class 1; the prediction calls both class 1.
+    res = multiclass_pq(true, [0, 1], pred, [1, 1], n_classes=3)
+    pqs = res["pq_per_class"]
+    assert pqs[0] == 0.0                       # class 0: tp 0, fn 1
+    assert pqs[1] == pytest.approx(2 / 3)      # class 1: tp 1, fp 1 -> DQ 2/3, SQ 1
+    assert math.isnan(pqs[2])                  # class 2 absent from both: skipped
+    assert res["mpq"] == pytest.approx((0 + 2 / 3) / 2)
+    perfect = multiclass_pq(true, [0, 1], pred, [0, 1], n_classes=3)
+    assert perfect["pq_per_class"][:2] == [1.0, 1.0] and perfect["mpq"] == 1.0
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError):
+        panoptic_quality(np.zeros((3, 3), int), np.zeros((3, 4), int))
+    with pytest.raises(ValueError):
+        panoptic_quality(_two_squares(), _two_squares(), match_iou=0.3)
+    with pytest.raises(ValueError):
+        multiclass_pq(_two_squares(), [0], _two_squares(), [0, 1], n_classes=2)

@@ -1,0 +1,107 @@
+"""Evaluate the shipped model on the held-out quadrant of hgsc_nest (rows/cols 750:1500).
+
+Usage (from the repository root)::
+
+    .venv/bin/python -m training.evaluate [--model-dir models/nucleus_unet] [--json out.json]
+                                          [--region held_out|validation] [--timing]
+
+The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
+(reflect-padded to a multiple of 32), its maps are post-processed by
+``slicer_cli.nuclei.instances.extract_instances`` with the thresholds of ``config.pbtxt``,
+and the result is scored against the labels: detection F1 at IoU 0.5, binary PQ (DQ, SQ),
+AJI, per-class PQ and mPQ (PanNuke / HoVer-Net conventions).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slicer_cli.nuclei.backends.local import LocalBackend
+from slicer_cli.nuclei.instances import extract_instances
+from slicer_cli.nuclei.metrics import aggregated_jaccard_index, multiclass_pq, panoptic_quality
+from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
+
+from .data import HELD_OUT, VALIDATION, load_tile, region
+from .tune import predict_maps
+
+
+def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
+             threads: int = 2) -> dict:
+    """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict."""
+    tile = load_tile()
+    image, labels, classes = region(tile, box)
+    with LocalBackend(model_dir, threads=threads) as backend:
+        info = backend.info
+        t0 = time.perf_counter()
+        maps = predict_maps(backend, image, info.size_multiple)
+        infer_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
+                             fg_threshold=info.fg_threshold,
+                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px)
+    post_s = time.perf_counter() - t0
+    binary = panoptic_quality(labels, inst.labels)
+    multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(info.classes))
+    return {
+        "model": info.name, "version": info.version, "region_rows_cols": list(box),
+        "thresholds": {"fg_threshold": info.fg_threshold, "seed_threshold": info.seed_threshold,
+                       "min_area_px": info.min_area_px},
+        "n_true": int(labels.max()), "n_pred": int(inst.labels.max()),
+        "f1": binary["f1"], "precision": binary["precision"], "recall": binary["recall"],
+        "bpq": binary["pq"], "dq": binary["dq"], "sq": binary["sq"],
+        "aji": aggregated_jaccard_index(labels, inst.labels),
+        "mpq": multi["mpq"],
+        "pq_per_class": dict(zip(info.classes, multi["pq_per_class"])),
+        "n_true_per_class": dict(zip(info.classes, np.bincount(classes, minlength=len(
+            info.classes)).tolist())),
+        "n_pred_per_class": dict(zip(info.classes, np.bincount(inst.class_index, minlength=len(
+            info.classes)).tolist())),
+        "inference_s": round(infer_s, 3), "postprocess_s": round(post_s, 3),
+    }
+
+
+def time_inference(model_dir: Path, sizes: tuple[int, ...] = (256, 1024), repeats: int = 3,
+                   threads: int = 2) -> dict[str, float]:
+    """Median ONNX Runtime seconds for one real tile of each size (batch of 1)."""
+    tile = load_tile()
+    out = {}
+    with LocalBackend(model_dir, threads=threads) as backend:
+        for size in sizes:
+            batch = np.ascontiguousarray(tile.image[None, :size, :size])
+            backend.infer(batch)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                backend.infer(batch)
+                times.append(time.perf_counter() - t0)
+            out[f"{size}x{size}_s"] = round(float(np.median(times)), 3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m training.evaluate``."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    p.add_argument("--region", choices=("held_out", "validation"), default="held_out")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--timing", action="store_true", help="also time 256 and 1024 px tiles")
+    p.add_argument("--json", type=Path, help="write the metrics here too")
+    args = p.parse_args(argv)
+    box = HELD_OUT if args.region == "held_out" else VALIDATION
+    result = evaluate(args.model_dir, box, args.threads)
+    if args.timing:
+        result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Export the trained network as the contract's ONNX graph and write Triton's config.pbtxt."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .data import CLASSES
+from .net import Exported, UNet
+
+CLASS_COLORS = ("rgb(0,160,0)", "rgb(255,200,0)", "rgb(220,20,60)")
+OPSET = 17
+
+
+def export_onnx(net: UNet, path: Path) -> Path:
+    """Write ``net`` (uint8 NHWC in, probabilities out) as ONNX opset 17, dynamic N/H/W."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = Exported(net).eval()
+    example = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    tmp = path.with_suffix(".onnx.tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            model, (example,), str(tmp), opset_version=OPSET, dynamo=False,
+            input_names=["IMAGE"], output_names=["FOREGROUND", "DISTANCE", "CLASS_PROB"],
+            dynamic_axes={"IMAGE": {0: "N", 1: "H", 2: "W"}, "FOREGROUND": {0: "N", 1: "H", 2: "W"},
+                          "DISTANCE": {0: "N", 1: "H", 2: "W"},
+                          "CLASS_PROB": {0: "N", 1: "H", 2: "W"}},
+            do_constant_folding=True)
+    tmp.replace(path)
+    return path
+
+
+def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_threshold: float,
+                 min_area_px: int, max_batch_size: int = 16) -> Path:
+    """Write ``<model_dir>/config.pbtxt`` (Triton layout; metadata in ``parameters``)."""
+    params = {
+        "classes": ",".join(CLASSES),
+        "class_colors": ",".join(CLASS_COLORS),
+        "mpp": "0.5",
+        "tile_size": "1024",
+        "overlap": "128",
+        "size_multiple": "32",
+        "version": version,
+        "fg_threshold": f"{fg_threshold:g}",
+        "seed_threshold": f"{seed_threshold:g}",
+        "min_area_px": str(int(min_area_px)),
+        "output_semantics": ("FOREGROUND nucleus probability; DISTANCE per-nucleus normalised "
+                             "distance to the border (0 border, 1 centre); CLASS_PROB softmax "
+                             "over classes"),
+    }
+    body = "\n".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
+    text = f"""name: "{model_dir.name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{ name: "IMAGE" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] }}
+]
+output [
+  {{ name: "FOREGROUND" data_type: TYPE_FP32 dims: [ -1, -1 ] }},
+  {{ name: "DISTANCE" data_type: TYPE_FP32 dims: [ -1, -1 ] }},
+  {{ name: "CLASS_PROB" data_type: TYPE_FP32 dims: [ -1, -1, {len(CLASSES)} ] }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+  default_queue_policy {{ max_queue_size: 64 }}
+}}
+instance_group [ {{ count: 1 kind: KIND_GPU }} ]
+{body}
+"""
+    path = model_dir / "config.pbtxt"
+    path.write_text(text)
+    return path

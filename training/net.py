@@ -1,0 +1,83 @@
+"""A small fully-convolutional U-Net honouring the model contract (slicer_cli.nuclei.model).
+
+Input uint8 ``[N, H, W, 3]`` RGB (H, W multiples of 32); normalisation happens in the graph.
+Outputs ``FOREGROUND`` (sigmoid) ``[N, H, W]``, ``DISTANCE`` (sigmoid) ``[N, H, W]`` and
+``CLASS_PROB`` (softmax over C classes) ``[N, H, W, C]``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+# Per-channel statistics of H&E RGB in [0, 1] (rough, fixed; only centres the input).
+MEAN = (0.70, 0.55, 0.70)
+STD = (0.17, 0.20, 0.15)
+_MEAN = torch.tensor(MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """Five-level U-Net (four 2x downsamplings plus a stride-32 bottleneck).
+
+    Parameters
+    ----------
+    width : int
+        Channels at full resolution; doubled at every level.
+    n_classes : int
+        Number of nucleus classes.
+    max_mult : int
+        Cap on the channel multiplier of the deep levels (keeps the file small).
+
+    ``forward`` takes a float NCHW batch already normalised and returns raw logits
+    ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
+    """
+
+    def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8):
+        super().__init__()
+        chans = [width * min(2**k, max_mult) for k in range(6)]  # 16 .. 128 with width 16
+        self.down = nn.ModuleList([_block(3, chans[0])] + [
+            _block(chans[k], chans[k + 1]) for k in range(5)])
+        self.up = nn.ModuleList([
+            nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in range(5)])
+        self.dec = nn.ModuleList([_block(2 * chans[k], chans[k]) for k in range(5)])
+        self.head = nn.Sequential(
+            nn.Conv2d(chans[0], chans[0], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(chans[0], 2 + n_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        skips = []
+        for k, block in enumerate(self.down):
+            x = block(x if k == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for k in reversed(range(5)):
+            x = self.dec[k](torch.cat([self.up[k](x), skips[k]], dim=1))
+        out = self.head(x)
+        return out[:, :1], out[:, 1:2], out[:, 2:]
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC RGB -> float NCHW, centred and scaled (the same op is inside the export)."""
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    return (x - _MEAN) / _STD
+
+
+class Exported(nn.Module):
+    """The contract's graph: uint8 NHWC in, probabilities out (what ships as ONNX)."""
+
+    def __init__(self, net: UNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fg, dist, cls = self.net(normalise(image))
+        return (torch.sigmoid(fg[:, 0]), torch.sigmoid(dist[:, 0]),
+                torch.softmax(cls, dim=1).permute(0, 2, 3, 1))
