@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-MAX_ITERATIONS = 64  # > half the largest nucleus extent (74 px at 0.5 um/px)
+MAX_ITERATIONS = 40  # > half the largest nucleus extent (74 px at 0.5 um/px)
 _CHECK_EVERY = 4     # test for a fixed point every few dilations (one sync on a GPU)
 
 
@@ -141,27 +141,38 @@ def _first_index_keys(xp: ModuleType, ndi: ModuleType, components: Any, n: int,
     return lut[components]
 
 
-def _dilate3(xp: ModuleType, a: Any) -> Any:
-    """3 x 3 grey dilation (separable max over shifted views; same as
-    ``ndimage.grey_dilation(a, size=(3, 3))`` for non-negative ``a``, but several times
-    faster than scipy's filter on the CPU)."""
-    r = a.copy()
-    xp.maximum(r[1:], a[:-1], out=r[1:])
-    xp.maximum(r[:-1], a[1:], out=r[:-1])
-    c = r.copy()
-    xp.maximum(c[:, 1:], r[:, :-1], out=c[:, 1:])
-    xp.maximum(c[:, :-1], r[:, 1:], out=c[:, :-1])
-    return c
+def _dilate3(xp: ModuleType, a: Any, rows: Any, out: Any) -> Any:
+    """3 x 3 grey dilation of ``a`` into ``out`` (``rows`` is scratch space).
+
+    Separable max over shifted views: the same as ``ndimage.grey_dilation(a, size=(3, 3))``
+    for non-negative ``a``, several times faster than scipy's filter, and allocation-free.
+    """
+    rows[...] = a
+    xp.maximum(rows[1:], a[:-1], out=rows[1:])
+    xp.maximum(rows[:-1], a[1:], out=rows[:-1])
+    out[...] = rows
+    xp.maximum(out[:, 1:], rows[:, :-1], out=out[:, 1:])
+    xp.maximum(out[:, :-1], rows[:, 1:], out=out[:, :-1])
+    return out
 
 
 def _grow(xp: ModuleType, labels: Any, mask: Any) -> Any:
-    """Constrained grey dilation of ``labels`` into ``mask`` until stable."""
+    """Constrained grey dilation of ``labels`` into ``mask`` until stable.
+
+    All seeds advance one pixel per iteration (simultaneous fronts); a free pixel reached by
+    several seeds at once takes the largest label.
+    """
+    labels = labels.copy()
     free = mask & (labels == 0)
+    rows = xp.empty_like(labels)
+    grown = xp.empty_like(labels)
+    reached = xp.empty_like(free)
     for it in range(MAX_ITERATIONS):
-        grown = _dilate3(xp, labels)
-        take = free & (grown > 0)
-        labels = xp.where(take, grown, labels)
-        free = free & ~take
-        if (it + 1) % _CHECK_EVERY == 0 and not bool(take.any()):
+        _dilate3(xp, labels, rows, grown)
+        xp.multiply(grown, free, out=grown)      # only free pixels may take a label
+        xp.add(labels, grown, out=labels)        # labels are 0 on free pixels
+        xp.equal(grown, 0, out=reached)
+        xp.logical_and(free, reached, out=free)
+        if (it + 1) % _CHECK_EVERY == 0 and not bool(grown.any()):
             break
     return labels
