@@ -15,9 +15,14 @@ def foreground_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def distance_loss(logits: torch.Tensor, target: torch.Tensor, fg: torch.Tensor,
-                  nucleus_weight: float = 2.0) -> torch.Tensor:
-    """Mean squared error of the sigmoid distance map (nucleus pixels weighted more)."""
-    weight = 1.0 + (nucleus_weight - 1.0) * fg
+                  background_weight: float = 0.1) -> torch.Tensor:
+    """Mean squared error of the sigmoid distance map, mostly over nucleus pixels.
+
+    Background pixels (target 0, easy) count ``background_weight`` each, so the loss is not
+    diluted by the ~80 % of pixels that are background and the peaks at nucleus centres
+    (which make the seeds) are learnt.
+    """
+    weight = fg + background_weight * (1.0 - fg)
     return (weight * (torch.sigmoid(logits) - target) ** 2).sum() / weight.sum()
 
 

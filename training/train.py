@@ -36,14 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--iterations", type=int, default=800)
+    p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="crop side in px (multiple of 32)")
     p.add_argument("--width", type=int, default=16, help="U-Net channels at full resolution")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--w-fg", type=float, default=1.0)
-    p.add_argument("--w-dist", type=float, default=4.0)
+    p.add_argument("--w-dist", type=float, default=10.0)
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

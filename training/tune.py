@@ -15,9 +15,9 @@ from slicer_cli.nuclei.metrics import multiclass_pq, panoptic_quality
 
 from .data import CLASSES, VALIDATION, Tile, region
 
-FG_GRID = (0.4, 0.5, 0.6)
-SEED_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
-AREA_GRID = (8, 16, 32, 48)
+FG_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+SEED_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+AREA_GRID = (8, 16, 32, 48, 64)
 
 
 def predict_maps(backend, image: np.ndarray, multiple: int = 32) -> dict[str, np.ndarray]:

@@ -1,0 +1,86 @@
+"""The shipped model (models/nucleus_unet) honours the contract and finds real nuclei."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slicer_cli.nuclei.backends.local import LocalBackend
+from slicer_cli.nuclei.instances import extract_instances
+from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, onnx_path
+
+MAX_BYTES = 30 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def backend():
+    with LocalBackend(DEFAULT_MODEL_DIR, threads=2) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def hgsc_rgb(hgsc_image) -> np.ndarray:
+    return np.asarray(Image.open(hgsc_image).convert("RGB"))
+
+
+def test_config_honours_the_contract():
+    info = load_model_info(DEFAULT_MODEL_DIR)
+    assert info.classes == ("connective", "inflammatory", "neoplastic")
+    assert len(info.class_colors) == 3 and len(set(info.class_colors)) == 3
+    assert info.mpp == pytest.approx(0.5)
+    assert info.size_multiple == 32
+    assert info.tile_size % info.size_multiple == 0
+    assert 0 < info.fg_threshold < 1 and 0 < info.seed_threshold < 1 and info.min_area_px >= 1
+
+
+def test_onnx_file_is_small_with_dynamic_axes():
+    import onnx
+
+    path = onnx_path(DEFAULT_MODEL_DIR)
+    assert path.stat().st_size <= MAX_BYTES
+    model = onnx.load(str(path))
+    assert any(op.domain in ("", "ai.onnx") and op.version == 17 for op in model.opset_import)
+    (image,) = model.graph.input
+    assert image.name == "IMAGE"
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = image.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][-1] == 3
+    assert all(d.dim_param for d in dims[:3])  # N, H, W are symbolic
+
+
+def test_runs_on_a_real_256_tile(backend, hgsc_rgb):
+    tile = np.ascontiguousarray(hgsc_rgb[None, 100:356, 200:456])
+    out = backend.infer(tile)
+    assert out["FOREGROUND"].shape == (1, 256, 256)
+    assert out["DISTANCE"].shape == (1, 256, 256)
+    assert out["CLASS_PROB"].shape == (1, 256, 256, 3)
+    for name in ("FOREGROUND", "DISTANCE", "CLASS_PROB"):
+        assert out[name].dtype == np.float32
+        assert np.isfinite(out[name]).all()
+        assert out[name].min() >= 0 and out[name].max() <= 1
+    np.testing.assert_allclose(out["CLASS_PROB"].sum(-1), 1.0, atol=1e-4)
+    assert 0.02 < (out["FOREGROUND"] > 0.5).mean() < 0.6  # some nuclei, not everything
+
+
+def test_batch_and_non_square_shapes(backend, hgsc_rgb):
+    batch = np.stack([hgsc_rgb[:64, :96], hgsc_rgb[64:128, 96:192]])
+    out = backend.infer(np.ascontiguousarray(batch))
+    assert out["FOREGROUND"].shape == (2, 64, 96)
+    single = backend.infer(np.ascontiguousarray(batch[1:]))
+    np.testing.assert_allclose(out["FOREGROUND"][1], single["FOREGROUND"][0], atol=1e-4)
+
+
+def test_nucleus_count_on_a_real_quadrant_is_plausible(backend, hgsc_rgb, hgsc_labels):
+    # The held-out quadrant (never used for training or tuning); 750 px reflect-padded to 768.
+    image = hgsc_rgb[750:, 750:]
+    n_true = len(np.unique(hgsc_labels[750:, 750:])) - 1
+    padded = np.pad(image, ((0, 18), (0, 18), (0, 0)), mode="reflect")[None]
+    out = {k: v[0, :750, :750] for k, v in backend.infer(padded).items()}
+    info = backend.info
+    inst = extract_instances(out["FOREGROUND"], out["DISTANCE"], out["CLASS_PROB"],
+                             fg_threshold=info.fg_threshold,
+                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px)
+    n_pred = int(inst.labels.max())
+    assert 0.6 * n_true <= n_pred <= 1.5 * n_true, (n_pred, n_true)
+    # every class of the model is used somewhere in this mixed region
+    assert set(np.unique(inst.class_index).tolist()) == {0, 1, 2}
