@@ -1,0 +1,234 @@
+"""Turn a request (our REST route or HistomicsUI's slicer_cli_web submit) into a worker job.
+
+Validation happens here, at the boundary: the item must be readable and writable by the user,
+parameters are checked against the CLI's own XML (types, constraints, enumerations), and the
+job is refused with a readable 400/403 before anything is queued. What reaches the worker is
+plain strings (CLI flags) plus ids; the user's job token travels in the celery message headers
+only (``girder_client_token``), never in the task's arguments, so it is neither stored in the
+Girder job (``args``/``kwargs``) nor printed by girder_worker's argument logging.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from girder.api.rest import RestException
+from girder.constants import AccessType, TokenScope
+from girder.exceptions import FilePathException
+from girder.models.file import File
+from girder.models.item import Item
+from girder.models.setting import Setting
+from girder.models.token import Token
+from girder_jobs.models.job import Job
+
+from .constants import ATTR_KEY, CLI_NAME, JOB_TYPE
+
+#: inputs and outputs are decided by the plugin (slide of the item, results onto the item)
+_IO_TYPES = {"image", "file", "directory", "item", "geometry", "table", "transform"}
+#: slicer_cli_web's own bookkeeping parameters that a HistomicsUI submit carries
+_FRAMEWORK_SUFFIXES = ("_folder",)
+#: lifetime of the job's own user token (deleted by the worker when the job ends)
+TOKEN_DAYS = 7
+
+
+def slide_file(item: dict, user: dict, file_id: str | None = None) -> dict:
+    """The slide file to analyse: ``file_id`` (must belong to ``item``), else the large image.
+
+    Raises
+    ------
+    RestException
+        400 when the item has no single slide file or the file is not in the item.
+    """
+    if file_id:
+        file = File().load(file_id, user=user, level=AccessType.READ, exc=True)
+        if str(file["itemId"]) != str(item["_id"]):
+            raise RestException(f"File {file_id} is not in item {item['_id']}.")
+        return file
+    large = item.get("largeImage", {}).get("fileId")
+    if large:
+        return File().load(large, force=True)
+    files = list(Item().childFiles(item, limit=2))
+    if len(files) != 1:
+        raise RestException(f"Item {item['_id']} is not a large image and has {len(files)} "
+                            "files; pass fileId to choose the slide.")
+    return files[0]
+
+
+def _truthy(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise RestException(f"Parameter {name} must be true or false, not {value!r}.")
+
+
+def _number(name: str, value, kind: type, param) -> int | float:
+    try:
+        number = kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError) as e:
+        raise RestException(f"Parameter {name} must be a number, not {value!r}.") from e
+    if kind is int and float(value) != number:
+        raise RestException(f"Parameter {name} must be an integer, not {value!r}.")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise RestException(f"Parameter {name} must be finite, not {value!r}.")
+    constraints = getattr(param, "constraints", None)
+    if constraints is not None:
+        low, high = constraints.minimum, constraints.maximum
+        if low is not None and number < float(low) or high is not None and number > float(high):
+            raise RestException(f"Parameter {name} must be within [{low}, {high}], "
+                                f"not {number}.")
+    return number
+
+
+def _region(name: str, value) -> list[float] | None:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        except json.JSONDecodeError as e:
+            raise RestException(f"Parameter {name} is not valid JSON: {e}") from e
+    try:
+        numbers = [float(v) for v in value]
+    except (TypeError, ValueError) as e:
+        raise RestException(f"Parameter {name} must be four numbers left,top,width,height.") \
+            from e
+    if len(numbers) != 4:
+        raise RestException(f"Parameter {name} must be four numbers left,top,width,height.")
+    if all(v == -1 for v in numbers):
+        return None
+    if numbers[0] < 0 or numbers[1] < 0 or numbers[2] <= 0 or numbers[3] <= 0:
+        raise RestException(f"Parameter {name}: left and top must be >= 0, width and height "
+                            "> 0 (or all -1 for the whole slide).")
+    return numbers
+
+
+def cli_arguments(xml: bytes | str, params: dict, strict: bool = True) -> tuple[list[str], dict]:
+    """Validate ``params`` against the CLI XML and turn them into ``--flag=value`` arguments.
+
+    Parameters
+    ----------
+    xml : bytes or str
+        The CLI's XML (``meta.xml`` of the registered item).
+    params : dict
+        ``{parameter name: value}``; absent or empty values keep the CLI's default.
+    strict : bool
+        Reject names the CLI does not have (our REST route). HistomicsUI's submit also carries
+        its input/output bindings, which are ignored instead.
+
+    Returns
+    -------
+    args : list of str
+        CLI arguments, e.g. ``["--batch-size=4", "--region=0,0,512,512"]``.
+    values : dict
+        The normalised parameter values (recorded on the job and in the item metadata).
+
+    Raises
+    ------
+    RestException
+        400 on an unknown name (strict), a wrong type or a value outside the constraints.
+    """
+    from slicer_cli_web.cli_utils import as_model, get_cli_parameters
+
+    model = as_model(xml.encode() if isinstance(xml, str) else xml)
+    index_params, opt_params, _ = get_cli_parameters(model)
+    known = {p.name: p for p in opt_params if p.typ not in _IO_TYPES and p.longflag}
+    io_names = {p.name for p in index_params + opt_params if p.name not in known}
+    unknown = [k for k in params if k not in known and (
+        strict or (k not in io_names and not k.endswith(_FRAMEWORK_SUFFIXES)))]
+    if unknown and strict:
+        raise RestException(f"Unknown parameter(s) {', '.join(sorted(unknown))}; this CLI "
+                            f"takes {', '.join(sorted(known))}.")
+    args, values = [], {}
+    for name, param in known.items():
+        value = params.get(name)
+        if value is None or (isinstance(value, str) and value.strip() == "" and
+                             param.typ != "string"):
+            continue
+        if param.typ == "boolean":
+            flag = _truthy(name, value)
+            values[name] = flag
+            args.append(f"{param.longflag}={'true' if flag else 'false'}")
+        elif param.typ == "integer":
+            values[name] = _number(name, value, int, param)
+            args.append(f"{param.longflag}={values[name]}")
+        elif param.typ in ("float", "double"):
+            values[name] = _number(name, value, float, param)
+            args.append(f"{param.longflag}={values[name]!r}")
+        elif param.typ == "region":
+            region = _region(name, value)
+            if region is not None:
+                values[name] = region
+                args.append(f"{param.longflag}=" + ",".join(f"{v:g}" for v in region))
+        elif param.typ == "string-enumeration":
+            if str(value) not in param.elements:
+                raise RestException(f"Parameter {name} must be one of "
+                                    f"{', '.join(param.elements)}, not {value!r}.")
+            values[name] = str(value)
+            args.append(f"{param.longflag}={value}")
+        else:
+            text = str(value).strip()
+            if "\n" in text:
+                raise RestException(f"Parameter {name} must be a single line.")
+            if text:
+                values[name] = text
+                args.append(f"{param.longflag}={text}")
+    return args, values
+
+
+def direct_path(file: dict) -> str | None:
+    """Local path of the slide when ``worker.direct_path`` is on and the assetstore has one."""
+    if not Setting().get("worker.direct_path"):
+        return None
+    try:
+        return File().getLocalFilePath(file)
+    except FilePathException:
+        return None
+
+
+def launch(user: dict, item: dict, file: dict, cli_item, params: dict,
+           strict: bool = True) -> dict:
+    """Queue the analysis of ``file`` (in ``item``) on girder_worker; return the job.
+
+    Parameters
+    ----------
+    user : dict
+        The requesting user (needs WRITE on ``item``; checked here again).
+    item, file : dict
+        The slide item and its slide file.
+    cli_item : slicer_cli_web.models.CLIItem
+        The registered CLI (its XML validates ``params``).
+    params : dict
+        CLI parameters by name.
+    strict : bool
+        See :func:`cli_arguments`.
+
+    Raises
+    ------
+    RestException
+        400 on bad parameters.
+    girder.exceptions.AccessException
+        403 when the user cannot write to the item (results could not be posted).
+    """
+    from .worker import run_nucleus_analysis
+
+    Item().requireAccess(item, user, AccessType.WRITE)
+    args, values = cli_arguments(cli_item.xml, params, strict=strict)
+    token = Token().createToken(user=user, days=TOKEN_DAYS, scope=TokenScope.USER_AUTH)
+    result = run_nucleus_analysis.delay(
+        item_id=str(item["_id"]), file_id=str(file["_id"]), slide_name=file["name"],
+        cli_name=cli_item.name or CLI_NAME, cli_args=args, direct_path=direct_path(file),
+        girder_user=user, girder_client_token=token["_id"],
+        girder_job_title=f"{cli_item.name or CLI_NAME} on {item['name']}",
+        girder_job_type=JOB_TYPE,
+        girder_job_other_fields={ATTR_KEY: {"itemId": str(item["_id"]),
+                                            "fileId": str(file["_id"]),
+                                            "parameters": values}})
+    job = Job().load(result.job["_id"], force=True)
+    # what slicer_cli_web's "rerun" reads back
+    job = Job().updateJob(job, otherFields={
+        "_original_params": dict(params), "_original_name": cli_item.name,
+        "_original_path": cli_item.restBasePath})
+    return job

@@ -1,0 +1,287 @@
+"""girder_worker side: run the slicer CLI as a local process and hand its outputs to Girder.
+
+Registered through the ``girder_worker_plugins`` entry point
+(``nucleus_analysis = girder_nucleus_analysis.worker:NucleusAnalysisWorkerPlugin``). The task
+talks to Girder only through REST with the job's own user token, which girder_worker passes in
+the message headers (``girder_client_token``); the token is never an argument of the task or
+of the CLI, and the token is deleted when the job ends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from girder_worker import GirderWorkerPluginABC
+from girder_worker.app import app
+
+from .constants import CLI_NAME, STATUS_CANCELED, STATUS_CANCELING, TASK_NAME
+
+_PROGRESS = "<filter-progress>"
+#: seconds between two looks at the job status (cancel)
+POLL_S = 1.0
+#: seconds a canceled CLI gets to unwind after SIGTERM before SIGKILL
+KILL_GRACE_S = 10.0
+
+
+class NucleusAnalysisWorkerPlugin(GirderWorkerPluginABC):
+    """girder_worker plugin: imports our task module."""
+
+    def __init__(self, app, *args, **kwargs) -> None:
+        self.app = app
+
+    def task_imports(self) -> list[str]:
+        """Modules holding the tasks."""
+        return ["girder_nucleus_analysis.worker"]
+
+
+class AnalysisFailed(Exception):
+    """The CLI or the result upload failed; the message is what the user reads."""
+
+
+class Canceled(Exception):
+    """The job was canceled while it ran."""
+
+
+def cli_command() -> list[str]:
+    """Command prefix of the slicer CLI entry point (``NUCLEUS_ANALYSIS_CLI`` overrides)."""
+    override = os.environ.get("NUCLEUS_ANALYSIS_CLI", "").strip()
+    return shlex.split(override) if override else [sys.executable, "-m", "slicer_cli"]
+
+
+def _default_args(cli_args: list[str]) -> list[str]:
+    """Deployment defaults (``NUCLEUS_ANALYSIS_TRITON_URL``) for flags the user left empty."""
+    triton = os.environ.get("NUCLEUS_ANALYSIS_TRITON_URL", "").strip()
+    if triton and not any(a.startswith("--triton-url=") for a in cli_args):
+        return [*cli_args, f"--triton-url={triton}"]
+    return cli_args
+
+
+def _pump(stream, kind: str, lines: queue.Queue) -> None:
+    for line in iter(stream.readline, ""):
+        lines.put((kind, line))
+    lines.put((kind, None))
+
+
+class _JobView:
+    """Progress, log and cancel for one job (girder_worker's job manager + our REST client)."""
+
+    def __init__(self, task, job_id: str | None) -> None:
+        self.manager = getattr(task, "job_manager", None)
+        self.client = getattr(task, "girder_client", None)
+        self.job_id = job_id
+        self._last_poll = 0.0
+        self._message = ""
+
+    def log(self, text: str) -> None:
+        if self.manager is not None:
+            self.manager.write(text if text.endswith("\n") else text + "\n")
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        if message:
+            self._message = message
+        if self.manager is not None:
+            self.manager.updateProgress(total=1, current=min(max(fraction, 0.0), 1.0),
+                                        message=self._message)
+
+    def note(self, message: str) -> None:
+        self._message = message[:200]
+        if self.manager is not None:
+            self.manager.updateProgress(message=self._message)
+
+    def canceled(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if self.client is None or self.job_id is None or \
+                (not force and now - self._last_poll < POLL_S):
+            return False
+        self._last_poll = now
+        try:
+            status = self.client.get(f"job/{self.job_id}")["status"]
+        except Exception:  # a transient REST error must not kill a long run
+            return False
+        return status in (STATUS_CANCELING, STATUS_CANCELED)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the CLI's process group (it drops partial outputs), SIGKILL after a grace."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_cli(cmd: list[str], view: _JobView, cwd: str) -> None:
+    """Run the CLI, streaming progress and log lines into the job; honour Cancel.
+
+    Raises
+    ------
+    Canceled
+        The job was canceled; the process group was terminated.
+    AnalysisFailed
+        The CLI exited non-zero; the message is its last ``error:`` line on stderr.
+    """
+    lines: queue.Queue = queue.Queue()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, "out", lines), daemon=True),
+             threading.Thread(target=_pump, args=(proc.stderr, "err", lines), daemon=True)]
+    for pump in pumps:
+        pump.start()
+    open_streams, errors = 2, []
+    try:
+        while open_streams:
+            try:
+                kind, line = lines.get(timeout=POLL_S)
+            except queue.Empty:
+                kind, line = "tick", ""
+            if line is None:
+                open_streams -= 1
+            elif kind == "out" and _PROGRESS in line:
+                try:
+                    value = float(line.split(_PROGRESS, 1)[1].split("<", 1)[0])
+                except ValueError:
+                    view.log(line)
+                else:
+                    view.progress(value)
+            elif line:
+                if kind == "err":
+                    errors.append(line.strip())
+                else:
+                    view.note(line.strip())
+                view.log(line)
+            if view.canceled():
+                raise Canceled()
+        proc.wait()
+    except BaseException:
+        _stop(proc)
+        raise
+    if proc.returncode != 0:
+        reason = next((e for e in reversed(errors) if e.lower().startswith("error")),
+                      errors[-1] if errors else f"exit status {proc.returncode}")
+        raise AnalysisFailed(f"{CLI_NAME} failed (exit {proc.returncode}): {reason}")
+
+
+def _slide(view: _JobView, file_id: str, slide_name: str, direct_path: str | None,
+           workdir: str) -> str:
+    if direct_path and os.path.isfile(direct_path) and os.access(direct_path, os.R_OK):
+        view.log(f"Reading the slide in place ({slide_name})")
+        return direct_path
+    target = os.path.join(workdir, "input", os.path.basename(slide_name) or "slide")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    view.log(f"Downloading the slide {slide_name}")
+    view.client.downloadFile(file_id, target)
+    return target
+
+
+def _post_results(view: _JobView, item_id: str, outdir: Path, stem: str) -> dict:
+    """Upload outputs into the item (chunked) and ask Girder to ingest them."""
+    gc = view.client
+    anot = outdir / f"{stem}-nuclei.anot"
+    tables = [p for p in (outdir / f"{stem}-nuclei.csv", outdir / f"{stem}-nuclei.parquet")
+              if p.is_file()]
+    if not anot.is_file():
+        raise AnalysisFailed(f"{CLI_NAME} exited 0 but wrote no annotation file")
+    uploaded = []
+    try:
+        for path, mime in [(anot, "application/json")] + [
+                (p, "text/csv" if p.suffix == ".csv" else "application/vnd.apache.parquet")
+                for p in tables]:
+            uploaded.append(gc.uploadFileToItem(item_id, str(path), mimeType=mime)["_id"])
+    except Exception as e:
+        for file_id in uploaded:
+            try:
+                gc.delete(f"file/{file_id}")
+            except Exception:
+                pass
+        raise AnalysisFailed(f"uploading the results failed: {e}") from e
+    try:
+        return gc.post(f"nucleus_analysis/item/{item_id}/result", parameters={
+            "jobId": view.job_id, "annotationFileId": uploaded[0],
+            "tableFileIds": json.dumps(uploaded[1:])})
+    except Exception as e:
+        message = getattr(getattr(e, "response", None), "text", "") or str(e)
+        try:
+            message = json.loads(message).get("message", message)
+        except (ValueError, AttributeError):
+            pass
+        raise AnalysisFailed(message) from e
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True)
+def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_name: str,
+                         cli_args: list[str], direct_path: str | None = None) -> dict | None:
+    """Analyse one slide: fetch it, run the CLI, post the results onto the item.
+
+    Parameters
+    ----------
+    item_id, file_id : str
+        The slide item and file.
+    slide_name : str
+        The file name (for logs and output names).
+    cli_name : str
+        CLI to run (``NucleusAnalysis``).
+    cli_args : list of str
+        Validated ``--flag=value`` arguments (no token ever).
+    direct_path : str, optional
+        Path of the slide in a filesystem assetstore, read in place when visible here.
+
+    Returns
+    -------
+    dict or None
+        The ingested summary (counts per class); None when canceled.
+
+    Raises
+    ------
+    AnalysisFailed
+        The CLI failed or the results were rejected (the job ends ERROR with that message).
+    """
+    job_id = None
+    spec = getattr(self.request, "jobInfoSpec", None)
+    if isinstance(spec, dict):
+        job_id = spec.get("reference")
+    view = _JobView(self, job_id)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nucleus-analysis-") as workdir:
+            view.progress(0.0, "starting")
+            slide = _slide(view, file_id, slide_name, direct_path, workdir)
+            outdir = Path(workdir) / "out"
+            outdir.mkdir()
+            stem = Path(slide_name).stem or "slide"
+            cmd = [*cli_command(), cli_name, slide, str(outdir / f"{stem}-nuclei.anot"),
+                   str(outdir / f"{stem}-nuclei.csv"), *_default_args(cli_args)]
+            view.log("Running " + " ".join([cli_name, *_default_args(cli_args)]))
+            run_cli(cmd, view, workdir)
+            if view.canceled(force=True):
+                raise Canceled()
+            view.progress(1.0, "posting results")
+            summary = _post_results(view, item_id, outdir, stem)
+            counts = ", ".join(f"{c['name']} {c['count']}" for c in summary.get("classes", []))
+            view.log(f"Posted {summary.get('nuclei', 0)} nuclei ({counts}) onto the item")
+            return {"nuclei": summary.get("nuclei"), "classes": summary.get("classes")}
+    except Canceled:
+        view.log("Canceled: the analysis was stopped and nothing was posted")
+        return None
+    except AnalysisFailed as e:
+        view.note(str(e))
+        raise
+    finally:
+        if view.manager is not None:
+            view.manager._flush()
+        if view.client is not None:
+            try:  # the job's token dies with the job
+                view.client.delete("token/session")
+            except Exception:
+                pass
