@@ -1,0 +1,334 @@
+"""Triton backend against a real tritonserver (2.51, CPU, Python backend on the shipped ONNX).
+
+Tests marked ``triton`` start servers through ``scripts/serve_triton.py`` and skip only when
+``./.venv-triton`` is absent (``bash scripts/setup_triton_env.sh`` creates it; CI does). The
+rest check URL handling, fault classification and metadata validation without a server.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slicer_cli.nuclei.backends import open_backend
+from slicer_cli.nuclei.backends.local import LocalBackend
+from slicer_cli.nuclei.backends.triton import TritonBackend, _classify, check_metadata
+from slicer_cli.nuclei.errors import BackendError, ModelError
+from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, read_config
+
+from .triton_server import SKIP_REASON, TRITON_ENV_MISSING, TritonServerProcess, free_ports
+
+
+def needs_triton(test):
+    """Mark a test ``triton``; skip it only when ./.venv-triton is absent."""
+    return pytest.mark.triton(pytest.mark.skipif(TRITON_ENV_MISSING, reason=SKIP_REASON)(test))
+
+
+MODEL = DEFAULT_MODEL_DIR.name
+BAD_OUTPUT = f"{MODEL}_bad_output"  # FOREGROUND renamed FG
+NO_BATCH = f"{MODEL}_no_batching"  # max_batch_size 0
+BATCH2 = f"{MODEL}_batch2"  # max_batch_size 2
+
+
+def _variant(repo: Path, name: str, edit) -> None:
+    """A copy of the shipped model under ``name`` with its config edited (ONNX linked)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = read_config(DEFAULT_MODEL_DIR)
+    config["name"] = name
+    edit(config)
+    msg = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    (repo / name).mkdir()
+    (repo / name / "config.pbtxt").write_text(text_format.MessageToString(msg))
+    for version in DEFAULT_MODEL_DIR.iterdir():
+        if version.name.isdigit():
+            (repo / name / version.name).symlink_to(version.resolve())
+
+
+def _rename_foreground(config: dict) -> None:
+    for out in config["output"]:
+        if out["name"] == "FOREGROUND":
+            out["name"] = "FG"
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tmp_path_factory) -> Path:
+    """The shipped model (linked, unchanged) plus three deliberately different variants."""
+    repo = tmp_path_factory.mktemp("triton_repo")
+    (repo / MODEL).symlink_to(DEFAULT_MODEL_DIR.resolve())
+    _variant(repo, BAD_OUTPUT, _rename_foreground)
+    _variant(repo, NO_BATCH, lambda c: (c.__setitem__("max_batch_size", 0),
+                                        c.pop("dynamic_batching", None)))
+    _variant(repo, BATCH2, lambda c: c.__setitem__("max_batch_size", 2))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton(triton_repo) -> TritonServerProcess:
+    """One real server for the session, torn down at the end."""
+    if TRITON_ENV_MISSING:
+        pytest.skip(SKIP_REASON)
+    server = TritonServerProcess(triton_repo).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiles(hgsc_image) -> np.ndarray:
+    """Two real 512 x 512 H&E tiles (hgsc_nest, about 0.5 um/px, the model's resolution)."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(hgsc_image).convert("RGB"))
+    return np.ascontiguousarray(np.stack([image[:512, :512], image[700:1212, 900:1412]]))
+
+
+@pytest.fixture(scope="session")
+def local_maps(tiles) -> dict[str, np.ndarray]:
+    with LocalBackend(threads=1) as local:
+        return local.infer(tiles)
+
+
+def _assert_same(maps: dict, expected: dict) -> None:
+    assert set(maps) == set(expected)
+    for name, want in expected.items():
+        assert maps[name].dtype == np.float32 and maps[name].shape == want.shape, name
+        np.testing.assert_allclose(maps[name], want, atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+# -- against a real server ----------------------------------------------------------------------
+@needs_triton
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_triton_matches_local_backend(triton, tiles, local_maps, scheme):
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    with open_backend(url, DEFAULT_MODEL_DIR) as backend:
+        assert isinstance(backend, TritonBackend) and backend.concurrency == 4
+        _assert_same(backend.infer(tiles), local_maps)
+
+
+@needs_triton
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_served_info_equals_local(triton, scheme):
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    with TritonBackend(url, MODEL) as backend:
+        assert backend.info == load_model_info()
+        assert backend.max_batch_size == read_config(DEFAULT_MODEL_DIR)["max_batch_size"]
+
+
+@needs_triton
+def test_batches_split_at_max_batch_size(triton, tiles, local_maps):
+    batch = np.concatenate([tiles, tiles[:1]])  # 3 tiles, the served model takes 2
+    with TritonBackend(triton.grpc_url, BATCH2) as backend:
+        assert backend.max_batch_size == 2
+        maps = backend.infer(batch)
+    expected = {k: np.concatenate([v, v[:1]]) for k, v in local_maps.items()}
+    _assert_same(maps, expected)
+
+
+@needs_triton
+def test_threads_share_one_backend(triton, tiles, local_maps):
+    """HTTP clients are not thread-safe: each thread gets its own, results stay right."""
+    crops = tiles[:, :128, :128]
+    with LocalBackend(threads=1) as local:
+        expected = local.infer(crops)
+    with TritonBackend(triton.http_url, MODEL, max_in_flight=3) as backend:
+        assert backend.concurrency == 3
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: backend.infer(crops), range(8)))
+    for maps in results:
+        _assert_same(maps, expected)
+
+
+@needs_triton
+def test_empty_batch_and_bad_batch(triton):
+    with TritonBackend(triton.grpc_url, MODEL) as backend:
+        maps = backend.infer(np.zeros((0, 64, 64, 3), np.uint8))
+        assert maps["CLASS_PROB"].shape == (0, 64, 64, 3)
+        with pytest.raises(BackendError, match="uint8"):
+            backend.infer(np.zeros((1, 64, 64, 3), np.float32))
+
+
+@needs_triton
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_wrong_output_name_is_a_model_error(triton, scheme):
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    with pytest.raises(ModelError, match=r"missing outputs \['FOREGROUND'\]"):
+        TritonBackend(url, BAD_OUTPUT)
+
+
+@needs_triton
+def test_model_without_batching_is_a_model_error(triton):
+    with pytest.raises(ModelError, match="max_batch_size must be >= 1"):
+        TritonBackend(triton.http_url, NO_BATCH)
+
+
+@needs_triton
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_unknown_model_is_a_model_error(triton, scheme):
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    with pytest.raises(ModelError, match=rf"does not serve model 'nope'.*'{MODEL}'"):
+        TritonBackend(url, "nope", retry_s=30)
+
+
+@needs_triton
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_refused_request_fails_at_once(triton, tiles, scheme):
+    """A 4xx / INVALID_ARGUMENT answer is not retried, however long the retry budget."""
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    with TritonBackend(url, BATCH2, retry_s=60) as backend:
+        start = time.monotonic()
+        with pytest.raises(BackendError, match="infer refused: (400|StatusCode.INVALID_ARG)"):
+            backend._infer_chunk(np.concatenate([tiles[:, :64, :64]] * 2))  # 4 > 2
+        assert time.monotonic() - start < 5
+
+
+@needs_triton
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_request_timeout_is_a_backend_error(triton, tiles, scheme):
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    with TritonBackend(url, MODEL, timeout_s=0.005, retry_s=0) as backend:
+        with pytest.raises(BackendError, match="no answer within 0.005 s"):
+            backend.infer(tiles)
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_server_down_at_start(scheme, caplog):
+    port = free_ports(1)[0]
+    url = f"{scheme}://user:s3cret@127.0.0.1:{port}"
+    caplog.set_level(logging.DEBUG, logger="slicer_cli")
+    start = time.monotonic()
+    with pytest.raises(BackendError) as info:
+        TritonBackend(url, MODEL, retry_s=1.5)
+    elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert f"Triton {scheme}://127.0.0.1:{port}: connect failed: server unavailable" in message
+    assert "attempts" in message and "s3cret" not in message and "user" not in message
+    assert "s3cret" not in caplog.text
+    assert 1.5 <= elapsed < 10
+
+
+@needs_triton
+@pytest.mark.slow
+def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
+    """Killed: bounded retries then BackendError; restarted in time: the call succeeds."""
+    ports = tuple(free_ports(3))
+    first = TritonServerProcess(triton_repo, ports=ports).start()
+    second = None
+    try:
+        short = [TritonBackend(u, MODEL, retry_s=2) for u in (first.http_url, first.grpc_url)]
+        patient = [TritonBackend(u, MODEL, retry_s=150) for u in (first.http_url,
+                                                                  first.grpc_url)]
+        crops = np.ascontiguousarray(tiles[:, :128, :128])
+        for backend in short + patient:
+            backend.infer(crops)
+        first.kill_server()
+        for backend in short:
+            start = time.monotonic()
+            with pytest.raises(BackendError, match="infer failed: server unavailable for"):
+                backend.infer(crops)
+            assert 2 <= time.monotonic() - start < 15
+            backend.close()
+        with ThreadPoolExecutor(2) as pool:
+            pending = [pool.submit(b.infer, tiles) for b in patient]
+            time.sleep(1)
+            assert not any(f.done() for f in pending)
+            second = TritonServerProcess(triton_repo, ports=ports).start()
+            for future in pending:
+                _assert_same(future.result(timeout=180), local_maps)
+        for backend in patient:
+            backend.close()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_serve_script_without_env_names_the_setup(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "serve_triton.py"
+    done = subprocess.run([sys.executable, str(script), "--env", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "scripts/setup_triton_env.sh" in done.stderr
+
+
+# -- without a server ---------------------------------------------------------------------------
+@pytest.mark.parametrize("url, message", [
+    ("ftp://host:8000", "unknown Triton URL scheme 'ftp'"),
+    ("http://host:99999", "bad port"),
+    ("grpc://:8001", "has no host"),
+])
+def test_bad_urls(url, message):
+    with pytest.raises(BackendError, match=message):
+        TritonBackend(url, MODEL)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_in_flight": 0}, {"timeout_s": 0}, {"retry_s": -1}])
+def test_bad_limits(kwargs):
+    with pytest.raises(BackendError, match="max_in_flight >= 1"):
+        TritonBackend("http://127.0.0.1:1", MODEL, **kwargs)
+
+
+def _metadata(**changes) -> dict:
+    meta = {"inputs": [{"name": "IMAGE", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}],
+            "outputs": [{"name": "FOREGROUND", "datatype": "FP32", "shape": [-1, -1, -1]},
+                        {"name": "DISTANCE", "datatype": "FP32", "shape": ["-1", "-1", "-1"]},
+                        {"name": "CLASS_PROB", "datatype": "FP32", "shape": [-1, -1, -1, 3]}]}
+    for name, tensor in changes.items():
+        for group in meta.values():
+            for i, t in enumerate(group):
+                if t["name"] == name:
+                    group[i] = tensor
+    return meta
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({}, None),
+    ({"IMAGE": {"name": "X", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}}, "no tensor 'IMAGE'"),
+    ({"IMAGE": {"name": "IMAGE", "datatype": "FP32", "shape": [-1, -1, -1, 3]}},
+     "IMAGE is FP32"),
+    ({"DISTANCE": {"name": "DISTANCE", "datatype": "FP32", "shape": [-1, -1]}},
+     "expected FP32 of rank 3"),
+    ({"CLASS_PROB": {"name": "CLASS_PROB", "datatype": "FP32", "shape": [-1, -1, -1, 5]}},
+     "with 3 channels"),
+])
+def test_check_metadata(changes, message):
+    info = load_model_info()
+    if message is None:
+        check_metadata(_metadata(), info)
+    else:
+        with pytest.raises(ModelError, match=message):
+            check_metadata(_metadata(**changes), info)
+
+
+def test_fault_classification():
+    from tritonclient.utils import InferenceServerException as E
+
+    assert _classify(E("busy", status="503")) == "retry"
+    assert _classify(E("down", status="StatusCode.UNAVAILABLE")) == "retry"
+    assert _classify(E("bad", status="400")) == "fail"
+    assert _classify(E("bad", status="StatusCode.INVALID_ARGUMENT")) == "fail"
+    assert _classify(E("slow", status="StatusCode.DEADLINE_EXCEEDED")) == "timeout"
+    assert _classify(ConnectionRefusedError()) == "retry"
+    assert _classify(ConnectionResetError()) == "retry"
+    assert _classify(TimeoutError()) == "timeout"
+    assert _classify(ValueError()) == "fail"
+
+
+def test_cuda_shared_memory_is_off_without_gpu(monkeypatch):
+    """The flag is honoured only where CUDA works; on this CPU machine it stays off."""
+    import slicer_cli.nuclei.backends.triton as triton_module
+
+    usable = triton_module._cuda_shm_usable()
+    if shutil.which("nvidia-smi") is None:
+        assert usable is False
+    monkeypatch.setattr(TritonBackend, "_connect", lambda self: (load_model_info(), 16))
+    backend = TritonBackend("grpc://127.0.0.1:1", MODEL, cuda_shm=True)
+    assert backend.cuda_shm_active == usable
+    backend.close()
