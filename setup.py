@@ -58,7 +58,7 @@ setup(
             "nucleus_analysis=girder_nucleus_analysis:NucleusAnalysisPlugin",
         ],
         "girder_worker_plugins": [
-            "nucleus_analysis=girder_nucleus_analysis.worker:NucleusAnalysisWorkerPlugin",
+            "nucleus_analysis=girder_nucleus_analysis.worker_plugin:NucleusAnalysisWorkerPlugin",
         ],
     },
 )

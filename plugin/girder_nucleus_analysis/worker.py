@@ -1,7 +1,7 @@
 """girder_worker side: run the slicer CLI as a local process and hand its outputs to Girder.
 
-Registered through the ``girder_worker_plugins`` entry point
-(``nucleus_analysis = girder_nucleus_analysis.worker:NucleusAnalysisWorkerPlugin``). The task
+girder_worker imports it through :mod:`girder_nucleus_analysis.worker_plugin` (the
+``girder_worker_plugins`` entry point). The task
 talks to Girder only through REST with the job's own user token, which girder_worker passes in
 the message headers (``girder_client_token``); the token is never an argument of the task or
 of the CLI, and the token is deleted when the job ends.
@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-from girder_worker import GirderWorkerPluginABC
 from girder_worker.app import app
 
 from .constants import CLI_NAME, STATUS_CANCELED, STATUS_CANCELING, TASK_NAME
@@ -30,17 +29,6 @@ _PROGRESS = "<filter-progress>"
 POLL_S = 1.0
 #: seconds a canceled CLI gets to unwind after SIGTERM before SIGKILL
 KILL_GRACE_S = 10.0
-
-
-class NucleusAnalysisWorkerPlugin(GirderWorkerPluginABC):
-    """girder_worker plugin: imports our task module."""
-
-    def __init__(self, app, *args, **kwargs) -> None:
-        self.app = app
-
-    def task_imports(self) -> list[str]:
-        """Modules holding the tasks."""
-        return ["girder_nucleus_analysis.worker"]
 
 
 class AnalysisFailed(Exception):
