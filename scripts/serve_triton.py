@@ -231,7 +231,7 @@ def serve(args: argparse.Namespace) -> int:
                 return 0
             if proc.poll() is not None:
                 print(f"error: tritonserver exited with status {proc.returncode} before it was "
-                      "ready (see its log above)", file=sys.stderr)
+                      f"ready (its log: {args.log_file or 'above'})", file=sys.stderr)
                 return 1
             if time.monotonic() > deadline:
                 print(f"error: tritonserver not ready after {args.ready_timeout:.0f} s",

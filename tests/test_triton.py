@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +23,13 @@ from slicer_cli.nuclei.backends.triton import TritonBackend, _classify, check_me
 from slicer_cli.nuclei.errors import BackendError, ModelError
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, read_config
 
-from .triton_server import SKIP_REASON, TRITON_ENV_MISSING, TritonServerProcess, free_ports
+from .triton_server import (
+    SERVE_SCRIPT,
+    SKIP_REASON,
+    TRITON_ENV_MISSING,
+    TritonServerProcess,
+    free_ports,
+)
 
 
 def needs_triton(test):
@@ -227,6 +235,7 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
         for backend in short + patient:
             backend.infer(crops)
         first.kill_server()
+        assert first.proc.returncode == 1  # the serve script reports its server's death
         for backend in short:
             start = time.monotonic()
             with pytest.raises(BackendError, match="infer failed: server unavailable for"):
@@ -248,12 +257,32 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
             second.stop()
 
 
-def test_serve_script_without_env_names_the_setup(tmp_path):
-    import subprocess
-    import sys
+@needs_triton
+def test_server_that_cannot_load_its_model_fails_to_start(tmp_path):
+    model = tmp_path / MODEL
+    shutil.copytree(DEFAULT_MODEL_DIR, model, ignore=shutil.ignore_patterns("*.onnx"))
+    (model / "1").mkdir(exist_ok=True)
+    (model / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(RuntimeError, match="tritonserver exited with status"):
+        TritonServerProcess(tmp_path).start(timeout_s=120)
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "serve_triton.py"
-    done = subprocess.run([sys.executable, str(script), "--env", str(tmp_path / "none")],
+
+@needs_triton
+@pytest.mark.parametrize("layout, message", [
+    ({}, "no model"),
+    ({"m/config.pbtxt": 'name: "m"'}, "has no <version>/model.onnx"),
+])
+def test_serve_script_rejects_bad_repositories(tmp_path, layout, message):
+    for rel, text in layout.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    done = subprocess.run([sys.executable, str(SERVE_SCRIPT), "--model-repository",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_serve_script_without_env_names_the_setup(tmp_path):
+    done = subprocess.run([sys.executable, str(SERVE_SCRIPT), "--env", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "scripts/setup_triton_env.sh" in done.stderr
 
@@ -332,3 +361,34 @@ def test_cuda_shared_memory_is_off_without_gpu(monkeypatch):
     backend = TritonBackend("grpc://127.0.0.1:1", MODEL, cuda_shm=True)
     assert backend.cuda_shm_active == usable
     backend.close()
+
+
+def _offline_backend(monkeypatch) -> TritonBackend:
+    """A backend whose connection step is skipped (no server needed)."""
+    monkeypatch.setattr(TritonBackend, "_connect", lambda self: (load_model_info(), 16))
+    return TritonBackend("grpc://127.0.0.1:1", MODEL)
+
+
+def test_closed_backend_refuses(monkeypatch):
+    backend = _offline_backend(monkeypatch)
+    backend.close()
+    with pytest.raises(BackendError, match="is closed"):
+        backend.infer(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_response_without_outputs(monkeypatch):
+    class Result:
+        def as_numpy(self, name):
+            return None
+
+    class Client:
+        def infer(self, *args, **kwargs):
+            return Result()
+
+        def close(self):
+            pass
+
+    backend = _offline_backend(monkeypatch)
+    backend._local.client = Client()
+    with pytest.raises(BackendError, match="response lacks one of"):
+        backend.infer(np.zeros((1, 32, 32, 3), np.uint8))

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -65,7 +66,7 @@ class TritonServerProcess:
     threads : int
         ONNX Runtime threads in the server (1 keeps a shared 2-core machine usable).
     log_path : path, optional
-        Where tritonserver's log goes (default: a file next to the repository's ``out/``).
+        Where tritonserver's log goes (default: a temporary file, removed by :meth:`stop`).
     """
 
     def __init__(self, model_dir: Path, *, ports: tuple[int, int, int] | None = None,
@@ -73,8 +74,12 @@ class TritonServerProcess:
         self.model_dir = Path(model_dir)
         self.http_port, self.grpc_port, self.metrics_port = ports or free_ports(3)
         self.threads = threads
-        self.log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / (
-            f"triton_test_{self.http_port}.log")
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix=f"triton_{self.http_port}_", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = Path(log_path)
         self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_url = f"grpc://127.0.0.1:{self.grpc_port}"
         self.server_pid: int | None = None
@@ -116,8 +121,9 @@ class TritonServerProcess:
             if line.startswith("server_pid:"):
                 self.server_pid = int(line.split(":", 1)[1])
                 return self
-        self.stop()
+        self._stop()
         log = self.log_path.read_text()[-4000:] if self.log_path.is_file() else ""
+        self.stop()
         raise RuntimeError(f"Triton did not start: {''.join(seen)[-2000:]}\n{log}")
 
     def kill_server(self) -> None:
@@ -129,6 +135,13 @@ class TritonServerProcess:
 
     def stop(self) -> None:
         """SIGTERM the serve script (it stops tritonserver and cleans up) and wait."""
+        try:
+            self._stop()
+        finally:
+            if self._own_log:
+                self.log_path.unlink(missing_ok=True)
+
+    def _stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)

@@ -195,10 +195,10 @@ class TritonBackend:
 
     # -- connection ---------------------------------------------------------------------------
     def _client(self) -> Any:
+        if self._closed:
+            raise BackendError(f"Triton backend {self.url} is closed")
         client = getattr(self._local, "client", None)
         if client is None:
-            if self._closed:
-                raise BackendError(f"Triton backend {self.url} is closed")
             if self._scheme == "grpc":
                 client = self._module.InferenceServerClient(url=self._target)
             else:
@@ -272,17 +272,20 @@ class TritonBackend:
         def ready(client: Any) -> None:
             if not client.is_server_live(**kw):
                 raise _Transient("server not live")
-            if not client.is_server_ready(**kw):
-                raise _Transient("server not ready")
+            # our model's readiness is what matters (the server is "ready" only when all are)
             if client.is_model_ready(name, version, **kw):
                 return
+            if not client.is_server_ready(**kw):
+                raise _Transient("server not ready")
             index = client.get_model_repository_index(**kw, **json_kw)
             index = index.get("models", []) if isinstance(index, dict) else index
-            states = {m.get("name"): m.get("state", "UNKNOWN") for m in index}
+            states = {m.get("name"): m for m in index}
             if name not in states:
                 raise ModelError(f"Triton {self.url} does not serve model {name!r} "
                                  f"(it serves {sorted(n for n in states if n)})")
-            raise _Transient(f"model {name!r} is {states[name] or 'not ready'}")
+            state = states[name].get("state") or "not ready"
+            reason = states[name].get("reason")
+            raise _Transient(f"model {name!r} is {state}" + (f": {reason}" if reason else ""))
 
         self._call("connect", ready)
         config = self._call("get_model_config",
