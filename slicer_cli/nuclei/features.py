@@ -95,8 +95,8 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
     image_rgb : numpy.ndarray or cupy.ndarray
         ``H x W x 3`` ``uint8`` RGB image of the same tile.
     xp : module, optional
-        Array module for the per-pixel work (``numpy`` or ``cupy``). By default the module of
-        ``labels``.
+        Array module for the per-pixel work (``numpy`` or ``cupy``). By default ``cupy`` when
+        either input is a CuPy array, else ``numpy``.
 
     Returns
     -------
@@ -113,8 +113,10 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
         If ``labels`` is not a 2-D integer array, holds negative values or skips a label, or
         if ``image_rgb`` is not an ``H x W x 3`` ``uint8`` array of the same size.
     """
-    xp = _array_module(labels) if xp is None else xp
     _validate(labels, image_rgb)
+    if xp is None:                      # CuPy if either input lives on the GPU
+        xp = _array_module(labels)
+        xp = _array_module(image_rgb) if xp is np else xp
     lab = _to_host(labels)
     if lab.size and int(lab.min()) < 0:
         raise ValueError("labels must be non-negative (0 background, 1..n nuclei)")
@@ -122,7 +124,7 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
     if n == 0:
         return _empty_frame()
     px = _pixel_table(lab, n)
-    rgb = xp.asarray(image_rgb)
+    rgb = xp.asarray(_to_host(image_rgb)) if xp is np else xp.asarray(image_rgb)
     hema = _hematoxylin(rgb, xp)
     hema_host = _to_host(hema)
     dev = _DevicePixels(px, xp)
@@ -134,7 +136,7 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
     for band in range(3):
         cols.update(_prefixed(f"Nucleus.Band{band}.",
                               _intensity_features(dev, xp.ascontiguousarray(rgb[..., band]))))
-    cols.update(_prefixed("Nucleus.", _gradient_features(px, dev, hema, hema_host)))
+    cols.update(_prefixed("Nucleus.", _gradient_features(px, dev, hema)))
     cols.update(_prefixed("Nucleus.", _haralick_features(px, dev, hema)))
     frame = pd.DataFrame({name: _to_host(cols[name]) for name in COLUMNS})
     return frame
@@ -260,13 +262,36 @@ def _sda_lut() -> np.ndarray:
 _SDA_LUT = _sda_lut()
 
 
+def _hematoxylin_terms() -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel terms of the hematoxylin optical density and of its exponential."""
+    terms = _STAIN_INV[0][:, None] * _SDA_LUT[None, :]               # 3 x 256
+    factors = 256.0 ** (-terms / 255.0)
+    return terms, factors
+
+
+_H_TERMS, _H_FACTORS = _hematoxylin_terms()
+
+
 def _hematoxylin(rgb: Any, xp: ModuleType) -> Any:
-    """Hematoxylin channel (uint8) of HistomicsTK colour deconvolution, ``I_0=None``."""
+    """Hematoxylin channel (uint8) of HistomicsTK colour deconvolution, ``I_0=None``.
+
+    HistomicsTK computes ``256 ** (1 - d / 255) - 1`` with ``d`` the hematoxylin row of the
+    inverse stain matrix times the per-channel optical densities, and truncates to uint8. Here
+    the power is a product of three per-channel factors looked up by value (a few ULPs from
+    HistomicsTK's number); the few pixels whose value lies within 1e-6 of an integer, where
+    those ULPs could change the truncation, are recomputed with HistomicsTK's arithmetic.
+    """
     h, w = rgb.shape[:2]
-    sda = xp.asarray(_SDA_LUT)[rgb.reshape(-1, 3)]               # N x 3, per-channel LUT
-    deconv = xp.dot(xp.asarray(_STAIN_INV), sda.T)               # 3 x N, as HistomicsTK
-    stain = 256 ** (1 - deconv[0] / 255.0) - 1
-    return stain.clip(0, 255).astype(xp.uint8).reshape(h, w)
+    flat = rgb.reshape(-1, 3)
+    f = xp.asarray(_H_FACTORS)
+    chan = [flat[:, c].astype(xp.intp) for c in range(3)]
+    value = 256.0 * f[0][chan[0]] * f[1][chan[1]] * f[2][chan[2]] - 1
+    near = xp.flatnonzero(xp.abs(value - xp.rint(value)) < 1e-6)
+    if near.size:
+        t = xp.asarray(_H_TERMS)
+        d = t[0][chan[0][near]] + t[1][chan[1][near]] + t[2][chan[2][near]]
+        value[near] = 256 ** (1 - d / 255.0) - 1
+    return value.clip(0, 255).astype(xp.uint8).reshape(h, w)
 
 
 # ----------------------------------------------------------------------------- morphometry
@@ -343,10 +368,17 @@ _MOMENT_ORDERS = ((2, 0), (1, 1), (0, 2), (3, 0), (2, 1), (1, 2), (0, 3))
 def _central_moments(lid: np.ndarray, dr: np.ndarray, dc: np.ndarray,
                      weight: np.ndarray | None, n: int) -> dict[tuple[int, int], np.ndarray]:
     """Central moments ``mu[p, q] = sum(w * dr**p * dc**q)`` per label (p: rows)."""
+    if weight is not None:
+        dr_w = weight * dr
+        rpow = {0: weight, 1: dr_w, 2: dr_w * dr, 3: dr_w * dr * dr}
+    else:
+        rpow = {0: None, 1: dr, 2: dr * dr, 3: dr * dr * dr}
+    cpow = {0: None, 1: dc, 2: dc * dc, 3: dc * dc * dc}
     out = {}
     for p, q in _MOMENT_ORDERS:
-        term = dr**p * dc**q
-        out[(p, q)] = np.bincount(lid, term if weight is None else weight * term, n)
+        a, b = rpow[p], cpow[q]
+        term = a if b is None else (b if a is None else a * b)
+        out[(p, q)] = np.bincount(lid, term, n)
     return out
 
 
@@ -590,23 +622,22 @@ def _trace_boundaries(px: _Pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     index = np.full(pf.size, -1, dtype=np.intp)
     index[p[bnd]] = np.arange(bnd.size)
     bp, bown = p[bnd], own[bnd]
-    codes = np.arange(4)
-    sp = np.repeat(bp, 4)
-    sown = np.repeat(bown, 4)
-    scode = np.tile(codes, bnd.size)
-    hit = np.empty((sp.size, 8), dtype=bool)
-    step_x = np.empty((sp.size, 8), dtype=np.intp)
-    step_y = np.empty((sp.size, 8), dtype=np.intp)
-    for i, (ox, oy) in enumerate(_MOORE_OFFSETS):
-        dx, dy = _rotate(scode, np.full(sp.size, ox), np.full(sp.size, oy))
-        step_x[:, i], step_y[:, i] = dx, dy
-        hit[:, i] = pf[sp + dy * wp + dx] == sown
-    move = np.argmax(hit, axis=1)                 # first hit; 0 when none (as the tracer)
-    rows_ = np.arange(sp.size)
-    nxt_pix = sp + step_y[rows_, move] * wp + step_x[rows_, move]
-    ndx, ndy = _rotate(scode, _MOORE_DIRS[move, 0], _MOORE_DIRS[move, 1])
-    nxt_b = index[nxt_pix]
-    nxt = np.where(nxt_b >= 0, nxt_b * 4 + _dir_code(ndx, ndy), rows_)  # off-boundary: stall
+    nb = bnd.size
+    nxt = np.empty((nb, 4), dtype=np.intp)
+    for code in range(4):
+        # the eight neighbours in this direction's frame, as flat offsets of the padded image
+        ox, oy = _rotate(np.full(8, code), _MOORE_OFFSETS[:, 0], _MOORE_OFFSETS[:, 1])
+        step = oy * wp + ox
+        hit = np.empty((nb, 8), dtype=bool)
+        for i in range(8):
+            hit[:, i] = pf[bp + step[i]] == bown
+        move = np.argmax(hit, axis=1)              # first hit; 0 when none (as the tracer)
+        ndx, ndy = _rotate(np.full(8, code), _MOORE_DIRS[:, 0], _MOORE_DIRS[:, 1])
+        new_code = _dir_code(ndx, ndy)[move]
+        nxt_b = index[bp + step[move]]
+        stay = np.arange(nb) * 4 + code            # off the boundary (cannot happen): stall
+        nxt[:, code] = np.where(nxt_b >= 0, nxt_b * 4 + new_code, stay)
+    nxt = nxt.ravel()
     start_state = index[p[start_pix]] * 4 + 1     # initial direction (DX, DY) = (1, 0)
     state_pix = np.repeat(bp, 4)
     # Walk all boundaries at once: seq[:, t] = next^t(start), doubling the length per round.
@@ -738,8 +769,18 @@ def _hist_energy_entropy(xp: ModuleType, hist: Any, total: Any) -> tuple[Any, An
 
 
 def _value_at_rank(xp: ModuleType, cum: Any, rank: Any) -> Any:
-    """Per row, the bin holding 0-based ``rank`` of a cumulative histogram (rows x bins)."""
-    return (cum[:, :, None] <= rank[:, None, :]).sum(axis=1)
+    """Per row, the bin holding each 0-based ``rank`` of a cumulative histogram (rows x bins).
+
+    That is the number of bins whose cumulative count is <= rank: one ``searchsorted`` over
+    all rows at once, each row shifted by its own multiple of a bound on the counts (the
+    values are integers, so the shifted keys are exact).
+    """
+    n, nbins = cum.shape
+    span = float(cum[:, -1].max()) + 1 if n else 1.0
+    shift = xp.arange(n, dtype=xp.float64)[:, None] * span
+    keys = (cum.astype(xp.float64) + shift).ravel()
+    pos = xp.searchsorted(keys, (rank.astype(xp.float64) + shift).ravel(), side="right")
+    return pos.reshape(rank.shape) - xp.arange(n)[:, None] * nbins
 
 
 def _intensity_features(dev: _DevicePixels, image: Any) -> dict[str, Any]:
@@ -817,8 +858,7 @@ def _canny(image: Any, xp: ModuleType) -> np.ndarray:
     return canny(_to_host(image))
 
 
-def _gradient_features(px: _Pixels, dev: _DevicePixels, image: Any,
-                       image_host: np.ndarray) -> dict[str, Any]:
+def _gradient_features(px: _Pixels, dev: _DevicePixels, image: Any) -> dict[str, Any]:
     """HistomicsTK ``compute_gradient_features``: np.gradient magnitude and Canny edges."""
     xp, n, lid = dev.xp, dev.n, dev.lid
     gy, gx = xp.gradient(image.astype(xp.float64))
@@ -850,8 +890,8 @@ def _segment_min_max(xp: ModuleType, values: Any, px: _Pixels) -> tuple[Any, Any
         return (np.minimum.reduceat(values, px.starts), np.maximum.reduceat(values, px.starts))
     from cupyx.scipy import ndimage as cndi
 
-    lab = xp.asarray(px.lid)
-    index = xp.arange(px.n)
+    lab = xp.asarray(px.lid + 1)
+    index = xp.arange(1, px.n + 1)
     return cndi.minimum(values, lab, index), cndi.maximum(values, lab, index)
 
 
@@ -870,33 +910,53 @@ def _glcm_lut() -> np.ndarray:
 _GLCM_LUT = _glcm_lut()
 
 
+def _expand(xp: ModuleType, counts: Any) -> Any:
+    """``repeat(arange(len(counts)), counts)`` (CuPy's repeat takes no array of counts)."""
+    if xp is np:
+        return np.repeat(np.arange(counts.size), counts)
+    total = int(counts.sum())
+    return xp.searchsorted(xp.cumsum(counts), xp.arange(total), side="right")
+
+
 def _haralick_features(px: _Pixels, dev: _DevicePixels, image: Any) -> dict[str, Any]:
-    """HistomicsTK ``compute_haralick_features`` (32 levels, 4 offsets, symmetric, normed)."""
+    """HistomicsTK ``compute_haralick_features`` (32 levels, 4 offsets, symmetric, normed).
+
+    The GLCMs of all nuclei and offsets come from one ``bincount`` over
+    ``(offset, nucleus, level_i, level_j)`` codes; the features are then computed from the
+    non-zero GLCM entries only (sparse), where all their terms are.
+    """
     xp, n, lv = dev.xp, px.n, GLCM_LEVELS
     # Window of each nucleus: bbox rows rmin..rmax+1, cols cmin..cmax+1, inside the image.
-    r0, c0 = px.rmin, px.cmin
-    hgt = np.minimum(px.rmax + 2, px.h) - r0
-    wid = np.minimum(px.cmax + 2, px.w) - c0
+    hgt = (np.minimum(px.rmax + 2, px.h) - px.rmin).astype(np.int64)
+    wid = (np.minimum(px.cmax + 2, px.w) - px.cmin).astype(np.int64)
     sizes = hgt * wid
-    offset = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    owner = np.repeat(np.arange(n), sizes)
-    local = np.arange(int(sizes.sum())) - offset[owner]
-    lr = local // wid[owner]
-    lc = local - lr * wid[owner]
-    flat = (r0[owner] + lr) * px.w + c0[owner] + lc
-    q = xp.asarray(_GLCM_LUT)[image.ravel()[xp.asarray(flat)]]
-    glcms = []
-    for dr, dc in GLCM_OFFSETS:
-        ok = ((lr + dr >= 0) & (lr + dr < hgt[owner]) & (lc + dc >= 0) & (lc + dc < wid[owner]))
-        src = np.flatnonzero(ok)
-        dst = src + dr * wid[owner[src]] + dc
-        src_d, dst_d = xp.asarray(src), xp.asarray(dst)
-        code = xp.asarray(owner[src]) * (lv * lv) + q[src_d] * lv + q[dst_d]
-        counts = xp.bincount(code, minlength=n * lv * lv).reshape(n, lv, lv).astype(xp.float64)
-        counts = counts + counts.transpose(0, 2, 1)
-        tot = counts.sum(axis=(1, 2))
-        glcms.append(counts / xp.where(tot > 0, tot, 1.0)[:, None, None])
-    feats = _haralick(xp, xp.stack(glcms))          # offsets x labels x features
+    owner = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    local = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    wid_o = wid[owner]
+    lr = local // wid_o
+    lc = local - lr * wid_o
+    flat = np.repeat(px.rmin * px.w + px.cmin, sizes) + lr * px.w + lc
+    last_row = lr == hgt[owner] - 1
+    last_col = lc == wid_o - 1
+    first_col = lc == 0
+    invalid = {(0, 1): last_col, (1, 0): last_row, (1, 1): last_row | last_col,
+               (1, -1): last_row | first_col}
+    m = len(GLCM_OFFSETS) * n
+    trash = m * lv * lv                                 # pairs leaving the window land here
+    level = xp.asarray(_GLCM_LUT)[image.ravel().astype(xp.intp)]
+    size = level.size
+    flat_d = xp.asarray(flat)
+    q = level[flat_d] * lv
+    base = xp.asarray(owner * (lv * lv))
+    codes = []
+    for k, (dr, dc) in enumerate(GLCM_OFFSETS):
+        neighbour = level[xp.clip(flat_d + (dr * px.w + dc), 0, size - 1)]
+        code = base + (k * n * lv * lv) + q + neighbour
+        codes.append(xp.where(xp.asarray(invalid[(dr, dc)]), trash, code))
+    counts = xp.bincount(xp.concatenate(codes), minlength=trash + 1)[:trash]
+    counts = counts.reshape(m, lv, lv)
+    counts = (counts + counts.transpose(0, 2, 1)).ravel()   # symmetric GLCMs
+    feats = _haralick_sparse(xp, counts, m, lv).reshape(len(GLCM_OFFSETS), n, -1)
     mean = feats.mean(axis=0)
     rng = feats.max(axis=0) - feats.min(axis=0)
     out = {}
@@ -906,40 +966,66 @@ def _haralick_features(px: _Pixels, dev: _DevicePixels, image: Any) -> dict[str,
     return out
 
 
-def _haralick(xp: ModuleType, p: Any) -> Any:
-    """The 13 Haralick features of normalised GLCMs ``p`` (... x L x L), HistomicsTK's way."""
-    lv = p.shape[-1]
-    idx = xp.arange(lv, dtype=xp.float64)
-    i, j = xp.meshgrid(idx, idx, indexing="ij")
-    px_ = p.sum(axis=-1)
-    py_ = p.sum(axis=-2)
-    plus_onehot = (i + j)[..., None] == xp.arange(2 * lv - 1)
-    minus_onehot = xp.abs(i - j)[..., None] == xp.arange(lv)
-    flat = p.reshape(p.shape[:-2] + (lv * lv,))
-    p_plus = flat @ plus_onehot.reshape(lv * lv, -1).astype(xp.float64)
-    p_minus = flat @ minus_onehot.reshape(lv * lv, -1).astype(xp.float64)
+def _haralick_sparse(xp: ModuleType, counts: Any, m: int, lv: int) -> Any:
+    """The 13 Haralick features of ``m`` GLCMs given as flat counts (m * lv * lv).
+
+    HistomicsTK's definitions and arithmetic: marginals summed in the same order as its
+    Cython loop, entropies with ``log2(p + 1e-5)``, ``DifferenceVariance = var(p_x-y)``,
+    ``Correlation = 0`` when the variance is 0.
+    """
+    nz = xp.flatnonzero(counts)
+    gi = nz // lv                          # g * lv + i
+    g = gi // lv
+    j = nz - gi * lv
+    i = gi - g * lv
+    gj = g * lv + j
+    c = counts[nz].astype(xp.float64)
+    tot = xp.bincount(g, c, m)
+    p = c / tot[g]
+
+    def per_glcm(values: Any) -> Any:
+        return xp.bincount(g, values, m)
+
+    px_ = xp.bincount(gi, p, m * lv).reshape(m, lv)
+    py_ = xp.bincount(gj, p, m * lv).reshape(m, lv)
+    p_plus = xp.bincount(g * (2 * lv - 1) + i + j, p, m * (2 * lv - 1)).reshape(m, -1)
+    p_minus = xp.bincount(g * lv + xp.abs(i - j), p, m * lv).reshape(m, lv)
     n_minus = xp.arange(lv, dtype=xp.float64)
     n_plus = xp.arange(2 * lv - 1, dtype=xp.float64)
-    asm = (flat**2).sum(axis=-1)
+    fi, fj = i.astype(xp.float64), j.astype(xp.float64)
+    asm = per_glcm(p * p)
     contrast = p_minus @ n_minus**2
     meanx = px_ @ n_minus
     variance = px_ @ n_minus**2 - meanx**2
-    exy = flat @ (i * j).ravel()
+    exy = per_glcm(fi * fj * p)
+    idm = per_glcm(p / (1 + (fi - fj) ** 2))
+    sum_avg = p_plus @ n_plus
+    sum_var = p_plus @ n_plus**2 - sum_avg**2
+    entropy = -per_glcm(p * xp.log2(p + _E))
+
+    def dense_entropy(prob: Any) -> Any:
+        return -(prob * xp.log2(prob + _E)).sum(axis=-1)
+
+    sum_ent = dense_entropy(p_plus)
+    diff_var = p_minus.var(axis=-1)
+    diff_ent = dense_entropy(p_minus)
+    hx, hy = dense_entropy(px_), dense_entropy(py_)
+    hxy1 = -per_glcm(p * xp.log2(px_.ravel()[gi] * py_.ravel()[gj] + _E))
+    # HXY2 runs over all (i, j) with p_x(i) p_y(j) > 0. The GLCMs are symmetric, so
+    # p_x == p_y: take the pairs i <= j of occupied levels, off-diagonal ones twice.
+    occ = xp.flatnonzero(px_.ravel() > 0)
+    occ_g = occ // lv
+    per = xp.bincount(occ_g, minlength=m)
+    rank = xp.arange(occ.size) - (xp.cumsum(per) - per)[occ_g]     # position inside its GLCM
+    reach = per[occ_g] - rank                                      # levels from here to the end
+    first = _expand(xp, reach)
+    second = first + xp.arange(first.size) - (xp.cumsum(reach) - reach)[first]
+    marg = px_.ravel()[occ]
+    pxy = marg[first] * marg[second]
+    weight = xp.where(first == second, 1.0, 2.0)
+    hxy2 = -xp.bincount(occ_g[first], weight * (pxy * xp.log2(pxy + _E)), m)
     with np.errstate(divide="ignore", invalid="ignore"):
         correlation = xp.where(variance != 0, (exy - meanx**2) / variance, 0.0)
-        idm = flat @ (1.0 / (1 + (i - j) ** 2)).ravel()
-        sum_avg = p_plus @ n_plus
-        sum_var = p_plus @ n_plus**2 - sum_avg**2
-        sum_ent = -(p_plus * xp.log2(p_plus + _E)).sum(axis=-1)
-        entropy = -(flat * xp.log2(flat + _E)).sum(axis=-1)
-        diff_var = p_minus.var(axis=-1)
-        diff_ent = -(p_minus * xp.log2(p_minus + _E)).sum(axis=-1)
-        hx = -(px_ * xp.log2(px_ + _E)).sum(axis=-1)
-        hy = -(py_ * xp.log2(py_ + _E)).sum(axis=-1)
-        pxy = (px_[..., :, None] * py_[..., None, :]).reshape(flat.shape)
-        log_pxy = xp.log2(pxy + _E)
-        hxy1 = -(flat * log_pxy).sum(axis=-1)
-        hxy2 = -(pxy * log_pxy).sum(axis=-1)
         imc1 = (entropy - hxy1) / xp.maximum(hx, hy)
         imc2 = xp.sqrt(xp.maximum(0, 1 - xp.exp(-2.0 * (hxy2 - entropy))))
     return xp.stack([asm, contrast, correlation, variance, idm, sum_avg, sum_var, sum_ent,
