@@ -175,6 +175,17 @@ def _die_with_parent() -> None:
         pass
 
 
+def _reap(server_pid: int, shm_prefix: str) -> None:
+    """After tritonserver is gone: kill its Python backend stubs (a crashed server leaves them
+    running, idle, forever) and remove their shared-memory files."""
+    try:
+        os.killpg(server_pid, signal.SIGKILL)  # the server led its own process group
+    except (ProcessLookupError, PermissionError):
+        pass
+    for leftover in Path("/dev/shm").glob(f"{shm_prefix}*"):
+        leftover.unlink(missing_ok=True)
+
+
 def _ready(http: str, names: list[str]) -> bool:
     urls = [f"{http}/v2/health/ready"] + [f"{http}/v2/models/{n}/ready" for n in names]
     try:
@@ -198,6 +209,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     work = Path(tempfile.mkdtemp(prefix="serve_triton_", dir=args.workdir))
+    shm_prefix = f"serve_triton_{os.getpid()}_"  # distinct per server: several may run
     log = open(args.log_file, "ab") if args.log_file else None  # noqa: SIM115
     proc = None
     try:
@@ -215,8 +227,7 @@ def serve(args: argparse.Namespace) -> int:
             "--allow-gpu-metrics=false",
             "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=10",
             "--log-verbose=0",
-            # distinct shared-memory names per server: several may run side by side
-            f"--backend-config=python,shm-region-prefix-name=serve_triton_{os.getpid()}_",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             "--backend-config=python,shm-default-byte-size=16777216",
             "--backend-config=python,shm-growth-byte-size=67108864",
         ]
@@ -250,13 +261,15 @@ def serve(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         return 0
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            _reap(proc.pid, shm_prefix)
         if log:
             log.close()
         shutil.rmtree(work, ignore_errors=True)

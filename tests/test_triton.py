@@ -7,6 +7,7 @@ rest check URL handling, fault classification and metadata validation without a 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -220,6 +221,18 @@ def test_server_down_at_start(scheme, caplog):
     assert 1.5 <= elapsed < 10
 
 
+def _group_gone(pgid: int, within_s: float) -> bool:
+    """True once no process is left in process group ``pgid`` (zombies take a moment)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @needs_triton
 @pytest.mark.slow
 def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
@@ -236,6 +249,7 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
             backend.infer(crops)
         first.kill_server()
         assert first.proc.returncode == 1  # the serve script reports its server's death
+        assert _group_gone(first.server_pid, within_s=15)  # ...and reaps its backend stubs
         for backend in short:
             start = time.monotonic()
             with pytest.raises(BackendError, match="infer failed: server unavailable for"):
