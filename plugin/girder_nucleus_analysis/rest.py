@@ -68,15 +68,15 @@ class NucleusAnalysisResource(Resource):
         .modelParam("id", "The slide item.", model=Item, level=AccessType.WRITE)
         .param("fileId", "Slide file in the item (default: the item's large image file).",
                required=False)
-        .jsonParam("params", "CLI parameters (JSON object).", paramType="body",
+        .jsonParam("parameters", "CLI parameters (JSON object).", paramType="body",
                    required=False, requireObject=True, default=None)
         .errorResponse("Invalid parameter or item without a slide.", 400)
         .errorResponse("Read and write access on the item are required.", 403))
-    def run(self, item: dict, fileId: str | None, params: dict | None) -> dict:
+    def run(self, item: dict, fileId: str | None, parameters: dict | None) -> dict:
         user = self.getCurrentUser()
         file = launch.slide_file(item, user, fileId)
-        job = launch.launch(user, item, file, _cli_item(user), params or {}, strict=True)
-        return Job().filter(job, user)
+        job = launch.launch(user, item, file, _cli_item(user), parameters or {}, strict=True)
+        return _public_job(job, user)
 
     @access.user(scope=TokenScope.DATA_READ)
     @autoDescribeRoute(
@@ -106,6 +106,13 @@ class NucleusAnalysisResource(Resource):
         return ingest.ingest(self.getCurrentUser(), item, jobId, annotationFileId, tableFileIds)
 
 
+def _public_job(job: dict, user: dict) -> dict:
+    """The job as the user may see it, without girder_worker's job token (``jobInfoSpec``)."""
+    shown = Job().filter(job, user)
+    shown.pop("jobInfoSpec", None)
+    return shown
+
+
 def _cli_for_event(event) -> object:
     user = getCurrentUser()
     return user, _cli_item(user)
@@ -122,7 +129,7 @@ def intercept_run(event) -> None:
     file = File().load(file_id, user=user, level=AccessType.READ, exc=True)
     item = Item().load(file["itemId"], user=user, level=AccessType.WRITE, exc=True)
     job = launch.launch(user, item, file, cli_item, params, strict=False)
-    event.preventDefault().addResponse(Job().filter(job, user))
+    event.preventDefault().addResponse(_public_job(job, user))
 
 
 @access.user(scope=TokenScope.DATA_WRITE)

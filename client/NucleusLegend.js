@@ -1,0 +1,206 @@
+import _ from 'underscore';
+
+import View from '@girder/core/views/View';
+import eventStream from '@girder/core/utilities/EventStream';
+import {getApiRoot, restRequest} from '@girder/core/rest';
+
+const JOB_TYPE = 'nucleus_analysis';
+const JOB_SUCCESS = 3;
+const PREVIEW_BYTES = 65536;
+const PREVIEW_ROWS = 10;
+
+const STYLE = `
+.h-nucleus-legend .h-nl-title { font-weight: bold; margin-bottom: 4px; }
+.h-nucleus-legend .h-nl-model { color: #777; font-size: 11px; }
+.h-nucleus-legend .h-nl-row { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
+.h-nucleus-legend .h-nl-swatch { width: 12px; height: 12px; border: 2px solid; display: inline-block; }
+.h-nucleus-legend .h-nl-count { margin-left: auto; font-variant-numeric: tabular-nums; }
+.h-nucleus-legend .h-nl-drawn, .h-nucleus-legend .h-nl-files { font-size: 11px; margin-top: 4px; }
+.h-nucleus-legend .h-nl-preview { max-height: 240px; overflow: auto; font-size: 10px; }
+.h-nucleus-legend .h-nl-preview table { border-collapse: collapse; }
+.h-nucleus-legend .h-nl-preview td, .h-nucleus-legend .h-nl-preview th { border: 1px solid #ddd; padding: 1px 3px; white-space: nowrap; }
+`;
+
+function ensureStyle() {
+    if (!document.getElementById('h-nucleus-legend-style')) {
+        $('<style id="h-nucleus-legend-style"></style>').text(STYLE).appendTo('head');
+    }
+}
+
+/**
+ * The "Nuclei" panel: legend of classes with counts, per-class show/hide, drawn outline
+ * count, and the feature table of the last Nucleus Analysis of the slide.
+ */
+const NucleusLegend = View.extend({
+    events: {
+        'change .h-nl-toggle': '_toggleClass',
+        'click .h-nl-show-all': '_showAll',
+        'click .h-nl-preview-toggle': '_togglePreview'
+    },
+
+    initialize(settings) {
+        this.imageView = settings.imageView;
+        this.summary = null;
+        this._drawn = 0;
+        this._preview = null;
+        ensureStyle();
+        this.listenTo(eventStream, 'g:event.job_status', this._onJob);
+        this.listenTo(this.imageView.annotations, 'sync reset update change:displayed', this._syncToggles);
+        this._timer = window.setInterval(() => this._countDrawn(), 1000);
+    },
+
+    destroy() {
+        window.clearInterval(this._timer);
+        View.prototype.destroy.apply(this, arguments);
+    },
+
+    setItem(item) {
+        if (!this.item || this.item.id !== item.id) {
+            this.item = item;
+            this.summary = null;
+            this._preview = null;
+            this.fetch();
+        } else {
+            this.render();
+        }
+        return this;
+    },
+
+    fetch() {
+        const itemId = this.item.id;
+        return restRequest({url: `nucleus_analysis/item/${itemId}`, error: null}).done((summary) => {
+            if (this.item && this.item.id === itemId) {
+                this.summary = summary && summary.classes ? summary : null;
+                this.render();
+            }
+        }).fail(() => {
+            this.summary = null;
+            this.render();
+        });
+    },
+
+    _annotation(id) {
+        return this.imageView.annotations ? this.imageView.annotations.get(id) : null;
+    },
+
+    render() {
+        if (!this.summary) {
+            this.$el.html('<div class="h-nl-title">Nuclei</div>' +
+                '<div class="h-nl-empty">No nucleus analysis yet: Analyses &rarr; Nuclei &rarr; Nucleus Analysis.</div>');
+            this.$el.attr('data-nuclei', 0);
+            return this;
+        }
+        const s = this.summary;
+        const rows = s.classes.map((c) => {
+            const annotation = this._annotation(c.annotationId);
+            const shown = annotation ? !!annotation.get('displayed') : false;
+            return `<label class="h-nl-row" data-class="${_.escape(c.name)}" data-count="${c.count}">` +
+                `<input type="checkbox" class="h-nl-toggle" data-annotation-id="${_.escape(c.annotationId)}"${shown ? ' checked' : ''}>` +
+                `<span class="h-nl-swatch" style="border-color: ${_.escape(c.color || '#000')}"></span>` +
+                `<span class="h-nl-name">${_.escape(c.name)}</span>` +
+                `<span class="h-nl-count">${c.count.toLocaleString()}</span></label>`;
+        }).join('');
+        const files = (s.files || []).map((f) => {
+            const kind = f.name.split('.').pop().toUpperCase();
+            return `<a class="h-nl-file" data-kind="${_.escape(kind)}" href="${getApiRoot()}/file/${f._id}/download" ` +
+                `title="${_.escape(f.name)}" download>${_.escape(kind)}</a>`;
+        }).join(' &middot; ');
+        this.$el.attr('data-nuclei', s.nuclei);
+        this.$el.html(
+            `<div class="h-nl-title">Nuclei <span class="h-nl-total">${s.nuclei.toLocaleString()}</span></div>` +
+            `<div class="h-nl-model">${_.escape(s.model || '')} ${_.escape(s.modelVersion || '')}</div>` +
+            `<div class="h-nl-classes">${rows}</div>` +
+            '<div class="h-nl-drawn">Outlines drawn: <span class="h-nl-drawn-count" data-drawn-count="0">0</span> ' +
+            '<a class="h-nl-show-all" href="#">show all</a></div>' +
+            (files ? `<div class="h-nl-files">Feature table: ${files} &middot; <a class="h-nl-preview-toggle" href="#">preview</a></div>` : '') +
+            '<div class="h-nl-preview"></div>');
+        this._countDrawn();
+        this._renderPreview();
+        return this;
+    },
+
+    _syncToggles() {
+        this.$('.h-nl-toggle').each((idx, el) => {
+            const annotation = this._annotation($(el).attr('data-annotation-id'));
+            $(el).prop('checked', annotation ? !!annotation.get('displayed') : false);
+        });
+    },
+
+    _toggleClass(evt) {
+        const annotation = this._annotation($(evt.currentTarget).attr('data-annotation-id'));
+        if (annotation) {
+            annotation.set('displayed', $(evt.currentTarget).is(':checked'));
+        }
+    },
+
+    _showAll(evt) {
+        evt.preventDefault();
+        (this.summary ? this.summary.classes : []).forEach((c) => {
+            const annotation = this._annotation(c.annotationId);
+            if (annotation) {
+                annotation.set('displayed', true);
+            }
+        });
+    },
+
+    /* Outlines GeoJS actually holds for our annotations (polygons, or centroids when the
+     * viewer shows a large annotation as points). */
+    _countDrawn() {
+        const viewer = this.imageView.viewerWidget;
+        let drawn = 0;
+        if (viewer && viewer._annotations && this.summary) {
+            this.summary.classes.forEach((c) => {
+                const entry = viewer._annotations[c.annotationId];
+                const annotation = this._annotation(c.annotationId);
+                if (entry && annotation && annotation.get('displayed')) {
+                    (entry.features || []).forEach((feature) => {
+                        drawn += (feature.data() || []).length;
+                    });
+                }
+            });
+        }
+        this._drawn = drawn;
+        this.$('.h-nl-drawn-count').attr('data-drawn-count', drawn).text(drawn.toLocaleString());
+    },
+
+    _togglePreview(evt) {
+        evt.preventDefault();
+        if (this._preview) {
+            this._preview = null;
+            this._renderPreview();
+            return;
+        }
+        const csv = (this.summary.files || []).find((f) => f.name.endsWith('.csv'));
+        if (!csv) {
+            return;
+        }
+        restRequest({
+            url: `file/${csv._id}/download`, data: {offset: 0, endByte: PREVIEW_BYTES}, dataType: 'text'
+        }).done((text) => {
+            const lines = text.split('\n').filter((l) => l.length).slice(0, PREVIEW_ROWS + 1);
+            this._preview = lines.map((l) => l.split(','));
+            this._renderPreview();
+        });
+    },
+
+    _renderPreview() {
+        const target = this.$('.h-nl-preview');
+        if (!this._preview) {
+            target.empty();
+            return;
+        }
+        const [head, ...body] = this._preview;
+        target.html('<table><thead><tr>' + head.map((h) => `<th>${_.escape(h)}</th>`).join('') +
+            '</tr></thead><tbody>' + body.map((r) => '<tr>' + r.map((v) => `<td>${_.escape(v)}</td>`).join('') + '</tr>').join('') +
+            '</tbody></table>');
+    },
+
+    _onJob(evt) {
+        const job = evt.data || {};
+        if (job.type === JOB_TYPE && job.status === JOB_SUCCESS && this.item) {
+            this.fetch();
+        }
+    }
+});
+
+export default NucleusLegend;

@@ -1,0 +1,3 @@
+import NucleusLegend from './NucleusLegend';
+
+export {NucleusLegend};

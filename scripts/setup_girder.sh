@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Girder side of the set-up, called by scripts/setup.sh (or alone, after it). Idempotent.
+#
+# Installs:
+#   apt:  redis-server (celery broker of the dev/test stack), chromium (headless browser test),
+#         libcairo2-dev libpango1.0-dev libjpeg-dev libgif-dev librsvg2-dev libpixman-1-dev
+#         (native npm modules of the HistomicsUI client build), nodejs npm (only if no `node`)
+#   pip:  the ".[devstack]" extra into ./.venv: mongomock==4.3.0, redis, playwright (the Python
+#         driver only: no browser is downloaded; the test drives /usr/bin/chromium)
+#   the HistomicsUI web client with our client/ extension: `girder build` (about 5 min on
+#   2 cores), skipped when the built bundle is newer than client/ (FORCE_GIRDER_BUILD=1 forces)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(redis-server chromium libcairo2-dev libpango1.0-dev libjpeg-dev libgif-dev
+              librsvg2-dev libpixman-1-dev)
+command -v node >/dev/null || APT_PACKAGES+=(nodejs npm)
+
+echo "== girder: apt packages"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+else
+  echo "not root or no apt-get: install ${APT_PACKAGES[*]} yourself" >&2
+fi
+
+echo "== girder: python extra [devstack]"
+.venv/bin/python -m pip install -q -e '.[devstack]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import mongomock, redis, playwright, girder_nucleus_analysis"
+
+echo "== girder: web client (girder build)"
+BUNDLE=".venv/share/girder/static/built/plugins/nucleus_analysis/plugin.min.js"
+newer=""
+if [ -f "$BUNDLE" ]; then
+  newer=$(find client -newer "$BUNDLE" -type f | head -1)
+fi
+if [ -n "${FORCE_GIRDER_BUILD:-}" ] || [ ! -f "$BUNDLE" ] || [ -n "$newer" ]; then
+  NODE_OPTIONS=--openssl-legacy-provider .venv/bin/girder build
+  test -f "$BUNDLE"
+else
+  echo "web client up to date ($BUNDLE)"
+fi

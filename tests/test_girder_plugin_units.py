@@ -1,0 +1,94 @@
+"""The plugin's pure parts, without a server: parameter validation, CLI description, shims."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("girder")
+
+from girder.api.rest import RestException  # noqa: E402
+from girder_nucleus_analysis import launch, registration  # noqa: E402
+
+from tests.girder_stack import shims  # noqa: E402
+
+XML = (Path(__file__).resolve().parents[1] / "slicer_cli" / "NucleusAnalysis" /
+       "NucleusAnalysis.xml").read_bytes()
+ENUM_XML = b"""<?xml version="1.0" encoding="UTF-8"?>
+<executable><title>t</title><description>d</description><parameters><label>p</label>
+<description>p</description>
+<string-enumeration><name>mode</name><label>m</label><description>m</description>
+<longflag>mode</longflag><default>a</default><element>a</element><element>b</element>
+</string-enumeration></parameters></executable>"""
+
+
+def test_arguments_use_flag_equals_value():
+    args, values = launch.cli_arguments(XML, {
+        "region": "[0, 10, 512, 256]", "batch_size": "8", "stain_normalize": "true",
+        "min_tissue_fraction": 0.05, "triton_url": "grpc://triton:8001", "slide_mpp": ""})
+    assert args == ["--batch-size=8", "--min-tissue-fraction=0.05", "--region=0,10,512,256",
+                    "--stain-normalize=true", "--triton-url=grpc://triton:8001"]
+    assert values["region"] == [0, 10, 512, 256] and values["stain_normalize"] is True
+
+
+def test_whole_slide_region_and_defaults_add_nothing():
+    assert launch.cli_arguments(XML, {"region": [-1, -1, -1, -1]}) == ([], {})
+    assert launch.cli_arguments(XML, {"region": "-1,-1,-1,-1", "scheduler": ""}) == ([], {})
+
+
+def test_histomicsui_bindings_are_ignored_when_not_strict():
+    params = {"inputImageFile": "abc", "outputFeatureFile": "f.csv",
+              "outputFeatureFile_folder": "def", "workers": "2"}
+    assert launch.cli_arguments(XML, params, strict=False)[0] == ["--workers=2"]
+    with pytest.raises(RestException, match="Unknown parameter"):
+        launch.cli_arguments(XML, params, strict=True)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"nope": 1}, "Unknown parameter(s) nope"),
+    ({"stain_normalize": "maybe"}, "must be true or false"),
+    ({"batch_size": "four"}, "batch_size must be a number"),
+    ({"batch_size": 2.5}, "batch_size must be an integer"),
+    ({"batch_size": 65}, "must be within [1, 64]"),
+    ({"min_tissue_fraction": "nan"}, "must be finite"),
+    ({"region": "[1, 2"}, "region is not valid JSON"),
+    ({"region": "a,b,c,d"}, "region must be four numbers"),
+    ({"region": [1, 2, 3]}, "region must be four numbers"),
+    ({"region": [-5, 0, 10, 10]}, "left and top must be >= 0"),
+    ({"model_name": "a\nb"}, "must be a single line"),
+])
+def test_bad_values_raise_readable_errors(params, message):
+    with pytest.raises(RestException) as error:
+        launch.cli_arguments(XML, params)
+    assert message in str(error.value) and error.value.code == 400
+
+
+def test_enumeration_is_checked():
+    assert launch.cli_arguments(ENUM_XML, {"mode": "b"})[0] == ["--mode=b"]
+    with pytest.raises(RestException, match="mode must be one of a, b"):
+        launch.cli_arguments(ENUM_XML, {"mode": "c"})
+
+
+def test_describe_clis_asks_the_real_entry_point():
+    clis = registration.describe_clis()
+    assert list(clis) == ["NucleusAnalysis"]
+    assert "<title>Nucleus Analysis</title>" in clis["NucleusAnalysis"]["xml"]
+
+
+@pytest.mark.parametrize("command, message", [
+    ("/nonexistent/python -m slicer_cli", "cannot run"),
+    (f"{sys.executable} -c 'import sys; sys.exit(3)'", "exited 3"),
+    (f"{sys.executable} -c 'print(42)'", "printed no CLI"),
+    (f"{sys.executable} -c 'print(\"not json\")'", "did not print JSON"),
+])
+def test_describe_clis_failures_are_named(monkeypatch, command, message):
+    monkeypatch.setenv("NUCLEUS_ANALYSIS_CLI", command)
+    with pytest.raises(registration.RegistrationError, match=message):
+        registration.describe_clis()
+
+
+def test_shims_refuse_other_versions():
+    shims.check_versions(dict(shims.PINNED))
+    with pytest.raises(shims.ShimVersionError, match="found mongomock==5.0.0"):
+        shims.check_versions({"mongomock": "5.0.0", "girder": "3.2.18"})
