@@ -27,8 +27,17 @@ def main(argv: list[str] | None = None) -> None:
 
         shims.apply()
 
+    import logging
+    import sys
+
     import cherrypy
+    from girder import logger
     from girder.utility import server
+
+    handler = logging.StreamHandler(sys.stdout)  # tracebacks into the stack's girder.log
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
     cherrypy.config["database"]["uri"] = uri
     cherrypy.config["server.socket_host"] = args.host
