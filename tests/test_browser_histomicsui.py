@@ -1,0 +1,150 @@
+"""HistomicsUI in a real browser: log in, open the CMU slide, Analyses -> Nucleus Analysis,
+Submit, wait for the job, see the nuclei drawn and the class legend.
+
+Playwright drives Debian's Chromium (``/usr/bin/chromium``, headless, no browser download) on a
+real stack (Girder HTTP + girder_worker + Redis, see tests/girder_stack). Needs the built web
+client (``scripts/setup_girder.sh``). The screenshot lands in ``out/browser/`` (or
+``$BROWSER_SCREENSHOT_DIR``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.girder_stack import ADMIN, SUCCESS, TERMINAL, Stack
+
+pytestmark = [pytest.mark.browser, pytest.mark.girder]
+
+REPO = Path(__file__).resolve().parents[1]
+CMU = REPO / "data" / "cmu_small_region.svs"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BUNDLE = Path(sys.prefix) / "share/girder/static/built/plugins/nucleus_analysis/plugin.min.js"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+SHOTS = Path(os.environ.get("BROWSER_SCREENSHOT_DIR", REPO / "out" / "browser"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    for need, why in ((CMU, "run scripts/fetch_data.py"), (Path(CHROMIUM), "apt chromium"),
+                      (BUNDLE, "build the web client: scripts/setup_girder.sh")):
+        if not need.exists():
+            pytest.fail(f"{need} is missing: {why}")
+    with Stack(tmp_path_factory.mktemp("browser_stack")) as running:
+        running.provision(slide=CMU)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(stack):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=FLAGS)
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        messages: list[str] = []
+        page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+        page.console_messages = messages
+        yield page
+        context.close()
+        browser.close()
+
+
+def _shot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / name
+    page.screenshot(path=str(path))
+    return path
+
+
+def _open_analysis_menu(page) -> None:
+    page.click(".h-analyses-dropdown-link")
+    page.hover('.h-analyses-dropdown a[data-name="dsa/nucleus-analysis"]')
+    page.hover('.h-analyses-dropdown a:text-is("local")')
+    page.click('a.h-analysis-item[data-cli="NucleusAnalysis"]')
+
+
+def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
+    root = stack.api_url.rsplit("/api/v1", 1)[0]
+    item = stack.slide_item
+    try:
+        # log in through the HistomicsUI header
+        page.goto(f"{root}/histomics")
+        page.click("a.g-login")
+        page.fill("#g-login", ADMIN["login"])
+        page.fill("#g-password", ADMIN["password"])
+        page.click("#g-login-button")
+        page.wait_for_selector(".h-user-dropdown-link")
+        # open the real slide; our Nuclei panel is there, empty
+        page.goto(f"{root}/histomics#?image={item['_id']}")
+        page.wait_for_selector(".h-image-view-container .geojs-layer", state="attached")
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-empty")
+        # Analyses -> dsa/nucleus-analysis -> local -> NucleusAnalysis, then Submit
+        _open_analysis_menu(page)
+        page.wait_for_selector("#h-analysis-panel .s-info-panel-submit")
+        assert "Nucleus Analysis" in page.inner_text("#h-analysis-panel")
+        page.click("#h-analysis-panel .s-info-panel-submit")
+        deadline = time.monotonic() + 60
+        jobs = []
+        while not jobs and time.monotonic() < deadline:
+            jobs = [j for j in stack.admin.get("job", parameters={"limit": 0})
+                    if j["type"] == "nucleus_analysis"]
+            time.sleep(0.5)
+        assert jobs, "Submit queued no Nucleus Analysis job: " + \
+            "\n".join(page.console_messages[-10:])
+        job = stack.wait_job(jobs[0]["_id"], timeout_s=900)
+        assert job["status"] == SUCCESS, "".join(job.get("log") or [])
+        summary = stack.admin.get(f"nucleus_analysis/item/{item['_id']}")
+        # the legend refreshes on the job's SUCCESS event (reload if the event was missed)
+        try:
+            page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row", timeout=30_000)
+        except Exception:
+            page.reload()
+            page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
+        legend = page.locator("#h-nucleus-legend-panel")
+        assert int(legend.get_attribute("data-nuclei")) == summary["nuclei"] > 0
+        rows = page.locator("#h-nucleus-legend-panel .h-nl-row")
+        shown = {rows.nth(i).get_attribute("data-class"): int(rows.nth(i).get_attribute(
+            "data-count")) for i in range(rows.count())}
+        assert shown == {c["name"]: c["count"] for c in summary["classes"]}
+        # make every class visible and wait until GeoJS holds the outlines
+        page.wait_for_function("() => window.girder && document.querySelectorAll("
+                               "'#h-nucleus-legend-panel .h-nl-toggle').length > 0")
+        page.click("#h-nucleus-legend-panel .h-nl-show-all")
+        page.wait_for_function(
+            "() => Number(document.querySelector('.h-nl-drawn-count')"
+            ".getAttribute('data-drawn-count')) > 0", timeout=120_000)
+        drawn = int(page.get_attribute(".h-nl-drawn-count", "data-drawn-count"))
+        assert drawn == summary["nuclei"], (drawn, summary["nuclei"])
+        shot = _shot(page, "histomicsui_nuclei.png")
+        # per-class hide: unchecking the largest class removes its outlines
+        largest = max(summary["classes"], key=lambda c: c["count"])
+        page.uncheck(f'.h-nl-toggle[data-annotation-id="{largest["annotationId"]}"]')
+        page.wait_for_function(
+            f"() => Number(document.querySelector('.h-nl-drawn-count')"
+            f".getAttribute('data-drawn-count')) === {drawn - largest['count']}")
+        _shot(page, "histomicsui_nuclei_class_hidden.png")
+        # the feature table is reachable from the slide
+        links = page.locator("#h-nucleus-legend-panel a.h-nl-file")
+        assert sorted(links.nth(i).get_attribute("data-kind")
+                      for i in range(links.count())) == ["CSV", "PARQUET"]
+        page.click("#h-nucleus-legend-panel .h-nl-preview-toggle")
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-preview table")
+        assert "nucleus_id" in page.inner_text("#h-nucleus-legend-panel .h-nl-preview")
+        print(f"\nbrowser: {drawn} outlines drawn, legend {shown}; screenshot {shot}")
+    except BaseException:
+        _shot(page, "histomicsui_failure.png")
+        print("\n".join(page.console_messages[-30:]))
+        raise
+    finally:
+        for job in stack.admin.get("job", parameters={"limit": 0}):
+            if job["status"] not in TERMINAL:
+                stack.admin.put(f"job/{job['_id']}/cancel")
