@@ -191,7 +191,8 @@ def test_refused_request_fails_at_once(triton, tiles, scheme):
     url = triton.http_url if scheme == "http" else triton.grpc_url
     with TritonBackend(url, BATCH2, retry_s=60) as backend:
         start = time.monotonic()
-        with pytest.raises(BackendError, match="infer refused: (400|StatusCode.INVALID_ARG)"):
+        with pytest.raises(BackendError,
+                           match=r"infer failed \(not retried\): (400|StatusCode.INVALID_ARG)"):
             backend._infer_chunk(np.concatenate([tiles[:, :64, :64]] * 2))  # 4 > 2
         assert time.monotonic() - start < 5
 
@@ -200,9 +201,13 @@ def test_refused_request_fails_at_once(triton, tiles, scheme):
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
 def test_request_timeout_is_a_backend_error(triton, tiles, scheme):
     url = triton.http_url if scheme == "http" else triton.grpc_url
-    with TritonBackend(url, MODEL, timeout_s=0.005, retry_s=0) as backend:
-        with pytest.raises(BackendError, match="no answer within 0.005 s"):
-            backend.infer(tiles)
+    with TritonBackend(url, MODEL, retry_s=0) as backend:
+        # connect with a sane timeout (a loaded machine may take 5 ms to answer "ready"), then
+        # infer from a new thread, whose HTTP client is made with the short timeout
+        backend.timeout_s = 0.005
+        with ThreadPoolExecutor(1) as pool, pytest.raises(BackendError,
+                                                          match="no answer within 0.005 s"):
+            pool.submit(backend.infer, tiles).result()
 
 
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
@@ -247,22 +252,25 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
         crops = np.ascontiguousarray(tiles[:, :128, :128])
         for backend in short + patient:
             backend.infer(crops)
-        first.kill_server()
-        assert first.proc.returncode == 1  # the serve script reports its server's death
-        assert _group_gone(first.server_pid, within_s=15)  # ...and reaps its backend stubs
-        for backend in short:
-            start = time.monotonic()
-            with pytest.raises(BackendError, match="infer failed: server unavailable for"):
-                backend.infer(crops)
-            assert 2 <= time.monotonic() - start < 15
-            backend.close()
         with ThreadPoolExecutor(2) as pool:
-            pending = [pool.submit(b.infer, tiles) for b in patient]
+            # in flight when the server dies (4 tiles of 512 take seconds on one thread)
+            batch = np.concatenate([tiles, tiles])
+            pending = [pool.submit(b.infer, batch) for b in patient]
             time.sleep(1)
-            assert not any(f.done() for f in pending)
+            first.kill_server()
+            assert first.proc.returncode == 1  # the serve script reports its server's death
+            assert _group_gone(first.server_pid, within_s=15)  # ...and reaps its stubs
+            for backend in short:
+                start = time.monotonic()
+                with pytest.raises(BackendError, match="infer failed: server unavailable for"):
+                    backend.infer(crops)
+                assert 2 <= time.monotonic() - start < 15
+                backend.close()
+            assert not any(f.done() for f in pending)  # still retrying
             second = TritonServerProcess(triton_repo, ports=ports).start()
+            expected = {k: np.concatenate([v, v]) for k, v in local_maps.items()}
             for future in pending:
-                _assert_same(future.result(timeout=180), local_maps)
+                _assert_same(future.result(timeout=180), expected)
         for backend in patient:
             backend.close()
     finally:
@@ -304,7 +312,8 @@ def test_serve_script_without_env_names_the_setup(tmp_path):
 # -- without a server ---------------------------------------------------------------------------
 @pytest.mark.parametrize("url, message", [
     ("ftp://host:8000", "unknown Triton URL scheme 'ftp'"),
-    ("http://host:99999", "bad port"),
+    ("http://host:99999", "malformed Triton URL"),
+    ("http://[::1:8000", "malformed Triton URL"),
     ("grpc://:8001", "has no host"),
 ])
 def test_bad_urls(url, message):
@@ -360,6 +369,9 @@ def test_fault_classification():
     assert _classify(E("slow", status="StatusCode.DEADLINE_EXCEEDED")) == "timeout"
     assert _classify(ConnectionRefusedError()) == "retry"
     assert _classify(ConnectionResetError()) == "retry"
+    from geventhttpclient.response import HTTPConnectionClosed
+
+    assert _classify(HTTPConnectionClosed("connection closed.")) == "retry"
     assert _classify(TimeoutError()) == "timeout"
     assert _classify(ValueError()) == "fail"
 

@@ -10,7 +10,8 @@ Transport faults are handled in one place (:meth:`TritonBackend._call`):
   exponential backoff (0.1 s doubling to 2 s, jittered) for at most ``retry_s`` seconds in
   total, then one :class:`~slicer_cli.nuclei.errors.BackendError` naming the server;
 * any other refusal (4xx, ``INVALID_ARGUMENT``, ``NOT_FOUND``, an internal model error) and a
-  request that outlives ``timeout_s``: :class:`BackendError` at once.
+  request that outlives ``timeout_s``: :class:`BackendError` at once (a timed-out request
+  may still be running on the server: resending it would only add load).
 
 The server's URL is only ever shown as ``scheme://host:port``: credentials in the URL
 (``http://user:token@host``) are sent as an ``Authorization: Basic`` header and never logged.
@@ -72,6 +73,8 @@ def _classify(error: BaseException) -> str:
         return "timeout"
     if isinstance(error, (ConnectionError, EOFError)):  # refused, reset, aborted, broken pipe
         return "retry"
+    if type(error).__name__ == "HTTPConnectionClosed":  # geventhttpclient: server died mid-call
+        return "retry"
     if isinstance(error, OSError):  # e.g. EHOSTUNREACH, ENETUNREACH, name resolution
         return "retry"
     return "fail"
@@ -124,7 +127,9 @@ class TritonBackend:
     model_version : str, optional
         Version to use (default: the server's choice, normally the newest).
     timeout_s : float
-        Longest wait for one request (connection and inference).
+        Longest wait for one request (connection and inference). Kept as the attribute
+        ``timeout_s``: a change applies to every later gRPC call, and over HTTP to the clients
+        of threads that have not called yet (clients are per thread).
     retry_s : float
         Longest total time spent retrying transient faults (server down, restarting,
         overloaded) for one call, including the initial connection, before giving up.
@@ -147,15 +152,16 @@ class TritonBackend:
     def __init__(self, url: str, model_name: str, *, model_version: str = "",
                  timeout_s: float = 120.0, retry_s: float = 30.0, max_in_flight: int = 4,
                  cuda_shm: bool = False) -> None:
-        parts = urlsplit(url)
-        self._scheme = parts.scheme.lower()
-        if self._scheme not in DEFAULT_PORTS:
-            raise BackendError(f"unknown Triton URL scheme {self._scheme!r}: use http://, "
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in DEFAULT_PORTS:
+            raise BackendError(f"unknown Triton URL scheme {scheme!r}: use http://, "
                                "https:// or grpc://")
+        self._scheme = scheme
         try:
+            parts = urlsplit(url)
             port = parts.port or DEFAULT_PORTS[self._scheme]
-        except ValueError as e:
-            raise BackendError(f"bad port in Triton URL {self._scheme}://{parts.hostname}") from e
+        except ValueError as e:  # bad port or malformed IPv6 host; never echo the URL
+            raise BackendError(f"malformed Triton URL ({scheme}://...): bad host or port") from e
         if not parts.hostname:
             raise BackendError(f"Triton URL has no host: {self._scheme}://...")
         self._host, self._port = parts.hostname, port
@@ -253,7 +259,8 @@ class TritonBackend:
                 raise BackendError(f"Triton {self.url}: {what} got no answer within "
                                    f"{self.timeout_s:g} s ({detail})") from error
             if kind == "fail":
-                raise BackendError(f"Triton {self.url}: {what} refused: {detail}") from error
+                raise BackendError(f"Triton {self.url}: {what} failed (not retried): {detail}"
+                                   ) from error
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BackendError(
