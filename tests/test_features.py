@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage.segmentation import clear_border, relabel_sequential
 
-from slicer_cli.nuclei.features import COLUMNS, compute_features
+from slicer_cli.nuclei.features import COLUMNS, COLUMNS_WITH_CYTOPLASM, compute_features
 
 # --------------------------------------------------------------------------- tolerances
 # Every compared column must satisfy |ours - htk| <= RTOL * |htk| + ATOL * max|htk column|,
@@ -51,18 +51,24 @@ def _crop(rgb: np.ndarray, labels: np.ndarray, top: int, left: int, size: int):
     return lab, np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
 
-def _histomicstk(lab: np.ndarray, rgb: np.ndarray) -> pd.DataFrame:
-    """compute_nuclei_features called as HistomicsTK's NucleiDetection calls it."""
+def _histomicstk(lab: np.ndarray, rgb: np.ndarray, cytoplasm: bool = False) -> pd.DataFrame:
+    """compute_nuclei_features called as HistomicsTK's detect_tile_nuclei calls it.
+
+    (detect_tile_nuclei(return_fdata=True) is what the ComputeNucleiFeatures and
+    NucleiClassification CLIs run after NucleiDetection's segmentation.)
+    """
     htk_features = pytest.importorskip("histomicstk.features")
     from histomicstk.preprocessing.color_deconvolution import color_deconvolution, stain_color_map
 
     w = np.array([stain_color_map[s] for s in ("hematoxylin", "eosin", "null")]).T
-    # detect_tile_nuclei: Stains[..., 0] of color_deconvolution(tile, w) (I_0 left None),
-    # passed as uint8, with tile_info carrying the RGB tile (-> Nucleus.Band* features)
-    hema = color_deconvolution(rgb, w).Stains[:, :, 0].astype(float).astype(np.uint8)
+    # Stains of color_deconvolution(tile, w) (I_0 left None), channels 0 and 1 passed as
+    # uint8, tile_info carrying the RGB tile (-> Nucleus.Band* features)
+    stains = color_deconvolution(rgb, w).Stains
+    hema = stains[:, :, 0].astype(float).astype(np.uint8)
+    eosin = stains[:, :, 1].astype(float).astype(np.uint8) if cytoplasm else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return htk_features.compute_nuclei_features(lab, hema, tile_info={"tile": rgb})
+        return htk_features.compute_nuclei_features(lab, hema, eosin, tile_info={"tile": rgb})
 
 
 def _deviation(ours: pd.Series, ref: pd.Series, column: str) -> float:
@@ -121,13 +127,21 @@ def tile(hgsc_rgb, hgsc_labels):
 @pytest.fixture(scope="module")
 def parity(tile):
     lab, rgb = tile
-    return compute_features(lab, rgb), _histomicstk(lab, rgb)
+    return compute_features(lab, rgb, cytoplasm=True), _histomicstk(lab, rgb, cytoplasm=True)
 
 
-def test_matches_histomicstk_on_real_nuclei(parity):
+def test_matches_histomicstk_on_real_nuclei(parity, tile):
     ours, ref = parity
-    deviations = _assert_matches(ours, ref)
-    assert len(deviations) == len(COLUMNS)  # every HistomicsTK column is reproduced
+    nucleus_only = compute_features(*tile)
+    deviations = _assert_matches(nucleus_only, ref[COLUMNS])
+    assert len(deviations) == len(COLUMNS)  # every HistomicsTK nucleus column is reproduced
+    pd.testing.assert_frame_equal(ours[COLUMNS], nucleus_only)
+
+
+def test_cytoplasm_matches_histomicstk_on_real_nuclei(parity):
+    ours, ref = parity
+    assert list(ours.columns) == COLUMNS_WITH_CYTOPLASM
+    _assert_matches(ours, ref)
 
 
 @pytest.mark.parametrize("column, delta", [
@@ -181,11 +195,24 @@ def test_changing_one_nucleus_leaves_the_others_shape(tile):
 # --------------------------------------------------------------------------- edges
 
 
-def test_empty_tile_gives_empty_frame_with_all_columns():
-    out = compute_features(np.zeros((64, 64), np.int32), np.zeros((64, 64, 3), np.uint8))
-    assert list(out.columns) == COLUMNS
+@pytest.mark.parametrize("cytoplasm, columns", [(False, COLUMNS),
+                                                (True, COLUMNS_WITH_CYTOPLASM)])
+def test_empty_tile_gives_empty_frame_with_all_columns(cytoplasm, columns):
+    out = compute_features(np.zeros((64, 64), np.int32), np.zeros((64, 64, 3), np.uint8),
+                           cytoplasm=cytoplasm)
+    assert list(out.columns) == columns
     assert len(out) == 0
     assert out["Label"].dtype == np.int64
+
+
+def test_enclosed_nucleus_has_zero_cytoplasm(hgsc_rgb):
+    lab = np.zeros((64, 64), np.int32)
+    lab[10:40, 10:40] = 1
+    lab[20:30, 20:30] = 2          # inside nucleus 1: no background around it, no ring
+    out = compute_features(lab, np.ascontiguousarray(hgsc_rgb[:64, :64]), cytoplasm=True)
+    cyto = [c for c in COLUMNS_WITH_CYTOPLASM if c.startswith("Cytoplasm.")]
+    assert (out.loc[1, cyto] == 0).all()
+    assert out.loc[0, "Cytoplasm.Intensity.Mean"] > 0
 
 
 def test_one_pixel_and_line_nuclei_do_not_fail():

@@ -71,19 +71,36 @@ _MORPHOMETRY = (
 )
 _FSD = [f"Shape.FSD{k}" for k in range(1, FSD_BINS + 1)]
 
-#: Every column, in HistomicsTK's order.
-COLUMNS: list[str] = (
-    ["Label"] + _IDENTIFIER + _MORPHOMETRY + _FSD
-    + [f"Nucleus.Intensity.{c}" for c in _INTENSITY]
-    + [f"Nucleus.Band{b}.Intensity.{c}" for b in range(3) for c in _INTENSITY]
-    + [f"Nucleus.Gradient.{c}" for c in _GRADIENT]
-    + [f"Nucleus.Haralick.{c}.{s}" for c in _HARALICK for s in ("Mean", "Range")]
-)
+
+
+def _ordered_columns(cytoplasm: bool) -> list[str]:
+    """Columns in the order of HistomicsTK's compute_nuclei_features."""
+    def family(region: str, names: list[str], kind: str) -> list[str]:
+        return [f"{region}.{kind}.{c}" for c in names]
+
+    haralick = [f"{c}.{s}" for c in _HARALICK for s in ("Mean", "Range")]
+    cols = (["Label"] + _IDENTIFIER + _MORPHOMETRY + _FSD
+            + family("Nucleus", _INTENSITY, "Intensity")
+            + [f"Nucleus.Band{b}.Intensity.{c}" for b in range(3) for c in _INTENSITY])
+    cols += family("Cytoplasm", _INTENSITY, "Intensity") if cytoplasm else []
+    cols += family("Nucleus", _GRADIENT, "Gradient")
+    cols += family("Cytoplasm", _GRADIENT, "Gradient") if cytoplasm else []
+    cols += family("Nucleus", haralick, "Haralick")
+    cols += family("Cytoplasm", haralick, "Haralick") if cytoplasm else []
+    return cols
+
+
+#: Every column, in HistomicsTK's order (``cytoplasm=False``).
+COLUMNS: list[str] = _ordered_columns(cytoplasm=False)
+#: Every column with ``cytoplasm=True``.
+COLUMNS_WITH_CYTOPLASM: list[str] = _ordered_columns(cytoplasm=True)
+#: Width (px) of the ring around a nucleus taken as its cytoplasm (HistomicsTK's cyto_width).
+CYTOPLASM_WIDTH = 8
 
 _E = 0.00001  # HistomicsTK's guard against log(0) in the Haralick entropies
 
 
-def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
+def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *, cytoplasm: bool = False,
                      xp: ModuleType | None = None) -> pd.DataFrame:
     """Compute the HistomicsTK nucleus features of every nucleus of one tile.
 
@@ -94,6 +111,12 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
         ``1..n`` are the nuclei, every label present.
     image_rgb : numpy.ndarray or cupy.ndarray
         ``H x W x 3`` ``uint8`` RGB image of the same tile.
+    cytoplasm : bool, optional
+        Also compute the ``Cytoplasm.*`` intensity, gradient and Haralick features on the
+        eosin channel, over a ring of :data:`CYTOPLASM_WIDTH` pixels around each nucleus
+        (HistomicsTK's ``dilate_xor``). Roughly doubles the run time. A nucleus whose ring is
+        empty (enclosed by other nuclei) gets zeros, as HistomicsTK's intensity and Haralick
+        features do.
     xp : module, optional
         Array module for the per-pixel work (``numpy`` or ``cupy``). By default ``cupy`` when
         either input is a CuPy array, else ``numpy``.
@@ -104,8 +127,9 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
         One row per label ``1..n`` in label order: ``Label``, ``Identifier.*`` (bounding box
         and centroids in tile pixels) and the HistomicsTK feature columns (``Size.*``,
         ``Shape.*``, ``Orientation.*``, ``Nucleus.Intensity.*``, ``Nucleus.Band{0,1,2}.*``,
-        ``Nucleus.Gradient.*``, ``Nucleus.Haralick.*``); see :data:`COLUMNS`. A tile without
-        nuclei gives an empty frame with all the columns.
+        ``Nucleus.Gradient.*``, ``Nucleus.Haralick.*``, and ``Cytoplasm.*`` if asked), in
+        HistomicsTK's order: :data:`COLUMNS` or :data:`COLUMNS_WITH_CYTOPLASM`. A tile
+        without nuclei gives an empty frame with all the columns.
 
     Raises
     ------
@@ -117,20 +141,20 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
     if xp is None:                      # CuPy if either input lives on the GPU
         xp = _array_module(labels)
         xp = _array_module(image_rgb) if xp is np else xp
+    columns = COLUMNS_WITH_CYTOPLASM if cytoplasm else COLUMNS
     lab = _to_host(labels)
     if lab.size and int(lab.min()) < 0:
         raise ValueError("labels must be non-negative (0 background, 1..n nuclei)")
     n = int(lab.max()) if lab.size else 0
     if n == 0:
-        return _empty_frame()
-    px = _pixel_table(lab, n)
+        return _empty_frame(columns)
+    px = _Pixels(lab, n)
     rgb = xp.asarray(_to_host(image_rgb)) if xp is np else xp.asarray(image_rgb)
-    hema = _hematoxylin(rgb, xp)
-    hema_host = _to_host(hema)
+    hema = _stain_channel(rgb, xp, 0)
     dev = _DevicePixels(px, xp)
 
     cols: dict[str, Any] = {"Label": np.arange(1, n + 1, dtype=np.int64)}
-    cols.update(_identifier_and_morphometry(px, hema_host))
+    cols.update(_identifier_and_morphometry(px, _to_host(hema)))
     cols.update(_fsd_features(px))
     cols.update(_prefixed("Nucleus.", _intensity_features(dev, hema)))
     for band in range(3):
@@ -138,8 +162,38 @@ def compute_features(labels: np.ndarray, image_rgb: np.ndarray, *,
                               _intensity_features(dev, xp.ascontiguousarray(rgb[..., band]))))
     cols.update(_prefixed("Nucleus.", _gradient_features(px, dev, hema)))
     cols.update(_prefixed("Nucleus.", _haralick_features(px, dev, hema)))
-    frame = pd.DataFrame({name: _to_host(cols[name]) for name in COLUMNS})
-    return frame
+    if cytoplasm:
+        cols.update(_cytoplasm_features(lab, _stain_channel(rgb, xp, 1), xp))
+    return pd.DataFrame({name: _to_host(cols[name]) for name in columns})
+
+
+def _cytoplasm_features(lab: np.ndarray, eosin: Any, xp: ModuleType) -> dict[str, Any]:
+    """Intensity, gradient and Haralick features of each nucleus's cytoplasm ring."""
+    from scipy.ndimage import distance_transform_edt
+
+    n = int(lab.max())
+    # HistomicsTK's dilate_xor: background pixels within CYTOPLASM_WIDTH of an object take the
+    # label of their nearest object pixel.
+    dist, (near_r, near_c) = distance_transform_edt(lab == 0, return_indices=True)
+    ring = np.where((dist > 0) & (dist <= CYTOPLASM_WIDTH), lab[near_r, near_c], 0)
+    present = np.bincount(ring.ravel(), minlength=n + 1)[1:] > 0
+    m = int(present.sum())
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[1:][present] = np.arange(1, m + 1)
+    out: dict[str, Any] = {}
+    if m:
+        px = _Pixels(remap[ring], m)
+        dev = _DevicePixels(px, xp)
+        parts = (_intensity_features(dev, eosin), _gradient_features(px, dev, eosin),
+                 _haralick_features(px, dev, eosin))
+        for part in parts:
+            for name, values in part.items():
+                full = np.zeros(n)
+                full[present] = _to_host(values)
+                out["Cytoplasm." + name] = full
+    else:
+        out = {c: np.zeros(n) for c in COLUMNS_WITH_CYTOPLASM if c.startswith("Cytoplasm.")}
+    return out
 
 
 # ----------------------------------------------------------------------------- boundary
@@ -176,8 +230,8 @@ def _validate(labels: Any, image_rgb: Any) -> None:
         raise ValueError(f"image_rgb must be uint8, got {idtype}")
 
 
-def _empty_frame() -> pd.DataFrame:
-    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in COLUMNS})
+def _empty_frame(columns: list[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
     return frame.astype({"Label": "int64", "Identifier.Xmin": "int64", "Identifier.Ymin": "int64",
                          "Identifier.Xmax": "int64", "Identifier.Ymax": "int64"})
 
@@ -221,10 +275,6 @@ class _Pixels:
         self.own = (self.lid + 1).astype(self.padded.dtype)
 
 
-def _pixel_table(lab: np.ndarray, n: int) -> _Pixels:
-    return _Pixels(lab, n)
-
-
 class _DevicePixels:
     """The pixel table's per-pixel arrays on the array module ``xp``."""
 
@@ -262,33 +312,33 @@ def _sda_lut() -> np.ndarray:
 _SDA_LUT = _sda_lut()
 
 
-def _hematoxylin_terms() -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel terms of the hematoxylin optical density and of its exponential."""
-    terms = _STAIN_INV[0][:, None] * _SDA_LUT[None, :]               # 3 x 256
-    factors = 256.0 ** (-terms / 255.0)
-    return terms, factors
+def _stain_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel terms of each stain's optical density, and of its exponential."""
+    terms = _STAIN_INV[:, :, None] * _SDA_LUT[None, None, :]         # stain x channel x 256
+    return terms, 256.0 ** (-terms / 255.0)
 
 
-_H_TERMS, _H_FACTORS = _hematoxylin_terms()
+_STAIN_TERMS, _STAIN_FACTORS = _stain_tables()
 
 
-def _hematoxylin(rgb: Any, xp: ModuleType) -> Any:
-    """Hematoxylin channel (uint8) of HistomicsTK colour deconvolution, ``I_0=None``.
+def _stain_channel(rgb: Any, xp: ModuleType, stain: int) -> Any:
+    """One channel (uint8) of HistomicsTK colour deconvolution, ``I_0=None``.
 
-    HistomicsTK computes ``256 ** (1 - d / 255) - 1`` with ``d`` the hematoxylin row of the
-    inverse stain matrix times the per-channel optical densities, and truncates to uint8. Here
-    the power is a product of three per-channel factors looked up by value (a few ULPs from
-    HistomicsTK's number); the few pixels whose value lies within 1e-6 of an integer, where
-    those ULPs could change the truncation, are recomputed with HistomicsTK's arithmetic.
+    ``stain`` 0 is hematoxylin, 1 eosin. HistomicsTK computes ``256 ** (1 - d / 255) - 1`` with
+    ``d`` the stain's row of the inverse stain matrix times the per-channel optical densities,
+    and truncates to uint8. Here the power is a product of three per-channel factors looked up
+    by value (a few ULPs from HistomicsTK's number); the few pixels whose value lies within
+    1e-6 of an integer, where those ULPs could change the truncation, are recomputed with
+    HistomicsTK's arithmetic.
     """
     h, w = rgb.shape[:2]
     flat = rgb.reshape(-1, 3)
-    f = xp.asarray(_H_FACTORS)
+    f = xp.asarray(_STAIN_FACTORS[stain])
     chan = [flat[:, c].astype(xp.intp) for c in range(3)]
     value = 256.0 * f[0][chan[0]] * f[1][chan[1]] * f[2][chan[2]] - 1
     near = xp.flatnonzero(xp.abs(value - xp.rint(value)) < 1e-6)
     if near.size:
-        t = xp.asarray(_H_TERMS)
+        t = xp.asarray(_STAIN_TERMS[stain])
         d = t[0][chan[0][near]] + t[1][chan[1][near]] + t[2][chan[2][near]]
         value[near] = 256 ** (1 - d / 255.0) - 1
     return value.clip(0, 255).astype(xp.uint8).reshape(h, w)
