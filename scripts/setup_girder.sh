@@ -35,6 +35,17 @@ echo "== girder: python extra [devstack]"
 .venv/bin/python -c "import mongomock, redis, playwright, girder_nucleus_analysis"
 
 echo "== girder: web client (girder build)"
+# Girder 3.2.18's `girder build` installs its own client with `npm install --install-links`, so
+# @girder/core lands under node_modules/ and its webpack rule (`exclude: /node_modules/`) skips
+# Babel for it: core then exports getter-only ES bindings and large_image's
+# `rest.restRequest = ...` throws in the browser ("Cannot set property restRequest of
+# #<Object> which has only a getter"), which breaks large_image, HistomicsUI and us. Let Babel
+# compile @girder/core again (idempotent edit of the installed build config).
+WEBPACK_CONFIG=$(.venv/bin/python -c 'import girder, os; print(os.path.join(os.path.dirname(girder.__file__), "web_client", "grunt_tasks", "webpack.config.js"))')
+if grep -q "exclude: /node_modules/$" "$WEBPACK_CONFIG"; then
+  sed -i 's#exclude: /node_modules/$#exclude: /node_modules[\\/](?!@girder[\\/]core[\\/])/  // babel @girder/core (scripts/setup_girder.sh)#' "$WEBPACK_CONFIG"
+  FORCE_GIRDER_BUILD=1
+fi
 BUNDLE=".venv/share/girder/static/built/plugins/nucleus_analysis/plugin.min.js"
 newer=""
 if [ -f "$BUNDLE" ]; then
