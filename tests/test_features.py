@@ -267,3 +267,15 @@ def test_cupy_matches_numpy(tile):
         else:
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9 * np.nanmax(np.abs(b)),
                                        err_msg=column)
+
+
+def test_expand_branch_for_cupy_runs_on_numpy_semantics():
+    """The CuPy branch of the ragged expansion (no repeat-by-array) equals np.repeat."""
+    import types
+
+    from slicer_cli.nuclei.features import _expand
+
+    shim = types.SimpleNamespace(searchsorted=np.searchsorted, cumsum=np.cumsum,
+                                 arange=np.arange)
+    counts = np.array([0, 3, 1, 0, 2, 0])
+    np.testing.assert_array_equal(_expand(shim, counts), np.repeat(np.arange(6), counts))

@@ -1,12 +1,13 @@
 """Measure: HistomicsTK nucleus features of one tile, vectorised over nuclei.
 
-``compute_features`` reproduces ``histomicstk.features.compute_nuclei_features`` as HistomicsTK's
-``NucleiDetection`` CLI calls it (HistomicsTK 1.4.0): same column names, same definitions and
-defaults, same quirks. Every family is computed for all nuclei at once: pixel tables sorted by
-label, ``bincount`` / ``reduceat`` segment reductions, one ``bincount`` over
-``(label, level_i, level_j)`` per GLCM offset, and boundary walks by pointer doubling. No
-Python loop runs per nucleus; the few loops left run over a fixed small set (GLCM offsets,
-box sizes, bisection steps) or over one level of the tallest nucleus (convex hull).
+``compute_features`` reproduces ``histomicstk.features.compute_nuclei_features`` (HistomicsTK
+1.4.0) as ``detect_tile_nuclei`` calls it for the ComputeNucleiFeatures / NucleiClassification
+CLIs: same column names, definitions, defaults and quirks. Every family is computed for all
+nuclei at once: pixel tables sorted by label, ``bincount`` / ``reduceat`` segment reductions,
+one ``bincount`` over ``(offset, nucleus, level_i, level_j)`` for the GLCMs, and boundary walks
+by pointer doubling. No Python loop runs per nucleus; the few loops left run over a fixed
+small set (GLCM offsets, box sizes, bisection steps, batches of 512 nuclei) or over the levels
+of the tallest nucleus (convex hull).
 
 Definitions followed (HistomicsTK 1.4.0 / scikit-image ``regionprops``):
 
@@ -22,15 +23,19 @@ Definitions followed (HistomicsTK 1.4.0 / scikit-image ``regionprops``):
   scikit-image with its defaults) statistics over the nucleus pixels, 10-bin histograms;
 * Haralick: 32 grey levels over [0, 255], offsets (0, 1), (1, 0), (1, 1), (1, -1), symmetric
   normalised GLCMs of the nucleus bounding box *plus one row and one column* (HistomicsTK
-  slices ``bbox_max + 1`` and applies no mask), mean and range over offsets.
+  slices ``bbox_max + 1`` and applies no mask), mean and range over offsets;
+* optional cytoplasm: the same intensity, gradient and Haralick features of the eosin channel
+  over ``dilate_xor``'s ring of 8 px (background pixels take their nearest nucleus's label).
 
 Deliberate differences: a nucleus touching the bottom or right edge of the tile keeps its last
 row/column for the FSD (HistomicsTK crops it away); a one-pixel nucleus gets zero FSDs
-(HistomicsTK raises ``IndexError``). Cytoplasm features are not computed.
+(HistomicsTK raises ``IndexError``); a nucleus without a cytoplasm ring gets zero cytoplasm
+gradient features (HistomicsTK drops its row, which shifts the rows after it).
 
 NumPy is the reference. Given CuPy arrays (or ``xp=cupy``), the per-pixel work that maps onto
 CuPy (colour deconvolution, gradients, intensity histograms, GLCM counting and the Haralick
-algebra) runs on the GPU; label geometry (boundaries, hulls) and Canny run on the host.
+algebra) runs on the GPU; label geometry (boundaries, hulls, the cytoplasm ring's distance
+transform) runs on the host, and Canny too unless cuCIM is installed.
 """
 from __future__ import annotations
 
@@ -252,12 +257,11 @@ class _Pixels:
         fg = np.flatnonzero(flat)
         lid = (flat[fg] - 1).astype(np.int32 if n >= 2**15 else np.int16)
         area = np.bincount(lid, minlength=n)
-        if area.size > n or not area.all():
+        if not area.all():
             raise ValueError(f"labels must be consecutive 1..n; {int((area == 0).sum())} of "
                              f"1..{n} are missing")
         order = np.argsort(lid, kind="stable")
         self.n, self.h, self.w = n, h, w
-        self.lab = lab
         self.flat = fg[order]                       # flat pixel index, grouped by label
         self.lid = lid[order].astype(np.intp)       # 0-based label of each pixel
         self.rows = self.flat // w
@@ -968,45 +972,21 @@ def _expand(xp: ModuleType, counts: Any) -> Any:
     return xp.searchsorted(xp.cumsum(counts), xp.arange(total), side="right")
 
 
+#: Nuclei per GLCM batch: bounds the dense count array to 4 * 512 * 32 * 32 entries (16 MB).
+_GLCM_BATCH = 512
+
+
 def _haralick_features(px: _Pixels, dev: _DevicePixels, image: Any) -> dict[str, Any]:
     """HistomicsTK ``compute_haralick_features`` (32 levels, 4 offsets, symmetric, normed).
 
-    The GLCMs of all nuclei and offsets come from one ``bincount`` over
+    The GLCMs of a batch of nuclei, all offsets, come from one ``bincount`` over
     ``(offset, nucleus, level_i, level_j)`` codes; the features are then computed from the
     non-zero GLCM entries only (sparse), where all their terms are.
     """
-    xp, n, lv = dev.xp, px.n, GLCM_LEVELS
-    # Window of each nucleus: bbox rows rmin..rmax+1, cols cmin..cmax+1, inside the image.
-    hgt = (np.minimum(px.rmax + 2, px.h) - px.rmin).astype(np.int64)
-    wid = (np.minimum(px.cmax + 2, px.w) - px.cmin).astype(np.int64)
-    sizes = hgt * wid
-    owner = np.repeat(np.arange(n, dtype=np.int64), sizes)
-    local = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    wid_o = wid[owner]
-    lr = local // wid_o
-    lc = local - lr * wid_o
-    flat = np.repeat(px.rmin * px.w + px.cmin, sizes) + lr * px.w + lc
-    last_row = lr == hgt[owner] - 1
-    last_col = lc == wid_o - 1
-    first_col = lc == 0
-    invalid = {(0, 1): last_col, (1, 0): last_row, (1, 1): last_row | last_col,
-               (1, -1): last_row | first_col}
-    m = len(GLCM_OFFSETS) * n
-    trash = m * lv * lv                                 # pairs leaving the window land here
+    xp = dev.xp
     level = xp.asarray(_GLCM_LUT)[image.ravel().astype(xp.intp)]
-    size = level.size
-    flat_d = xp.asarray(flat)
-    q = level[flat_d] * lv
-    base = xp.asarray(owner * (lv * lv))
-    codes = []
-    for k, (dr, dc) in enumerate(GLCM_OFFSETS):
-        neighbour = level[xp.clip(flat_d + (dr * px.w + dc), 0, size - 1)]
-        code = base + (k * n * lv * lv) + q + neighbour
-        codes.append(xp.where(xp.asarray(invalid[(dr, dc)]), trash, code))
-    counts = xp.bincount(xp.concatenate(codes), minlength=trash + 1)[:trash]
-    counts = counts.reshape(m, lv, lv)
-    counts = (counts + counts.transpose(0, 2, 1)).ravel()   # symmetric GLCMs
-    feats = _haralick_sparse(xp, counts, m, lv).reshape(len(GLCM_OFFSETS), n, -1)
+    feats = xp.concatenate([_haralick_batch(px, level, xp, lo, min(lo + _GLCM_BATCH, px.n))
+                            for lo in range(0, px.n, _GLCM_BATCH)], axis=1)
     mean = feats.mean(axis=0)
     rng = feats.max(axis=0) - feats.min(axis=0)
     out = {}
@@ -1014,6 +994,40 @@ def _haralick_features(px: _Pixels, dev: _DevicePixels, image: Any) -> dict[str,
         out[f"Haralick.{name}.Mean"] = mean[:, i]
         out[f"Haralick.{name}.Range"] = rng[:, i]
     return out
+
+
+def _haralick_batch(px: _Pixels, level: Any, xp: ModuleType, lo: int, hi: int) -> Any:
+    """Haralick features (offsets x nuclei x 13) of nuclei ``lo..hi-1``."""
+    n, lv = hi - lo, GLCM_LEVELS
+    # Window of each nucleus: bbox rows rmin..rmax+1, cols cmin..cmax+1, inside the image.
+    rmin, cmin = px.rmin[lo:hi].astype(np.int64), px.cmin[lo:hi].astype(np.int64)
+    hgt = np.minimum(px.rmax[lo:hi] + 2, px.h) - rmin
+    wid = np.minimum(px.cmax[lo:hi] + 2, px.w) - cmin
+    sizes = hgt * wid
+    owner = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    local = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    wid_o = wid[owner]
+    lr = local // wid_o
+    lc = local - lr * wid_o
+    flat = np.repeat(rmin * px.w + cmin, sizes) + lr * px.w + lc
+    last_row = lr == hgt[owner] - 1
+    last_col = lc == wid_o - 1
+    invalid = {(0, 1): last_col, (1, 0): last_row, (1, 1): last_row | last_col,
+               (1, -1): last_row | (lc == 0)}
+    m = len(GLCM_OFFSETS) * n
+    trash = m * lv * lv                                 # pairs leaving the window land here
+    flat_d = xp.asarray(flat)
+    q = level[flat_d] * lv
+    base = xp.asarray(owner * (lv * lv))
+    codes = []
+    for k, (dr, dc) in enumerate(GLCM_OFFSETS):
+        neighbour = level[xp.clip(flat_d + (dr * px.w + dc), 0, level.size - 1)]
+        code = base + (k * n * lv * lv) + q + neighbour
+        codes.append(xp.where(xp.asarray(invalid[(dr, dc)]), trash, code))
+    counts = xp.bincount(xp.concatenate(codes), minlength=trash + 1)[:trash]
+    counts = counts.reshape(m, lv, lv)
+    counts = (counts + counts.transpose(0, 2, 1)).ravel()   # symmetric GLCMs
+    return _haralick_sparse(xp, counts, m, lv).reshape(len(GLCM_OFFSETS), n, -1)
 
 
 def _haralick_sparse(xp: ModuleType, counts: Any, m: int, lv: int) -> Any:
