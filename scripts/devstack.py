@@ -66,6 +66,7 @@ Ctrl-C stops everything (the mongomock database goes with it).""", flush=True)
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan services
         stack.stop()
 
 
