@@ -697,7 +697,9 @@ def _trace_boundaries(px: _Pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     # Walk all boundaries at once: seq[:, t] = next^t(start), doubling the length per round.
     seq = start_state[:, None]
     jump = nxt
-    limit = 4 * bnd.size + 4
+    # a walk revisits a (pixel, direction) state only after closing: 4 states per pixel bound
+    # each boundary's length
+    limit = 4 * int(np.bincount(px.lid[bnd], minlength=px.n).max()) + 4
     while True:
         seq = np.concatenate([seq, jump[seq]], axis=1)
         pos = state_pix[seq]
