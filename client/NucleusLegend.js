@@ -141,6 +141,7 @@ const NucleusLegend = View.extend({
                 annotation.set('displayed', true);
             }
         });
+        this._syncToggles();
     },
 
     /* Outlines GeoJS actually holds for our annotations (polygons, or centroids when the
@@ -161,6 +162,9 @@ const NucleusLegend = View.extend({
         }
         this._drawn = drawn;
         this.$('.h-nl-drawn-count').attr('data-drawn-count', drawn).text(drawn.toLocaleString());
+        // HistomicsUI swaps its annotation collection when an image opens, so the listener of
+        // initialize() may watch an old one: keep the checkboxes true to what is displayed
+        this._syncToggles();
     },
 
     _togglePreview(evt) {

@@ -52,7 +52,33 @@ if [ -f "$BUNDLE" ]; then
   newer=$(find client -newer "$BUNDLE" -type f | head -1)
 fi
 if [ -n "${FORCE_GIRDER_BUILD:-}" ] || [ ! -f "$BUNDLE" ] || [ -n "$newer" ]; then
-  NODE_OPTIONS=--openssl-legacy-provider .venv/bin/girder build
+  # `girder build` = generate package.json, `npm install --install-links`, webpack. We run the
+  # first two ourselves to add one npm override: backbone.localstorage (a HistomicsUI
+  # dependency) pins backbone 1.3.3, npm then nests a second Backbone under
+  # @girder/histomicsui, HistomicsUI's bundle gets its own copy, its router never starts and
+  # /histomics never opens an image. One Backbone for everyone (the one @girder/core wants).
+  STAGING=$(.venv/bin/python - <<'PY'
+import json, os
+from girder.cli import build
+staging = build._GIRDER_BUILD_ASSETS_PATH
+build._generatePackageJSON(staging, os.path.join(staging, "package.json.template"),
+                           build._collectPluginDependencies())
+path = os.path.join(staging, "package.json")
+with open(path) as f:
+    package = json.load(f)
+package["overrides"] = {"backbone": "^1.4.0"}
+with open(path, "w") as f:
+    json.dump(package, f, indent=2)
+print(staging)
+PY
+)
+  rm -rf "$STAGING/package-lock.json" "$STAGING/node_modules"
+  (cd "$STAGING" && npm install --install-links --no-audit --no-fund)
+  if [ -n "$(find "$STAGING/node_modules" -path '*/node_modules/backbone/package.json' -not -path "$STAGING/node_modules/backbone/*")" ]; then
+    echo "a second Backbone is installed under $STAGING/node_modules" >&2
+    exit 1
+  fi
+  NODE_OPTIONS=--openssl-legacy-provider .venv/bin/girder build --no-reinstall
   test -f "$BUNDLE"
 else
   echo "web client up to date ($BUNDLE)"

@@ -66,9 +66,10 @@ def _shot(page, name: str) -> Path:
 
 
 def _open_analysis_menu(page) -> None:
+    # bootstrap-submenu opens a submenu on click of its anchor (hover does nothing)
     page.click(".h-analyses-dropdown-link")
-    page.hover('.h-analyses-dropdown a[data-name="dsa/nucleus-analysis"]')
-    page.hover('.h-analyses-dropdown a:text-is("local")')
+    page.click('.h-analyses-dropdown a[data-name="dsa/nucleus-analysis"]')
+    page.click('.h-analyses-dropdown a:text-is("local")')
     page.click('a.h-analysis-item[data-cli="NucleusAnalysis"]')
 
 
@@ -85,6 +86,7 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
         page.wait_for_selector(".h-user-dropdown-link")
         # open the real slide; our Nuclei panel is there, empty
         page.goto(f"{root}/histomics#?image={item['_id']}")
+        page.reload()  # a hash-only change does not load a new page (the login cookie stays)
         page.wait_for_selector(".h-image-view-container .geojs-layer", state="attached")
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-empty")
         # Analyses -> dsa/nucleus-analysis -> local -> NucleusAnalysis, then Submit
