@@ -52,6 +52,21 @@ def test_tiled_matches_single_pass(hgsc_runs, annotation_schema):
 
     xy = tab_tiled[["Identifier.CentroidX", "Identifier.CentroidY"]].to_numpy()
     assert not cKDTree(xy).query_pairs(2.0)
+    # and no outline shares area with another beyond what one pass itself produces (a ring
+    # nucleus around another)
+    assert _overlapping_pairs(doc_tiled) <= _overlapping_pairs(doc_single)
+
+
+def _overlapping_pairs(doc: dict, min_shared: float = 0.3) -> int:
+    import shapely
+
+    polys = np.array([shapely.make_valid(shapely.Polygon(el["points"]))
+                      for el in doc["elements"]], dtype=object)
+    a, b = shapely.STRtree(polys).query(polys, predicate="intersects")
+    a, b = a[a < b], b[a < b]
+    shared = shapely.area(shapely.intersection(polys[a], polys[b]))
+    smaller = np.minimum(shapely.area(polys[a]), shapely.area(polys[b]))
+    return int((shared > min_shared * smaller).sum())
 
 
 def test_plausible_count_against_labels(hgsc_runs, hgsc_labels):

@@ -28,7 +28,7 @@ from .instances import extract_instances
 from .model import DEFAULT_MODEL_DIR, ModelInfo
 from .outlines import trace_outlines
 from .records import Tile, TileNuclei, TilePlan
-from .seams import keep_owned
+from .seams import SEAM_MARGIN_PX, SeamIndex, keep_owned
 from .slide import Slide, open_slide, read_thumbnail, read_tile
 from .stain import normalize_stain
 from .tiling import plan_tiles
@@ -82,6 +82,7 @@ class _Context:
     info: ModelInfo
     options: AnalysisOptions
     tile_size_px: int
+    region: tuple[int, int, int, int]
     infer_gate: threading.Semaphore
     inference_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -125,7 +126,7 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
                           options.min_tissue_fraction)
         report(0.0, f"{len(plan.tiles)} tiles with tissue ({plan.skipped_tiles} skipped)")
         ctx = _Context(slide=slide, source=source, backend=backend, info=info, options=options,
-                       tile_size_px=tile_size,
+                       tile_size_px=tile_size, region=plan.region,
                        infer_gate=threading.Semaphore(max(1, backend.concurrency)))
         attributes = _attributes(info, plan, options)
         ann = AnnotationWriter(annotation_path, name=f"Nuclei ({info.name} {info.version})",
@@ -168,10 +169,14 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
     done = 0
     empty = _empty_table(info)
     table.write(empty)
+    # a nucleus near a seam may be kept by two tiles (ownership margin): write it once
+    seams = SeamIndex(reach_px=(plan.overlap_px + SEAM_MARGIN_PX) * plan.model_mpp
+                      / plan.slide_mpp)
 
     def emit(results: list[TileNuclei]) -> None:
         nonlocal next_id
         for nuc in results:
+            nuc = nuc.take(seams.drop_duplicates(nuc, plan.tiles[nuc.tile_index]))
             n = len(nuc)
             if not n:
                 continue
@@ -260,7 +265,7 @@ def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) ->
     cx = ndi.sum(cols, labels, ids) / area
     base_x = tile.x + (cx + 0.5) * f - 0.5
     base_y = tile.y + (cy + 0.5) * f - 0.5
-    own = keep_owned(base_x, base_y, tile)
+    own = keep_owned(base_x, base_y, tile, margin_px=SEAM_MARGIN_PX * f, region=ctx.region)
     if not own.any():
         return _empty_nuclei(tile.index)
     # Relabel the owned nuclei 1..m, in their original order.
@@ -345,13 +350,13 @@ def _worker_context(key: tuple) -> _Context:
     with _WORKER_LOCK:
         ctx = _WORKER_CONTEXTS.get(key)
         if ctx is None:
-            slide_path, slide_mpp, opts_items, tile_size = key
+            slide_path, slide_mpp, opts_items, tile_size, region = key
             options = AnalysisOptions(**dict(opts_items))
             slide, source = open_slide(slide_path, slide_mpp)
             backend = backends.open_backend(options.triton_url, options.model_dir,
                                             options.model_name)
             ctx = _Context(slide=slide, source=source, backend=backend, info=backend.info,
-                           options=options, tile_size_px=tile_size,
+                           options=options, tile_size_px=tile_size, region=region,
                            infer_gate=threading.Semaphore(max(1, backend.concurrency)))
             _WORKER_CONTEXTS.clear()  # one run at a time per worker keeps memory bounded
             _WORKER_CONTEXTS[key] = ctx
@@ -376,7 +381,8 @@ def _run_distributed(ctx: _Context, plan: TilePlan, batches: list, on_result) ->
                                dashboard_address=None)
         address = cluster.scheduler_address
     opts = {k: v for k, v in asdict(ctx.options).items() if k != "scheduler"}
-    key = (plan.slide_path, ctx.slide.mpp, tuple(sorted(opts.items())), ctx.tile_size_px)
+    key = (plan.slide_path, ctx.slide.mpp, tuple(sorted(opts.items())), ctx.tile_size_px,
+           plan.region)
     inference_s = 0.0
     try:
         client = Client(address, timeout="10s")

@@ -66,3 +66,16 @@ class TileNuclei:
 
     def __len__(self) -> int:
         return int(self.centroid_x.shape[0])
+
+    def take(self, keep: np.ndarray) -> TileNuclei:
+        """The nuclei where boolean ``keep`` is true, in the same order."""
+        if keep.all():
+            return self
+        idx = np.flatnonzero(keep)
+        features = self.features
+        if features is not None:
+            features = features.iloc[idx].reset_index(drop=True)
+        return TileNuclei(tile_index=self.tile_index, centroid_x=self.centroid_x[idx],
+                          centroid_y=self.centroid_y[idx], bbox=self.bbox[idx],
+                          class_index=self.class_index[idx], class_prob=self.class_prob[idx],
+                          contours=[self.contours[i] for i in idx], features=features)
