@@ -49,3 +49,30 @@ def annotation_schema() -> dict:
 def load_annotation(path: Path) -> dict:
     with open(path) as fh:
         return json.load(fh)
+
+
+def cli(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m slicer_cli NucleusAnalysis ARGS`` as slicer_cli_web does."""
+    return subprocess.run([sys.executable, "-m", "slicer_cli", "NucleusAnalysis", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def svs_run(tmp_path_factory, cmu_svs):
+    """The CLI on the whole real CMU slide, local backend: ``(process, annotation, csv)``."""
+    tmp = tmp_path_factory.mktemp("svs")
+    ann, csv = tmp / "nuclei.anot", tmp / "features.csv"
+    proc = cli(cmu_svs, ann, csv)
+    return proc, ann, csv
+
+
+def rasterise(doc: dict, shape: tuple[int, int]) -> np.ndarray:
+    """Label image of an annotation's polylines (``user.id`` as the label)."""
+    from skimage.draw import polygon as draw_polygon
+
+    lab = np.zeros(shape, dtype=np.int32)
+    for el in doc["elements"]:
+        pts = np.asarray(el["points"])
+        rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape)
+        lab[rr, cc] = el["user"]["id"]
+    return lab

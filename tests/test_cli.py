@@ -9,15 +9,8 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 
-from .conftest import ROOT, load_annotation
-
-
-def cli(*args, timeout=600):
-    """Run ``python -m slicer_cli NucleusAnalysis ARGS`` as slicer_cli_web does."""
-    return subprocess.run([sys.executable, "-m", "slicer_cli", "NucleusAnalysis", *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+from .conftest import ROOT, cli, load_annotation
 
 
 def test_list_cli_and_xml():
@@ -30,14 +23,6 @@ def test_list_cli_and_xml():
                if e.findtext("channel") == "output"}
     assert outputs["outputNucleiAnnotationFile"] == "inputImageFile"
     assert outputs["outputFeatureFile"] == "inputImageFile"
-
-
-@pytest.fixture(scope="module")
-def svs_run(tmp_path_factory, cmu_svs):
-    tmp = tmp_path_factory.mktemp("svs")
-    ann, csv = tmp / "nuclei.anot", tmp / "features.csv"
-    proc = cli(cmu_svs, ann, csv)
-    return proc, ann, csv
 
 
 def test_svs_end_to_end(svs_run, annotation_schema):

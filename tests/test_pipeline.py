@@ -5,20 +5,10 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
-from skimage.draw import polygon as draw_polygon
 
 from slicer_cli.nuclei.pipeline import AnalysisOptions, run_analysis
 
-from .conftest import load_annotation
-
-
-def _rasterise(doc: dict, shape: tuple[int, int]) -> np.ndarray:
-    lab = np.zeros(shape, dtype=np.int32)
-    for el in doc["elements"]:
-        pts = np.asarray(el["points"])
-        rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape)
-        lab[rr, cc] = el["user"]["id"]
-    return lab
+from .conftest import load_annotation, rasterise
 
 
 def _run(tmp_path, name, slide, **kw):
@@ -41,8 +31,8 @@ def test_tiled_matches_single_pass(hgsc_runs, annotation_schema):
     (r_tiled, doc_tiled, tab_tiled), (r_single, doc_single, _) = hgsc_runs
     assert r_tiled.tiles > 1 and r_single.tiles == 1
     jsonschema.validate(doc_tiled, annotation_schema)
-    lab_t = _rasterise(doc_tiled, (1500, 1500))
-    lab_s = _rasterise(doc_single, (1500, 1500))
+    lab_t = rasterise(doc_tiled, (1500, 1500))
+    lab_s = rasterise(doc_single, (1500, 1500))
     pq = panoptic_quality(lab_s, lab_t)
     pq_value = pq["pq"] if isinstance(pq, dict) else pq[0]
     assert pq_value >= 0.95, pq

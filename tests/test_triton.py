@@ -24,6 +24,8 @@ from slicer_cli.nuclei.backends.triton import TritonBackend, _classify, check_me
 from slicer_cli.nuclei.errors import BackendError, ModelError
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, read_config
 
+from .conftest import ROOT as REPO
+from .conftest import cli, load_annotation, rasterise
 from .triton_server import (
     SERVE_SCRIPT,
     SKIP_REASON,
@@ -277,6 +279,61 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
         first.stop()
         if second is not None:
             second.stop()
+
+
+# -- the CLI on a real slide through Triton -----------------------------------------------------
+@needs_triton
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_cli_on_real_slide_through_triton_finds_the_local_nuclei(triton, svs_run, cmu_svs,
+                                                                  tmp_path, scheme):
+    from slicer_cli.nuclei.metrics import panoptic_quality
+
+    proc_local, ann_local, _ = svs_run
+    assert proc_local.returncode == 0, proc_local.stderr
+    url = triton.http_url if scheme == "http" else triton.grpc_url
+    ann, csv = tmp_path / "triton.anot", tmp_path / "triton.csv"
+    proc = cli(cmu_svs, ann, csv, "--triton-url", url)
+    assert proc.returncode == 0, proc.stderr
+    doc, ref = load_annotation(ann), load_annotation(ann_local)
+    assert doc["attributes"]["params"]["backend"] == "triton"
+    assert len(doc["elements"]) == len(ref["elements"]) > 0
+    shape = (2967, 2220)  # the CMU slide, rows x columns
+    pq = panoptic_quality(rasterise(ref, shape), rasterise(doc, shape))
+    assert pq["pq"] >= 0.99, pq
+    assert [e["group"] for e in doc["elements"]] == [e["group"] for e in ref["elements"]]
+
+
+@needs_triton
+@pytest.mark.slow
+def test_cli_fails_cleanly_when_the_server_dies_mid_run(triton_repo, cmu_svs, tmp_path):
+    previous = tmp_path / "features.csv"
+    previous.write_text("previous\n")
+    server = TritonServerProcess(triton_repo).start()
+    try:
+        # small tiles, one per batch: many requests, so the run is still going at the kill
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slicer_cli", "NucleusAnalysis", str(cmu_svs),
+             str(tmp_path / "nuclei.anot"), str(previous), "--triton-url", server.grpc_url,
+             "--tile-size", "512", "--batch-size", "1"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        progress = []
+        for line in proc.stdout:
+            if line.startswith("<filter-progress>"):
+                progress.append(float(line.split(">")[1].split("<")[0]))
+                if progress[-1] > 0:
+                    break
+        assert progress and 0 < progress[-1] < 0.5, progress
+        server.kill_server()
+        _, err = proc.communicate(timeout=240)
+    finally:
+        server.stop()
+    assert proc.returncode == 1
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Triton grpc://"), err
+    assert "server unavailable" in lines[0] and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.csv"]
+    assert previous.read_text() == "previous\n"
 
 
 @needs_triton

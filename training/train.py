@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--iterations", type=int, default=1300)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="crop side in px (multiple of 32)")
     p.add_argument("--width", type=int, default=16, help="U-Net channels at full resolution")
