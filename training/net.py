@@ -79,5 +79,8 @@ class Exported(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fg, dist, cls = self.net(normalise(image))
-        return (torch.sigmoid(fg[:, 0]), torch.sigmoid(dist[:, 0]),
-                torch.softmax(cls, dim=1).permute(0, 2, 3, 1))
+        # softmax over the few class channels spelt out as element-wise ops: ONNX Runtime's
+        # Softmax over a 3-long axis took 10 % of a 1024 x 1024 tile's CPU time
+        e = torch.exp(cls - cls.amax(dim=1, keepdim=True))
+        prob = e / e.sum(dim=1, keepdim=True)
+        return torch.sigmoid(fg[:, 0]), torch.sigmoid(dist[:, 0]), prob.permute(0, 2, 3, 1)
