@@ -70,6 +70,24 @@ def test_batch_and_non_square_shapes(backend, hgsc_rgb):
     np.testing.assert_allclose(out["FOREGROUND"][1], single["FOREGROUND"][0], atol=1e-4)
 
 
+def test_cpu_batch_runs_tile_by_tile_with_the_same_maps(backend, hgsc_rgb):
+    batch = np.ascontiguousarray(np.stack([hgsc_rgb[:128, :128], hgsc_rgb[200:328, 300:428],
+                                           hgsc_rgb[500:628, 40:168]]))
+    on_gpu = backend._session.get_providers()[0] == "CUDAExecutionProvider"
+    assert backend.tiles_per_call == (0 if on_gpu else 1)
+    before = backend.tiles_per_call
+    try:
+        backend.tiles_per_call = 1  # one tile per session call (the CPU default)
+        tiled = backend.infer(batch)
+        backend.tiles_per_call = 0  # the whole batch in one call (the GPU default)
+        whole = backend.infer(batch)
+    finally:
+        backend.tiles_per_call = before
+    for name, want in whole.items():
+        assert tiled[name].shape == want.shape
+        np.testing.assert_allclose(tiled[name], want, atol=1e-5, err_msg=name)
+
+
 def test_nucleus_count_on_a_real_quadrant_is_plausible(backend, hgsc_rgb, hgsc_labels):
     # The held-out quadrant (never used for training or tuning); 750 px reflect-padded to 768.
     image = hgsc_rgb[750:, 750:]

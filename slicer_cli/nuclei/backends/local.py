@@ -41,14 +41,25 @@ class LocalBackend:
             raise ModelError(f"{path} does not have the contract's inputs/outputs")
         # ONNX Runtime parallelises inside one call; more calls in flight only contend.
         self.concurrency = 1
+        # On the CPU a batch gains nothing over its tiles one by one, while its activations
+        # (about 1 GiB per 1024 x 1024 tile) grow the memory arena with the batch: run the
+        # tiles of a batch one at a time there; a GPU takes the batch whole.
+        on_gpu = self._session.get_providers()[0] == "CUDAExecutionProvider"
+        self.tiles_per_call = 0 if on_gpu else 1
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the network on a uint8 ``[N, H, W, 3]`` batch."""
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
             raise BackendError(f"batch must be uint8 [N, H, W, 3], got {batch.dtype} "
                                f"{batch.shape}")
-        outs = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
-        return dict(zip(OUTPUT_NAMES, outs))
+        step = self.tiles_per_call or len(batch)
+        if step >= len(batch):
+            outs = self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+            return dict(zip(OUTPUT_NAMES, outs))
+        parts = [self._session.run(list(OUTPUT_NAMES), {INPUT_NAME: batch[i:i + step]})
+                 for i in range(0, len(batch), step)]
+        return {name: np.concatenate([p[k] for p in parts])
+                for k, name in enumerate(OUTPUT_NAMES)}
 
     def close(self) -> None:
         """Drop the session."""
