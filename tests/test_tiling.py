@@ -19,13 +19,24 @@ def test_cores_partition_region(mpp, region):
     cover = np.zeros((slide.size_y, slide.size_x), dtype=np.int32)
     for t in plan.tiles:
         cover[t.core_y0:t.core_y1, t.core_x0:t.core_x1] += 1
-        # the read window holds the core with the overlap's half on each side
+        # the read window holds the core with the overlap's half on each side where the
+        # image goes on, and never reaches before the image
         margin = 64 * 0.5 / mpp
-        assert t.x <= t.core_x0 - margin + 1 and t.y <= t.core_y0 - margin + 1
-        assert t.x + t.width >= t.core_x1 + margin - 2
+        assert t.x >= 0 and t.y >= 0
+        assert t.x <= max(0, t.core_x0 - margin) + 1 and t.y <= max(0, t.core_y0 - margin) + 1
+        assert t.x + t.width >= min(slide.size_x, t.core_x1 + margin) - 2
+        assert t.y + t.height >= min(slide.size_y, t.core_y1 + margin) - 2
     inside = cover[top:top + h, left:left + w]
     assert (inside == 1).all()
     assert cover.sum() == w * h
+
+
+def test_no_window_is_spent_beyond_the_image():
+    """8192 model pixels in windows of 1024 overlapping by 128: 9 per side, not 10."""
+    plan = plan_tiles(Slide("x", 8192, 8192, 0.5), 0.5, 1024, 128)
+    assert len(plan.tiles) == 81
+    assert {t.x for t in plan.tiles} == {i * 896 for i in range(9)}
+    assert max(t.x + t.width for t in plan.tiles) == 8192
 
 
 def test_region_outside_slide():

@@ -15,7 +15,8 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
     """Cover the region with overlapping tiles read at ``model_mpp``.
 
     Tile ``i`` reads ``tile_size_px`` model pixels; its *core* (what it owns) is the tile less
-    ``overlap_px / 2`` on each side, so cores tile the region exactly once.  A nucleus belongs
+    ``overlap_px / 2`` on each side (on the sides where the image goes on), so cores tile the
+    region exactly once.  A nucleus belongs
     to the tile whose core holds its centroid, so the overlap must exceed the largest nucleus.
 
     Parameters
@@ -39,25 +40,16 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
         raise ValueError("need tile_size_px > 2 * overlap_px >= 0")
     left, top, right, bottom = _clip_region(slide, region)
     f = model_mpp / slide.mpp  # base pixels per model pixel
-    stride = tile_size_px - overlap_px
-    half = overlap_px // 2
-    # Cores in base pixels: a regular grid of ``stride * f`` from the region's corner.
-    n_x = max(1, math.ceil((right - left) / (stride * f)))
-    n_y = max(1, math.ceil((bottom - top) / (stride * f)))
+    xs, x_cores = _axis(left, right, slide.size_x, f, tile_size_px, overlap_px)
+    ys, y_cores = _axis(top, bottom, slide.size_y, f, tile_size_px, overlap_px)
+    size = round(tile_size_px * f)
     tiles = []
     skipped = 0
-    for j in range(n_y):
-        for i in range(n_x):
-            cx0 = left + round(i * stride * f)
-            cy0 = top + round(j * stride * f)
-            cx1 = min(right, left + round((i + 1) * stride * f))
-            cy1 = min(bottom, top + round((j + 1) * stride * f))
+    for y, (cy0, cy1) in zip(ys, y_cores):
+        for x, (cx0, cx1) in zip(xs, x_cores):
             if tissue is not None and tissue.fraction(cx0, cy0, cx1, cy1) < min_tissue_fraction:
                 skipped += 1
                 continue
-            x = cx0 - round(half * f)
-            y = cy0 - round(half * f)
-            size = round(tile_size_px * f)
             tiles.append(Tile(index=len(tiles), x=x, y=y, width=size, height=size,
                               core_x0=cx0, core_y0=cy0, core_x1=cx1, core_y1=cy1,
                               scale=1.0 / f))
@@ -66,6 +58,25 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
                     slide_mpp=slide.mpp, model_mpp=model_mpp, tile_size_px=tile_size_px,
                     overlap_px=overlap_px, region=(left, top, right - left, bottom - top),
                     tiles=tuple(tiles), tissue_fraction=frac, skipped_tiles=skipped)
+
+
+def _axis(lo: int, hi: int, extent: int, f: float, tile_size_px: int,
+          overlap_px: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Window origins and cores along one axis (base pixels) for the span ``[lo, hi)``.
+
+    Windows start half an overlap before the span where the image goes on, and at the
+    image's edge where it does not: padding beyond the image would be network time spent on
+    nothing. Consecutive cores meet in the middle of their windows' overlap; the first core
+    starts at ``lo``, the last ends at ``hi``.
+    """
+    half = overlap_px / 2 * f
+    stride = (tile_size_px - overlap_px) * f
+    start = max(0, lo - round(half))
+    end = min(extent, hi + round(half))
+    n = max(1, math.ceil((end - start - overlap_px * f) / stride))
+    origins = [start + round(i * stride) for i in range(n)]
+    bounds = [lo] + [start + round(i * stride + half) for i in range(1, n)] + [hi]
+    return origins, list(zip(bounds[:-1], bounds[1:]))
 
 
 def _clip_region(slide: Slide, region) -> tuple[int, int, int, int]:
