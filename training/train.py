@@ -36,10 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--iterations", type=int, default=1300)
+    p.add_argument("--iterations", type=int, default=2400)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="crop side in px (multiple of 32)")
-    p.add_argument("--width", type=int, default=16, help="U-Net channels at full resolution")
+    p.add_argument("--width", type=int, default=8, help="U-Net channels at full resolution")
+    p.add_argument("--max-mult", type=int, default=16,
+                   help="cap on the channel multiplier of the deep levels")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--w-fg", type=float, default=1.0)
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", default="2.0.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -89,7 +91,7 @@ def train(args: argparse.Namespace) -> dict:
     t_start = time.time()
     tile = load_tile()
     weights = class_weights(tile)
-    net = UNet(width=args.width, n_classes=len(CLASSES))
+    net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, elapsed_before = 0, 0.0
     if ckpt_path.exists() and not args.fresh:

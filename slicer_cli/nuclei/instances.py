@@ -121,9 +121,12 @@ def extract_instances(foreground: Any, distance: Any, class_prob: Any, *,
         return Instances(labels=labels, class_index=xp.zeros(0, dtype=xp.int64),
                          class_prob=xp.zeros(0, dtype=xp.float32))
     flat = labels.ravel()
-    counts = xp.bincount(flat, minlength=n + 1)[1:].astype(xp.float64)
-    sums = xp.stack([xp.bincount(flat, weights=cls[..., c].ravel().astype(xp.float64),
-                                 minlength=n + 1)[1:] for c in range(n_classes)], axis=1)
+    inside = xp.flatnonzero(flat)                # nucleus pixels only (a fraction of a tile)
+    lab = flat[inside]
+    probs = cls.reshape(h * w, n_classes)[inside].astype(xp.float64)
+    counts = xp.bincount(lab, minlength=n + 1)[1:].astype(xp.float64)
+    sums = xp.stack([xp.bincount(lab, weights=probs[:, c], minlength=n + 1)[1:]
+                     for c in range(n_classes)], axis=1)
     mean = sums / counts[:, None]
     class_index = xp.argmax(mean, axis=1).astype(xp.int64)
     prob = xp.take_along_axis(mean, class_index[:, None], axis=1)[:, 0].astype(xp.float32)

@@ -126,6 +126,8 @@ def _to_rgb(arr: np.ndarray) -> np.ndarray:
         arr = np.clip(arr.astype(np.float32) * (255.0 / hi), 0, 255).astype(np.uint8)
     if arr.shape[2] == 1:
         return np.repeat(arr, 3, axis=2)
+    if arr.shape[2] == 4 and bool((arr[:, :, 3] == 255).all()):  # opaque: nothing to blend
+        return np.ascontiguousarray(arr[:, :, :3])
     if arr.shape[2] == 4:  # composite alpha over glass
         rgb, alpha = arr[:, :, :3].astype(np.float32), arr[:, :, 3:4].astype(np.float32) / 255
         return (rgb * alpha + GLASS_RGB * (1 - alpha) + 0.5).astype(np.uint8)
