@@ -133,14 +133,18 @@ def extract_instances(foreground: Any, distance: Any, class_prob: Any, *,
     return Instances(labels=labels, class_index=class_index, class_prob=prob)
 
 
+def _key_lut(xp: ModuleType, ndi: ModuleType, components: Any, n: int, index: Any) -> Any:
+    """``[0, key_1, ..., key_n]``: 1 + raster index of each component's first pixel."""
+    first = ndi.minimum(index, components, xp.arange(1, n + 1))
+    return xp.concatenate([xp.zeros(1, dtype=xp.int32), xp.asarray(first, dtype=xp.int32)])
+
+
 def _first_index_keys(xp: ModuleType, ndi: ModuleType, components: Any, n: int,
                       index: Any) -> Any:
     """Replace component numbers by 1 + raster index of each component's first pixel."""
     if n == 0:
         return xp.zeros(components.shape, dtype=xp.int32)
-    first = ndi.minimum(index, components, xp.arange(1, n + 1))
-    lut = xp.concatenate([xp.zeros(1, dtype=xp.int32), xp.asarray(first, dtype=xp.int32)])
-    return lut[components]
+    return _key_lut(xp, ndi, components, n, index)[components]
 
 
 def _grow_seeds(xp: ModuleType, ndi: ModuleType, seeds: Any, n: int, index: Any,
@@ -153,12 +157,12 @@ def _grow_seeds(xp: ModuleType, ndi: ModuleType, seeds: Any, n: int, index: Any,
     """
     if n == 0:
         return xp.zeros(seeds.shape, dtype=xp.int32)
-    first = xp.asarray(ndi.minimum(index, seeds, xp.arange(1, n + 1)), dtype=xp.int32)
-    order = xp.argsort(first)
+    lut = _key_lut(xp, ndi, seeds, n, index)
+    order = xp.argsort(lut[1:])
     dtype = xp.uint16 if n < 65535 else xp.int32
     rank = xp.zeros(n + 1, dtype=dtype)
     rank[1:][order] = xp.arange(1, n + 1, dtype=dtype)
-    keys = xp.concatenate([xp.zeros(1, dtype=xp.int32), first[order]])
+    keys = xp.concatenate([lut[:1], lut[1:][order]])
     return keys[_grow(xp, rank[seeds], mask)]
 
 

@@ -16,8 +16,8 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
 
     Tile ``i`` reads ``tile_size_px`` model pixels; its *core* (what it owns) is the tile less
     ``overlap_px / 2`` on each side (on the sides where the image goes on), so cores tile the
-    region exactly once.  A nucleus belongs
-    to the tile whose core holds its centroid, so the overlap must exceed the largest nucleus.
+    region exactly once. A nucleus belongs to the tile whose core holds its centroid, so the
+    overlap must exceed the largest nucleus.
 
     Parameters
     ----------
