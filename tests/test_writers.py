@@ -66,18 +66,22 @@ def test_unwritable_output(tmp_path):
 def test_table_csv_and_parquet_agree(tmp_path):
     csv, parquet = tmp_path / "f.csv", tmp_path / "f.parquet"
     w = FeatureTableWriter(csv, parquet)
-    a = pd.DataFrame({"nucleus_id": [1, 2], "class": ["x", "y"], "Size.Area": [10.0, 12.5]})
-    b = pd.DataFrame({"nucleus_id": [3], "class": ["x"], "Size.Area": [7.0]})
+    a = pd.DataFrame({"nucleus_id": [1, 2], "class": ["x", "y"],
+                      "Size.Area": [10.0, 12.5], "Shape.Ratio": [1 / 3, np.nan]})
+    b = pd.DataFrame({"nucleus_id": [3], "class": ["x"], "Size.Area": [7.0],
+                      "Shape.Ratio": [123456.789]})
     w.write(a.iloc[:0])
     w.write(a)
     w.write(b)
     assert not csv.exists() and not parquet.exists()
     w.commit()
-    got_csv = pd.read_csv(csv)
-    got_pq = pq.read_table(parquet).to_pandas()
     expected = pd.concat([a, b], ignore_index=True)
-    pd.testing.assert_frame_equal(got_csv, expected)
-    pd.testing.assert_frame_equal(got_pq, expected)
+    # Parquet keeps float64 exactly; the CSV keeps float32 precision, NaN as an empty field
+    pd.testing.assert_frame_equal(pq.read_table(parquet).to_pandas(), expected)
+    lines = csv.read_text().splitlines()
+    assert lines == ["nucleus_id,class,Size.Area,Shape.Ratio", "1,x,10,0.33333334",
+                     "2,y,12.5,", "3,x,7,123456.79"]
+    pd.testing.assert_frame_equal(pd.read_csv(csv), expected, rtol=1e-7)
 
 
 def test_table_rejects_changing_columns(tmp_path):
