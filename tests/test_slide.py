@@ -41,8 +41,8 @@ def test_truncated_slide_fails_cleanly(tmp_path, cmu_svs):
         read_thumbnail(source, 256)
         for y in range(0, slide.size_y, 1024):
             for x in range(0, slide.size_x, 1024):
-                read_tile(source, slide, Tile(0, x, y, 1024, 1024, x, y, x + 1, y + 1, 1.0),
-                          1024)
+                read_tile(source, slide, Tile(0, x, y, 1024, 1024, x, y, x + 1, y + 1, 1.0,
+                                              1024, 1024, y))
 
 
 def test_no_resolution_needs_explicit_mpp(hgsc_image):
@@ -54,8 +54,8 @@ def test_no_resolution_needs_explicit_mpp(hgsc_image):
 
 def test_read_tile_pads_outside_with_glass(cmu_svs):
     slide, source = open_slide(str(cmu_svs))
-    tile = Tile(0, -100, -50, 400, 400, 0, 0, 300, 350, 1.0)
-    arr = read_tile(source, slide, tile, 400)
+    tile = Tile(0, -100, -50, 400, 400, 0, 0, 300, 350, 1.0, 400, 400, 0)
+    arr = read_tile(source, slide, tile)
     assert arr.shape == (400, 400, 3) and arr.dtype == np.uint8
     assert (arr[:50] == 255).all() and (arr[:, :100] == 255).all()
     inside = arr[50:, 100:]
@@ -66,7 +66,7 @@ def test_read_tile_pads_outside_with_glass(cmu_svs):
 
 def test_read_tile_resamples_to_model_resolution(cmu_svs):
     slide, source = open_slide(str(cmu_svs), mpp=0.25)  # pretend 40x: read at half size
-    tile = Tile(0, 800, 1200, 800, 800, 800, 1200, 1600, 2000, 0.5)
-    arr = read_tile(source, slide, tile, 400)
-    assert arr.shape == (400, 400, 3)
+    tile = Tile(0, 800, 1200, 800, 600, 800, 1200, 1600, 1800, 0.5, 400, 300, 1200)
+    arr = read_tile(source, slide, tile)
+    assert arr.shape == (300, 400, 3)
     assert arr.std() > 10  # real tissue, not padding

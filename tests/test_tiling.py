@@ -67,3 +67,42 @@ def test_tiles_without_tissue_are_skipped():
 def test_bad_geometry():
     with pytest.raises(ValueError):
         plan_tiles(Slide("x", 1000, 1000, 0.5), 0.5, 256, 128)
+
+
+def test_windows_fit_the_tissue():
+    """Cores shrink to the tissue (plus half the overlap), windows with them, in multiples
+    of 32 model pixels; every tissue cell is still owned by exactly one core."""
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[10:30, 12:57] = True       # a band of tissue across two cells
+    mask[70:72, 90:92] = True       # a speck in a corner cell
+    tissue = TissueMask(mask, 100 / 4000, 100 / 4000)
+    slide = Slide("x", 4000, 4000, 0.25)   # 40x: 2 base pixels per model pixel
+    full = plan_tiles(slide, 0.5, 512, 128)
+    plan = plan_tiles(slide, 0.5, 512, 128, None, tissue, 0.0001)
+    cover = np.zeros((4000, 4000), dtype=np.int32)
+    for t in plan.tiles:
+        cover[t.core_y0:t.core_y1, t.core_x0:t.core_x1] += 1
+        assert t.px_width % 32 == 0 and t.px_height % 32 == 0
+        assert t.px_width <= 512 and t.px_height <= 512
+        assert (t.width, t.height) == (2 * t.px_width, 2 * t.px_height)
+        cell = next(c for c in full.tiles if c.core_x0 <= t.core_x0 < c.core_x1
+                    and c.core_y0 <= t.core_y0 < c.core_y1)
+        # inside the grid cell's core and window; half the overlap (64 px) around the core
+        assert cell.core_x0 <= t.core_x0 < t.core_x1 <= cell.core_x1
+        assert cell.core_y0 <= t.core_y0 < t.core_y1 <= cell.core_y1
+        assert t.row_y0 == cell.core_y0
+        assert cell.x <= t.x and t.x + t.width <= cell.x + cell.width
+        assert t.x <= max(0, t.core_x0 - 128) and t.y <= max(0, t.core_y0 - 128)
+        assert t.x + t.width >= min(4000, t.core_x1 + 128)
+        assert t.y + t.height >= min(4000, t.core_y1 + 128)
+    assert cover.max() == 1
+    rows, cols = np.nonzero(mask)
+    assert (cover[rows * 40 + 20, cols * 40 + 20] == 1).all()  # every tissue cell owned
+    assert len(plan.tiles) < len(full.tiles)
+    # the speck's tile reads a small window, not a whole tile
+    speck = next(t for t in plan.tiles if t.core_x0 <= 3620 < t.core_x1
+                 and t.core_y0 <= 2820 < t.core_y1)
+    # 40 model px of tissue + 2 x 64 margin + 2 x 64 context = 296 -> 320
+    assert (speck.px_width, speck.px_height) == (320, 320)
+    pixels = sum(t.px_width * t.px_height for t in plan.tiles)
+    assert pixels < 0.7 * len(plan.tiles) * 512 * 512

@@ -81,7 +81,6 @@ class _Context:
     backend: object
     info: ModelInfo
     options: AnalysisOptions
-    tile_size_px: int
     region: tuple[int, int, int, int]
     infer_gate: threading.Semaphore
     inference_s: float = 0.0
@@ -123,10 +122,10 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
         thumb = read_thumbnail(source, THUMBNAIL_PX)
         tissue = detect_tissue(thumb, slide.size_x, slide.size_y)
         plan = plan_tiles(slide, info.mpp, tile_size, overlap, options.region, tissue,
-                          options.min_tissue_fraction)
+                          options.min_tissue_fraction, info.size_multiple)
         report(0.0, f"{len(plan.tiles)} tiles with tissue ({plan.skipped_tiles} skipped)")
         ctx = _Context(slide=slide, source=source, backend=backend, info=info, options=options,
-                       tile_size_px=tile_size, region=plan.region,
+                       region=plan.region,
                        infer_gate=threading.Semaphore(max(1, backend.concurrency)))
         attributes = _attributes(info, plan, options)
         ann = AnnotationWriter(annotation_path, name=f"Nuclei ({info.name} {info.version})",
@@ -233,19 +232,28 @@ def _drain(futures: dict, on_result, until) -> None:
 
 
 def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
-    """Read, infer and post-process one batch of tiles (the unit of scheduling)."""
-    size = ctx.tile_size_px
-    batch = np.stack([read_tile(ctx.source, ctx.slide, t, size) for t in tiles])
+    """Read, infer and post-process one batch of tiles (the unit of scheduling).
+
+    Tiles fitted to the tissue differ in size: each size goes to the network as one batch.
+    """
+    images = [read_tile(ctx.source, ctx.slide, t) for t in tiles]
     if ctx.options.stain_normalize:
-        batch = np.stack([normalize_stain(im) for im in batch])
-    with ctx.infer_gate:
-        t0 = time.perf_counter()
-        maps = ctx.backend.infer(batch)
-        dt = time.perf_counter() - t0
-    with ctx.lock:
-        ctx.inference_s += dt
-    return [_tile_nuclei(ctx, tile, batch[k], maps["FOREGROUND"][k], maps["DISTANCE"][k],
-                         maps["CLASS_PROB"][k]) for k, tile in enumerate(tiles)]
+        images = [normalize_stain(im) for im in images]
+    results: list = [None] * len(tiles)
+    shapes: dict[tuple, list[int]] = {}
+    for k, im in enumerate(images):
+        shapes.setdefault(im.shape, []).append(k)
+    for group in shapes.values():
+        with ctx.infer_gate:
+            t0 = time.perf_counter()
+            maps = ctx.backend.infer(np.stack([images[k] for k in group]))
+            dt = time.perf_counter() - t0
+        with ctx.lock:
+            ctx.inference_s += dt
+        for j, k in enumerate(group):
+            results[k] = _tile_nuclei(ctx, tiles[k], images[k], maps["FOREGROUND"][j],
+                                      maps["DISTANCE"][j], maps["CLASS_PROB"][j])
+    return results
 
 
 def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) -> TileNuclei:
@@ -352,13 +360,13 @@ def _worker_context(key: tuple) -> _Context:
     with _WORKER_LOCK:
         ctx = _WORKER_CONTEXTS.get(key)
         if ctx is None:
-            slide_path, slide_mpp, opts_items, tile_size, region = key
+            slide_path, slide_mpp, opts_items, region = key
             options = AnalysisOptions(**dict(opts_items))
             slide, source = open_slide(slide_path, slide_mpp)
             backend = backends.open_backend(options.triton_url, options.model_dir,
                                             options.model_name)
             ctx = _Context(slide=slide, source=source, backend=backend, info=backend.info,
-                           options=options, tile_size_px=tile_size, region=region,
+                           options=options, region=region,
                            infer_gate=threading.Semaphore(max(1, backend.concurrency)))
             _WORKER_CONTEXTS.clear()  # one run at a time per worker keeps memory bounded
             _WORKER_CONTEXTS[key] = ctx
@@ -383,8 +391,7 @@ def _run_distributed(ctx: _Context, plan: TilePlan, batches: list, on_result) ->
                                dashboard_address=None)
         address = cluster.scheduler_address
     opts = {k: v for k, v in asdict(ctx.options).items() if k != "scheduler"}
-    key = (plan.slide_path, ctx.slide.mpp, tuple(sorted(opts.items())), ctx.tile_size_px,
-           plan.region)
+    key = (plan.slide_path, ctx.slide.mpp, tuple(sorted(opts.items())), plan.region)
     inference_s = 0.0
     try:
         client = Client(address, timeout="10s")

@@ -13,9 +13,12 @@ import numpy as np
 class Tile:
     """One tile of the plan.
 
-    ``x``/``y``/``width``/``height`` are the read window in base pixels (overlap included);
-    ``core_*`` is the part this tile owns: a nucleus whose centroid lies there belongs to it.
-    ``scale`` = model pixels per base pixel (e.g. 0.5 for a 0.25 um/px slide read at 0.5).
+    ``x``/``y``/``width``/``height`` are the read window in base pixels (overlap included),
+    read as ``px_width`` x ``px_height`` model pixels; ``core_*`` is the part this tile owns:
+    a nucleus whose centroid lies there belongs to it. ``scale`` = model pixels per base
+    pixel (e.g. 0.5 for a 0.25 um/px slide read at 0.5). ``row_y0`` is the top of the core
+    of the plan row the tile belongs to (tiles come in row-major order of it; a core can be
+    shrunk to the tissue, the row cannot).
     """
 
     index: int
@@ -28,6 +31,9 @@ class Tile:
     core_x1: int
     core_y1: int
     scale: float
+    px_width: int
+    px_height: int
+    row_y0: int
 
 
 @dataclass(frozen=True)

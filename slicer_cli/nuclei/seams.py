@@ -66,7 +66,8 @@ class SeamIndex:
         the smaller one.
 
     Tiles must be given in plan order (row-major, as ``plan_tiles`` makes them); nuclei whose
-    outline ends above the current tile's reach are forgotten.
+    outline ends above the reach of the current tile's plan row are forgotten (the row, not
+    the core: a core fitted to the tissue may start lower than the next tile's).
     """
 
     def __init__(self, reach_px: float, min_shared: float = MIN_SHARED_AREA):
@@ -88,7 +89,7 @@ class SeamIndex:
         keep = np.ones(n, dtype=bool)
         r = self.reach_px
         if len(self):  # forget what no later tile can reach (row-major order)
-            alive = self._bbox[:, 3] >= tile.core_y0 - r
+            alive = self._bbox[:, 3] >= tile.row_y0 - r
             self._bbox, self._polygons = self._bbox[alive], self._polygons[alive]
         if n == 0:
             return keep

@@ -71,8 +71,8 @@ def open_slide(path: str, mpp: float | None = None):
     return Slide(path=path, size_x=size_x, size_y=size_y, mpp=float(mpp)), source
 
 
-def read_tile(source, slide: Slide, tile: Tile, size_px: int) -> np.ndarray:
-    """Read one tile as uint8 RGB ``[size_px, size_px, 3]`` at the model's resolution.
+def read_tile(source, slide: Slide, tile: Tile) -> np.ndarray:
+    """Read one tile as uint8 RGB ``[px_height, px_width, 3]`` at the model's resolution.
 
     The parts of the tile window that fall outside the slide are padded with glass (white).
 
@@ -83,15 +83,15 @@ def read_tile(source, slide: Slide, tile: Tile, size_px: int) -> np.ndarray:
     """
     import large_image
 
-    out = np.full((size_px, size_px, 3), GLASS_RGB, dtype=np.uint8)
+    out = np.full((tile.px_height, tile.px_width, 3), GLASS_RGB, dtype=np.uint8)
     f = 1.0 / tile.scale  # base pixels per model pixel
     x0, y0 = max(tile.x, 0), max(tile.y, 0)
     x1, y1 = min(tile.x + tile.width, slide.size_x), min(tile.y + tile.height, slide.size_y)
     if x1 <= x0 or y1 <= y0:
         return out
     ox, oy = round((x0 - tile.x) / f), round((y0 - tile.y) / f)
-    ow = min(size_px - ox, max(1, round((x1 - x0) / f)))
-    oh = min(size_px - oy, max(1, round((y1 - y0) / f)))
+    ow = min(tile.px_width - ox, max(1, round((x1 - x0) / f)))
+    oh = min(tile.px_height - oy, max(1, round((y1 - y0) / f)))
     try:
         region, _ = source.getRegion(
             region=dict(left=x0, top=y0, right=x1, bottom=y1, units="base_pixels"),

@@ -11,13 +11,21 @@ from .tissue import TissueMask
 
 def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: int,
                region: tuple[int, int, int, int] | None = None,
-               tissue: TissueMask | None = None, min_tissue_fraction: float = 0.01) -> TilePlan:
+               tissue: TissueMask | None = None, min_tissue_fraction: float = 0.01,
+               size_multiple: int = 32) -> TilePlan:
     """Cover the region with overlapping tiles read at ``model_mpp``.
 
-    Tile ``i`` reads ``tile_size_px`` model pixels; its *core* (what it owns) is the tile less
-    ``overlap_px / 2`` on each side (on the sides where the image goes on), so cores tile the
-    region exactly once. A nucleus belongs to the tile whose core holds its centroid, so the
-    overlap must exceed the largest nucleus.
+    The plan is a grid of windows of ``tile_size_px`` model pixels; each grid cell's *core*
+    (what its tile owns) is the window less ``overlap_px / 2`` on each side (on the sides
+    where the image goes on), so cores tile the region exactly once. A nucleus belongs to
+    the tile whose core holds its centroid, so the overlap must exceed the largest nucleus.
+
+    With a tissue mask, cells whose core has less than ``min_tissue_fraction`` tissue are
+    skipped, and the core of every other cell shrinks to the tissue it holds (grown by half
+    the overlap, so nuclei the coarse mask clips at a tissue edge are still owned); the
+    window shrinks with it, to a multiple of ``size_multiple`` model pixels. A tile that is
+    half glass then costs the network about half a tile. Windows are also cut at the
+    image's far edge instead of being padded.
 
     Parameters
     ----------
@@ -29,7 +37,11 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
     region : (left, top, width, height), optional
         Base-pixel ROI; ``None`` or negative values mean the whole slide.
     tissue : TissueMask, optional
-        Tiles whose core has less than ``min_tissue_fraction`` tissue are skipped.
+        Where the tissue is.
+    min_tissue_fraction : float
+        Cells whose core has less tissue than this are skipped.
+    size_multiple : int
+        The network's input sides must be multiples of this.
 
     Raises
     ------
@@ -38,26 +50,63 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
     """
     if tile_size_px <= 2 * overlap_px or overlap_px < 0:
         raise ValueError("need tile_size_px > 2 * overlap_px >= 0")
+    if tile_size_px % size_multiple:
+        raise ValueError(f"tile_size_px {tile_size_px} is not a multiple of {size_multiple}")
     left, top, right, bottom = _clip_region(slide, region)
     f = model_mpp / slide.mpp  # base pixels per model pixel
     xs, x_cores = _axis(left, right, slide.size_x, f, tile_size_px, overlap_px)
     ys, y_cores = _axis(top, bottom, slide.size_y, f, tile_size_px, overlap_px)
-    size = round(tile_size_px * f)
+    half = overlap_px / 2 * f
     tiles = []
     skipped = 0
     for y, (cy0, cy1) in zip(ys, y_cores):
         for x, (cx0, cx1) in zip(xs, x_cores):
-            if tissue is not None and tissue.fraction(cx0, cy0, cx1, cy1) < min_tissue_fraction:
-                skipped += 1
-                continue
-            tiles.append(Tile(index=len(tiles), x=x, y=y, width=size, height=size,
-                              core_x0=cx0, core_y0=cy0, core_x1=cx1, core_y1=cy1,
-                              scale=1.0 / f))
+            core = (cx0, cy0, cx1, cy1)
+            if tissue is not None:
+                if tissue.fraction(*core) < min_tissue_fraction:
+                    skipped += 1
+                    continue
+                core = _fit_core(core, tissue, half)
+            wx, pw = _window(x, core[0], core[2], slide.size_x, f, half, tile_size_px,
+                             size_multiple)
+            wy, ph = _window(y, core[1], core[3], slide.size_y, f, half, tile_size_px,
+                             size_multiple)
+            tiles.append(Tile(index=len(tiles), x=wx, y=wy, width=round(pw * f),
+                              height=round(ph * f), core_x0=core[0], core_y0=core[1],
+                              core_x1=core[2], core_y1=core[3], scale=1.0 / f,
+                              px_width=pw, px_height=ph, row_y0=cy0))
     frac = 1.0 if tissue is None else tissue.fraction(left, top, right, bottom)
     return TilePlan(slide_path=slide.path, size_x=slide.size_x, size_y=slide.size_y,
                     slide_mpp=slide.mpp, model_mpp=model_mpp, tile_size_px=tile_size_px,
                     overlap_px=overlap_px, region=(left, top, right - left, bottom - top),
                     tiles=tuple(tiles), tissue_fraction=frac, skipped_tiles=skipped)
+
+
+def _fit_core(core: tuple[int, int, int, int], tissue: TissueMask,
+              margin: float) -> tuple[int, int, int, int]:
+    """The part of ``core`` within ``margin`` base pixels of the tissue's bounding box."""
+    box = tissue.bounding_box(*core)
+    if box is None:  # min_tissue_fraction 0 keeps cells without tissue: keep them whole
+        return core
+    x0, y0, x1, y1 = box
+    return (max(core[0], math.floor(x0 - margin)), max(core[1], math.floor(y0 - margin)),
+            min(core[2], math.ceil(x1 + margin)), min(core[3], math.ceil(y1 + margin)))
+
+
+def _window(origin: int, lo: int, hi: int, extent: int, f: float, half: float,
+            tile_size_px: int, multiple: int) -> tuple[int, int]:
+    """Window start (base px) and length (model px) along one axis for the core [lo, hi).
+
+    The window holds the core and half the overlap beyond it, stays inside the grid cell's
+    full window ``[origin, origin + tile_size_px * f)`` and ends at the image's edge; its
+    length is rounded up to ``multiple`` model pixels (at most ``tile_size_px``).
+    """
+    full_end = origin + tile_size_px * f
+    start = max(origin, lo - half)
+    end = min(full_end, hi + half, extent)
+    px = min(tile_size_px, -(-math.ceil((end - start) / f - 1e-6) // multiple) * multiple)
+    start = max(origin, min(start, full_end - px * f))
+    return int(round(start)), int(px)
 
 
 def _axis(lo: int, hi: int, extent: int, f: float, tile_size_px: int,

@@ -22,14 +22,29 @@ class TissueMask:
 
     def fraction(self, x0: float, y0: float, x1: float, y1: float) -> float:
         """Tissue fraction of the base-pixel box ``[x0, x1) x [y0, y1)``."""
-        h, w = self.mask.shape
-        c0 = int(np.clip(np.floor(x0 * self.scale_x), 0, w))
-        c1 = int(np.clip(np.ceil(x1 * self.scale_x), 0, w))
-        r0 = int(np.clip(np.floor(y0 * self.scale_y), 0, h))
-        r1 = int(np.clip(np.ceil(y1 * self.scale_y), 0, h))
+        c0, r0, c1, r1 = self._cells(x0, y0, x1, y1)
         if c1 <= c0 or r1 <= r0:
             return 0.0
         return float(self.mask[r0:r1, c0:c1].mean())
+
+    def bounding_box(self, x0: float, y0: float, x1: float,
+                     y1: float) -> tuple[float, float, float, float] | None:
+        """Base-pixel bounding box ``(x0, y0, x1, y1)`` of the mask cells with tissue that
+        meet the box ``[x0, x1) x [y0, y1)`` (``None`` when there are none)."""
+        c0, r0, c1, r1 = self._cells(x0, y0, x1, y1)
+        sub = self.mask[r0:r1, c0:c1]
+        rows, cols = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+        if not rows.size:
+            return None
+        return ((c0 + cols[0]) / self.scale_x, (r0 + rows[0]) / self.scale_y,
+                (c0 + cols[-1] + 1) / self.scale_x, (r0 + rows[-1] + 1) / self.scale_y)
+
+    def _cells(self, x0: float, y0: float, x1: float, y1: float) -> tuple[int, int, int, int]:
+        h, w = self.mask.shape
+        return (int(np.clip(np.floor(x0 * self.scale_x), 0, w)),
+                int(np.clip(np.floor(y0 * self.scale_y), 0, h)),
+                int(np.clip(np.ceil(x1 * self.scale_x), 0, w)),
+                int(np.clip(np.ceil(y1 * self.scale_y), 0, h)))
 
 
 def detect_tissue(thumbnail: np.ndarray, size_x: int, size_y: int,
