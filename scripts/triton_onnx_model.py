@@ -36,6 +36,9 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(settings.get("threads") or len(os.sched_getaffinity(0)))
         opts.inter_op_num_threads = 1
+        # idle threads sleep: on a CPU host the cores are shared with the client's
+        # post-processing (the in-process backend does the same)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(onnx_file), opts,
                                              providers=["CPUExecutionProvider"])
         self._input = config["input"][0]["name"]

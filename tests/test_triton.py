@@ -255,8 +255,8 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
         for backend in short + patient:
             backend.infer(crops)
         with ThreadPoolExecutor(2) as pool:
-            # in flight when the server dies (4 tiles of 512 take seconds on one thread)
-            batch = np.concatenate([tiles, tiles])
+            # in flight when the server dies (8 tiles of 512 take seconds on one thread)
+            batch = np.concatenate([tiles] * 4)
             pending = [pool.submit(b.infer, batch) for b in patient]
             time.sleep(1)
             first.kill_server()
@@ -270,7 +270,7 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
                 backend.close()
             assert not any(f.done() for f in pending)  # still retrying
             second = TritonServerProcess(triton_repo, ports=ports).start()
-            expected = {k: np.concatenate([v, v]) for k, v in local_maps.items()}
+            expected = {k: np.concatenate([v] * 4) for k, v in local_maps.items()}
             for future in pending:
                 _assert_same(future.result(timeout=180), expected)
         for backend in patient:

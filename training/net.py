@@ -25,40 +25,59 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """Five-level U-Net (four 2x downsamplings plus a stride-32 bottleneck).
+    """U-Net with a stride-32 bottleneck.
 
     Parameters
     ----------
     width : int
-        Channels at full resolution; doubled at every level.
+        Channels of the first level; doubled at every level.
     n_classes : int
         Number of nucleus classes.
     max_mult : int
         Cap on the channel multiplier of the deep levels (keeps the file small).
+    stem : bool
+        ``False``: six levels, the first at full resolution (model 2.0.0). ``True``: a
+        stride-2 convolution first, five levels from half resolution down, and a 2x
+        transposed convolution back to full resolution before the 1x1 head (model 3.0.0):
+        no 3x3 convolution runs at full resolution, where most of the time went.
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
     """
 
-    def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8):
+    def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
+                 stem: bool = False):
         super().__init__()
-        chans = [width * min(2**k, max_mult) for k in range(6)]  # 16 .. 128 with width 16
-        self.down = nn.ModuleList([_block(3, chans[0])] + [
-            _block(chans[k], chans[k + 1]) for k in range(5)])
+        levels = 5 if stem else 6
+        chans = [width * min(2**k, max_mult) for k in range(levels)]
+        self.levels = levels
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, chans[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)) if stem else None
+        first = chans[0] if stem else 3
+        self.down = nn.ModuleList([_block(first, chans[0])] + [
+            _block(chans[k], chans[k + 1]) for k in range(levels - 1)])
         self.up = nn.ModuleList([
-            nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in range(5)])
-        self.dec = nn.ModuleList([_block(2 * chans[k], chans[k]) for k in range(5)])
-        self.head = nn.Sequential(
-            nn.Conv2d(chans[0], chans[0], 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(chans[0], 2 + n_classes, 1))
+            nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in range(levels - 1)])
+        self.dec = nn.ModuleList([_block(2 * chans[k], chans[k]) for k in range(levels - 1)])
+        if stem:
+            self.head = nn.Sequential(
+                nn.ConvTranspose2d(chans[0], chans[0], 2, stride=2), nn.ReLU(inplace=True),
+                nn.Conv2d(chans[0], 2 + n_classes, 1))
+        else:
+            self.head = nn.Sequential(
+                nn.Conv2d(chans[0], chans[0], 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(chans[0], 2 + n_classes, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.stem is not None:
+            x = self.stem(x)
         skips = []
         for k, block in enumerate(self.down):
             x = block(x if k == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         x = skips.pop()
-        for k in reversed(range(5)):
+        for k in reversed(range(self.levels - 1)):
             x = self.dec[k](torch.cat([self.up[k](x), skips[k]], dim=1))
         out = self.head(x)
         return out[:, :1], out[:, 1:2], out[:, 2:]

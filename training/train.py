@@ -39,9 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=2400)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="crop side in px (multiple of 32)")
-    p.add_argument("--width", type=int, default=8, help="U-Net channels at full resolution")
+    p.add_argument("--width", type=int, default=12, help="U-Net channels of the first level")
     p.add_argument("--max-mult", type=int, default=16,
                    help="cap on the channel multiplier of the deep levels")
+    p.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
+                   help="stride-2 stem, no 3x3 convolution at full resolution (3.0.0)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--w-fg", type=float, default=1.0)
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--version", default="2.0.0")
+    p.add_argument("--version", default="3.0.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -91,7 +93,8 @@ def train(args: argparse.Namespace) -> dict:
     t_start = time.time()
     tile = load_tile()
     weights = class_weights(tile)
-    net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult)
+    net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
+               stem=args.stem)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, elapsed_before = 0, 0.0
     if ckpt_path.exists() and not args.fresh:

@@ -47,7 +47,7 @@ class AnalysisOptions:
     triton_url: str | None = None
     model_name: str | None = None
     model_dir: str = str(DEFAULT_MODEL_DIR)
-    batch_size: int = 4
+    batch_size: int = 2
     tile_size_px: int | None = None
     overlap_px: int | None = None
     stain_normalize: bool = False
@@ -204,7 +204,10 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
 
 
 def _run_local(ctx: _Context, batches: list, on_result) -> None:
-    workers = ctx.options.workers or max(2, ctx.backend.concurrency + 1)
+    # enough threads that a batch is always read and waiting for the network while the
+    # others are post-processed (4 on 2 cores)
+    cores = len(os.sched_getaffinity(0))
+    workers = ctx.options.workers or ctx.backend.concurrency + max(3, cores)
     window = 2 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nuclei") as pool:
         futures: dict = {}

@@ -18,7 +18,7 @@ class LocalBackend:
     model_dir : path
         Triton-layout model directory: ``config.pbtxt`` plus ``<version>/model.onnx``.
     threads : int, optional
-        Intra-op threads (default: all cores this process may use).
+        Intra-op threads (default: half the cores this process may use).
     """
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, threads: int | None = None):
@@ -27,7 +27,10 @@ class LocalBackend:
         self.info = load_model_info(model_dir)
         path = onnx_path(model_dir)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        # Half the cores: the other half post-processes the tiles the network has done
+        # (8192^2 benchmark slide on 2 cores, with 4 pipeline workers and batches of 2:
+        # 42-45 s with one thread, 44-47 s with two; one thread is also less CPU per tile).
+        opts.intra_op_num_threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
         opts.inter_op_num_threads = 1
         # Idle intra-op threads sleep instead of spinning: the cores are shared with the
         # post-processing threads (8192^2 benchmark slide: 73 s instead of 85 s wall, 136
