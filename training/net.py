@@ -50,7 +50,6 @@ class UNet(nn.Module):
         super().__init__()
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
-        self.levels = levels
         self.stem = nn.Sequential(
             nn.Conv2d(3, chans[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)) if stem else None
@@ -60,14 +59,11 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([
             nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in range(levels - 1)])
         self.dec = nn.ModuleList([_block(2 * chans[k], chans[k]) for k in range(levels - 1)])
-        if stem:
-            self.head = nn.Sequential(
-                nn.ConvTranspose2d(chans[0], chans[0], 2, stride=2), nn.ReLU(inplace=True),
-                nn.Conv2d(chans[0], 2 + n_classes, 1))
-        else:
-            self.head = nn.Sequential(
-                nn.Conv2d(chans[0], chans[0], 3, padding=1), nn.ReLU(inplace=True),
-                nn.Conv2d(chans[0], 2 + n_classes, 1))
+        # with the stem, the head's first layer brings half resolution back to full
+        to_full = (nn.ConvTranspose2d(chans[0], chans[0], 2, stride=2) if stem
+                   else nn.Conv2d(chans[0], chans[0], 3, padding=1))
+        self.head = nn.Sequential(to_full, nn.ReLU(inplace=True),
+                                  nn.Conv2d(chans[0], 2 + n_classes, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.stem is not None:
@@ -77,7 +73,7 @@ class UNet(nn.Module):
             x = block(x if k == 0 else F.max_pool2d(x, 2))
             skips.append(x)
         x = skips.pop()
-        for k in reversed(range(self.levels - 1)):
+        for k in reversed(range(len(self.down) - 1)):
             x = self.dec[k](torch.cat([self.up[k](x), skips[k]], dim=1))
         out = self.head(x)
         return out[:, :1], out[:, 1:2], out[:, 2:]
