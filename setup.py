@@ -45,8 +45,13 @@ setup(
     packages=find_packages(include=["slicer_cli", "slicer_cli.*"])
     + ["girder_nucleus_analysis"],
     package_dir={"girder_nucleus_analysis": "plugin/girder_nucleus_analysis"},
+    # the model repository and the web client are package data (``slicer_cli/models`` and
+    # ``girder_nucleus_analysis/web_client`` link to the top-level ``models/`` and ``client/``;
+    # a wheel holds copies), found with importlib.resources in either kind of install
     package_data={
-        "slicer_cli": ["slicer_cli_list.json", "*/*.xml"],
+        "slicer_cli": ["slicer_cli_list.json", "*/*.xml", "models/*/config.pbtxt",
+                       "models/*/*.md", "models/*/[0-9]*/model.*"],
+        "girder_nucleus_analysis": ["web_client/*.js", "web_client/*.json"],
     },
     install_requires=BASE,
     extras_require=EXTRAS,

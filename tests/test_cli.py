@@ -1,6 +1,7 @@
 """The NucleusAnalysis slicer CLI end to end, through the real argument parser."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -9,6 +10,7 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from .conftest import ROOT, cli, load_annotation
 
@@ -52,7 +54,8 @@ def test_svs_count_is_plausible_for_tissue_area(svs_run):
 
 
 def test_region_limits_nuclei(tmp_path, cmu_svs):
-    ann, csv = tmp_path / "roi.anot", tmp_path / "roi.csv"
+    # outputs into folders that do not exist yet (a fresh clone has no out/)
+    ann, csv = tmp_path / "new" / "roi.anot", tmp_path / "new" / "tables" / "roi.csv"
     proc = cli(cmu_svs, ann, csv, "--region", "600,1200,700,500", "--no-parquet", "true")
     assert proc.returncode == 0, proc.stderr
     table = pd.read_csv(csv)
@@ -104,9 +107,74 @@ def test_region_outside_image(tmp_path, cmu_svs):
 def test_unwritable_output_keeps_previous_result(tmp_path, cmu_svs):
     previous = tmp_path / "f.csv"
     previous.write_text("previous\n")
-    proc = cli(cmu_svs, tmp_path / "no_such_dir" / "a.anot", previous)
-    _assert_clean_failure(proc, tmp_path, "cannot write output", keep=["f.csv"])
+    blocker = tmp_path / "a_file"  # a file where the output's folder should be
+    blocker.write_text("")
+    proc = cli(cmu_svs, blocker / "a.anot", previous)
+    _assert_clean_failure(proc, tmp_path, "cannot write output", keep=["a_file", "f.csv"])
     assert previous.read_text() == "previous\n"
+
+
+BAD_ARGUMENTS = [
+    (["--tile-size", "100"], "--tile-size must be within [256, 4096]"),
+    (["--tile-size", "100000"], "--tile-size must be within [256, 4096]"),
+    (["--tile-size", "1e9"], "argument --tile-size"),
+    (["--slide-mpp", "1e6"], "--slide-mpp must be within [0.05, 5]"),
+    (["--slide-mpp", "nan"], "--slide-mpp must be a finite number"),
+    (["--slide-mpp", "1e400"], "--slide-mpp must be a finite number"),
+    (["--slide-mpp=-1"], "--slide-mpp must be within"),
+    (["--region", "nan,0,10,10"], "--region must be four finite numbers"),
+    (["--region", "0,0,inf,10"], "--region must be four finite numbers"),
+    (["--region", "0,0,10"], "--region needs four numbers"),
+    (["--region=-5,0,10,10"], "left and top must be >= 0"),
+    (["--workers=-1"], "--workers must be within [0, 64]"),
+    (["--workers", "100000"], "--workers must be within [0, 64]"),
+    (["--batch-size", "0"], "--batch-size must be within [1, 64]"),
+    (["--batch-size", "four"], "argument --batch-size"),
+    (["--min-tissue-fraction", "2"], "--min-tissue-fraction must be within [0, 1]"),
+    (["--scheduler", "local:x"], "--scheduler must be local:N"),
+    (["--scheduler", "local:1000"], "--scheduler local:N needs"),
+    (["--scheduler", "ftp://user:secret@host"], "--scheduler must be local:N"),
+    (["--triton-url", "ftp://user:secret@host"], "--triton-url must be http://"),
+    (["--max-slide-px", "1e400"], "--max-slide-px must be a finite number"),
+    (["--no-such-flag"], "unrecognized arguments"),
+]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("args, message", BAD_ARGUMENTS,
+                         ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_values_give_one_error_line_and_exit_2(tmp_path, cmu_svs, args, message):
+    proc = cli(cmu_svs, tmp_path / "a.anot", tmp_path / "f.csv", *args)
+    _assert_clean_failure(proc, tmp_path, message)
+    assert proc.returncode == 2
+    assert "secret" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.security
+def test_slide_over_the_size_limit_is_refused(tmp_path, cmu_svs):
+    proc = cli(cmu_svs, tmp_path / "a.anot", tmp_path / "f.csv", "--max-slide-px", "1e6")
+    _assert_clean_failure(proc, tmp_path, "declares 2220 x 2967 pixels, more than the limit")
+    assert proc.returncode == 1
+
+
+@pytest.mark.security
+def test_credentials_in_a_triton_url_are_never_printed(tmp_path, cmu_svs):
+    from .triton_server import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there
+    proc = cli(cmu_svs, tmp_path / "a.anot", tmp_path / "f.csv",
+               env={**os.environ, "NUCLEUS_ANALYSIS_TRITON_URL":
+                    f"http://alice:s3cret-pw@127.0.0.1:{port}/v2?key=s3cret-key"})
+    _assert_clean_failure(proc, tmp_path, f"http://127.0.0.1:{port}")
+    assert proc.returncode == 1
+    assert "s3cret" not in proc.stderr + proc.stdout
+
+
+def test_deployment_settings_are_not_in_the_xml():
+    root = ET.fromstring(cli("--xml").stdout)
+    names = {e.findtext("name") for e in root.iter() if e.find("name") is not None}
+    assert not names & {"triton_url", "model_name", "scheduler", "model_dir", "max_slide_px"}
+    assert "--triton-url" in cli("--help").stdout
 
 
 def test_terminal_run_on_slide_without_resolution_given_mpp(tmp_path, hgsc_image):

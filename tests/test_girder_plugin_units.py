@@ -26,14 +26,16 @@ ENUM_XML = b"""<?xml version="1.0" encoding="UTF-8"?>
 def test_arguments_use_flag_equals_value():
     args, values = launch.cli_arguments(XML, {
         "region": "[0, 10, 512, 256]", "batch_size": "8", "stain_normalize": "true",
-        "min_tissue_fraction": 0.05, "triton_url": "grpc://triton:8001", "slide_mpp": ""})
-    assert args == ["--batch-size=8", "--min-tissue-fraction=0.05", "--region=0,10,512,256",
-                    "--stain-normalize=true", "--triton-url=grpc://triton:8001"]
+        "min_tissue_fraction": 0.05, "tile_size": "2048", "slide_mpp": ""})
+    assert sorted(args) == ["--batch-size=8", "--min-tissue-fraction=0.05",
+                            "--region=0,10,512,256", "--stain-normalize=true",
+                            "--tile-size=2048"]
     assert values["region"] == [0, 10, 512, 256] and values["stain_normalize"] is True
 
 
 def test_whole_slide_region_and_defaults_add_nothing():
     assert launch.cli_arguments(XML, {"region": [-1, -1, -1, -1]}) == ([], {})
+    # an old HistomicsUI form may still send an empty deployment field: nothing is chosen
     assert launch.cli_arguments(XML, {"region": "-1,-1,-1,-1", "scheduler": ""}) == ([], {})
 
 
@@ -56,12 +58,68 @@ def test_histomicsui_bindings_are_ignored_when_not_strict():
     ({"region": "a,b,c,d"}, "region must be four numbers"),
     ({"region": [1, 2, 3]}, "region must be four numbers"),
     ({"region": [-5, 0, 10, 10]}, "left and top must be >= 0"),
-    ({"model_name": "a\nb"}, "must be a single line"),
 ])
 def test_bad_values_raise_readable_errors(params, message):
     with pytest.raises(RestException) as error:
         launch.cli_arguments(XML, params)
     assert message in str(error.value) and error.value.code == 400
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("name, value", [
+    ("triton_url", "http://127.0.0.1:9/"), ("scheduler", "tcp://127.0.0.1:9"),
+    ("model_name", "other_model"), ("model_dir", "/etc"), ("max_slide_px", "1e12")])
+def test_deployment_settings_are_not_job_parameters(name, value, strict):
+    """Both launch routes (strict: ours; not strict: HistomicsUI's submit) refuse them."""
+    with pytest.raises(RestException) as error:
+        launch.cli_arguments(XML, {name: value, "batch_size": 2}, strict=strict)
+    assert error.value.code == 400 and "deployment settings" in str(error.value)
+    assert value not in str(error.value)
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("params, message", [
+    ({"tile_size": "1e400"}, "tile_size must be finite"),
+    ({"tile_size": 1e400}, "tile_size must be finite"),
+    ({"tile_size": "Infinity"}, "tile_size must be finite"),
+    ({"tile_size": "1e9"}, "tile_size must be within [256, 4096]"),
+    ({"tile_size": 100}, "tile_size must be within [256, 4096]"),
+    ({"slide_mpp": "1e6"}, "slide_mpp must be within [0, 5]"),
+    ({"slide_mpp": "0.01"}, "--slide-mpp must be within [0.05, 5]"),
+    ({"slide_mpp": "NaN"}, "slide_mpp must be finite"),
+    ({"workers": -1}, "workers must be within [0, 64]"),
+    ({"workers": 100000}, "workers must be within [0, 64]"),
+    ({"batch_size": True}, "batch_size must be a number"),
+    ({"min_tissue_fraction": 2}, "min_tissue_fraction must be within [0, 1]"),
+    ({"region": "[NaN, 0, 10, 10]"}, "region must be four finite numbers"),
+    ({"region": "nan,0,10,10"}, "region must be four finite numbers"),
+    ({"region": [0, 0, 1e400, 10]}, "region must be four finite numbers"),
+    ({"region": [0, 0, 3e9, 10]}, "reaches beyond"),
+])
+def test_non_finite_and_out_of_range_values_answer_400(params, message):
+    with pytest.raises(RestException) as error:
+        launch.cli_arguments(XML, params)
+    assert error.value.code == 400
+    assert message in str(error.value)
+
+
+def test_xml_constraints_are_the_engine_limits():
+    """One statement of the ranges: the XML (HistomicsUI's form, the server) and the engine."""
+    from slicer_cli.nuclei.model import load_model_info
+    from slicer_cli.nuclei.options import LIMITS
+    from slicer_cli_web.cli_utils import as_model, get_cli_parameters
+
+    _, params, _ = get_cli_parameters(as_model(XML))
+    by_name = {p.name: p for p in params}
+    engine = {"tile_size": "tile_size_px"}
+    for name in ("batch_size", "tile_size", "workers", "min_tissue_fraction", "slide_mpp"):
+        low, high = LIMITS[engine.get(name, name)]
+        c = by_name[name].constraints
+        assert float(c.maximum) == high, name
+        # slide_mpp's 0 means "from the metadata", so the form must accept it
+        assert float(c.minimum) == (0 if name == "slide_mpp" else low), name
+    assert int(by_name["tile_size"].default) == load_model_info().tile_size
 
 
 def test_enumeration_is_checked():

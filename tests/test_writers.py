@@ -57,10 +57,16 @@ def test_abort_leaves_existing_output_untouched(tmp_path):
 
 
 def test_unwritable_output(tmp_path):
+    (tmp_path / "a_file").write_text("")
     with pytest.raises(OutputError, match="cannot write output"):
-        AnnotationWriter(tmp_path / "missing_dir" / "x.anot", "Nuclei", "", {})
+        AnnotationWriter(tmp_path / "a_file" / "x.anot", "Nuclei", "", {})
     with pytest.raises(OutputError, match="cannot write output"):
         FeatureTableWriter(tmp_path, None)  # a directory
+
+
+def test_missing_output_folders_are_created(tmp_path):
+    w = AnnotationWriter(tmp_path / "out" / "deeper" / "x.anot", "Nuclei", "", {})
+    assert w.commit() == tmp_path / "out" / "deeper" / "x.anot"
 
 
 def test_table_csv_and_parquet_agree(tmp_path):

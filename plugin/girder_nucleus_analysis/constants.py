@@ -26,8 +26,33 @@ STATUS_CANCELED = 5
 STATUS_CANCELING = 824
 
 
+STATUS_QUEUED = 1
+STATUS_INACTIVE = 0
+#: statuses after which a job's data token is revoked (canceling included: a job asked to
+#: stop must not read or write anything more)
+TOKEN_DEAD_STATUSES = (STATUS_SUCCESS, STATUS_ERROR, STATUS_CANCELED, STATUS_CANCELING)
+
+#: environment of the girder_worker (never of a request): the deployment's endpoints, which
+#: the worker hands to the CLI in its environment, never on its command line
+ENV_TRITON_URL = "NUCLEUS_ANALYSIS_TRITON_URL"
+ENV_TRITON_MODEL = "NUCLEUS_ANALYSIS_TRITON_MODEL"
+ENV_SCHEDULER = "NUCLEUS_ANALYSIS_SCHEDULER"
+
+
 class PluginSettings:
-    """Setting keys of this plugin."""
+    """Setting keys of this plugin (admin only: Girder settings need an admin to change)."""
 
     #: register (or refresh) the CLI item at server start (default true)
     AUTO_REGISTER = "nucleus_analysis.auto_register"
+    #: wall-clock seconds a job may take from submission (queue included) to its end; the
+    #: job's data token expires then, and the worker stops the CLI (job ERROR)
+    JOB_TIME_LIMIT_S = "nucleus_analysis.job_time_limit_s"
+    #: slides declaring more base pixels than this are refused at launch (HTTP 400)
+    MAX_SLIDE_PIXELS = "nucleus_analysis.max_slide_pixels"
+
+
+#: defaults and allowed ranges of the numeric settings
+SETTING_RANGES = {
+    PluginSettings.JOB_TIME_LIMIT_S: (6 * 3600, 60, 7 * 86400),
+    PluginSettings.MAX_SLIDE_PIXELS: (5e10, 1e6, 5e10),
+}

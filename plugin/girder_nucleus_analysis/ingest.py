@@ -1,18 +1,40 @@
-"""Server-side ingest of a finished job's outputs, synchronous so failures reach the job.
+"""Server-side ingest of a finished job's outputs: validated, staged, swapped in; newest wins.
 
 HistomicsUI's own ingest (``data.process`` on a background thread) only logs its errors while
 the job says SUCCESS; here the worker calls ``POST nucleus_analysis/item/{id}/result`` and any
 parse/validation error answers 400 with a readable message, which the worker turns into an
-ERROR job. The annotation file arrived through Girder's chunked upload; its elements are
-validated by large_image's schema and inserted in chunks by large_image's element model.
+ERROR job. One annotation document per class is posted (``Nuclei: <class>``), so HistomicsUI
+can show and hide classes natively; every element keeps ``group`` = class and ``user.id``.
 
-One annotation document per class is posted (``Nuclei: <class>``), so HistomicsUI can show
-and hide classes natively; every element keeps ``group`` = class and ``user.id``.
+How a result replaces the previous one without losing anything:
+
+1. The worker uploaded the outputs as *new* files named ``<name>.pending-<job id>``: the
+   previous result's files are untouched until step 4.
+2. Newest job wins: the job claims the item (an atomic compare-and-set on a private item
+   field, ordered by job creation time). A job older than the one that already claimed or
+   posted is refused (409) and its files removed; so a late, older job never replaces a newer
+   result, and Submit twice posts the second.
+3. The annotation is read (at most large_image's ``max_annotation_input_file_length``),
+   validated against large_image's schema, and *staged*: its per-class annotations are
+   created attached to no item, so readers keep seeing the previous result meanwhile.
+4. Swap, under a per-item lock and only if the claim still holds: the item metadata names the
+   new result, the staged annotations are attached to the item, the previous result's
+   annotations and files are removed, the new files get their final names. A reader sees the
+   previous or the new result; at most for the few milliseconds between attaching the new
+   annotations and removing the old ones, both.
+5. Annotations of a previous result that a person edited in HistomicsUI (``updated`` later
+   than ``created``) are never removed: they stay on the item, renamed ``... (edited, kept)``,
+   with their ``nucleusAnalysis`` attribute moved to ``nucleusAnalysisKept``.
+
+Any failure at any step removes what this ingest created (staged annotations, uploaded files)
+and leaves the previous result exactly as it was: 400 for invalid outputs, 409 when
+superseded, 500 (with the error's type) for anything else.
 """
 from __future__ import annotations
 
 import datetime
 import math
+import threading
 
 import jsonschema
 import orjson
@@ -21,20 +43,64 @@ from girder.api.rest import RestException
 from girder.constants import AccessType
 from girder.exceptions import ValidationException
 from girder.models.file import File
+from girder.models.folder import Folder
 from girder.models.item import Item
+from girder.models.notification import Notification
+from girder.models.user import User
 from girder_jobs.models.job import Job
 from girder_large_image_annotation.models.annotation import Annotation
 
-from .constants import ATTR_KEY, JOB_TYPE, META_KEY, STATUS_CANCELED, STATUS_CANCELING
+from .constants import (
+    ATTR_KEY,
+    JOB_TYPE,
+    META_KEY,
+    STATUS_CANCELED,
+    STATUS_CANCELING,
+    STATUS_ERROR,
+)
 
-#: what large_image itself reads into memory at most (its ``max_annotation_input_file_length``)
-MAX_ANNOTATION_BYTES = 2 * 1024 ** 3
+#: large_image's default for ``max_annotation_input_file_length`` (what its own ingest reads)
+DEFAULT_MAX_ANNOTATION_BYTES = 1024 ** 3
+#: suffix of uploaded outputs until swapped in (the worker's ``PENDING``)
+PENDING = ".pending-"
+#: private item field (not exposed by Girder's item filter): who claimed / posted last
+STATE_FIELD = "nucleusAnalysisState"
+#: annotation attribute of a previous result's annotation a person edited (kept on rerun)
+KEPT_KEY = "nucleusAnalysisKept"
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+class Superseded(Exception):
+    """A newer job of the same item claimed or posted its result first."""
+
+
+def max_annotation_bytes() -> int:
+    """large_image's ``max_annotation_input_file_length`` (bytes it reads into memory)."""
+    import large_image
+
+    return int(large_image.config.getConfig("max_annotation_input_file_length",
+                                            DEFAULT_MAX_ANNOTATION_BYTES))
+
+
+def _item_lock(item_id) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(str(item_id), threading.Lock())
+
+
+def _order(job: dict) -> str:
+    """Sort key of jobs: creation time, then id (fixed width, compares as a string)."""
+    created = job.get("created") or datetime.datetime.min
+    return f"{created:%Y%m%dT%H%M%S.%f}-{job['_id']}"
 
 
 def _read_document(file: dict) -> dict:
-    if file["size"] > MAX_ANNOTATION_BYTES:
-        raise ValidationException(f"annotation file is {file['size']} bytes, more than "
-                                  f"{MAX_ANNOTATION_BYTES}")
+    limit = max_annotation_bytes()
+    if file["size"] > limit:
+        raise ValidationException(f"annotation file is {file['size']} bytes, more than this "
+                                  f"server reads ({limit}, large_image's "
+                                  "max_annotation_input_file_length)")
     chunks = []
     with File().open(file) as handle:
         while chunk := handle.read(16 * 1024 ** 2):
@@ -135,24 +201,18 @@ def validate_document(doc: dict) -> None:
                 seen.add(signature)
 
 
-def _create(item: dict, user: dict, document: dict) -> dict:
-    """large_image's ``createAnnotation``, saving without its per-element re-validation."""
-    from girder.models.folder import Folder
-    from girder.models.notification import Notification
-
+def _stage(item: dict, user: dict, document: dict) -> dict:
+    """large_image's ``createAnnotation`` without its per-element re-validation, attached to
+    no item yet (readers of the item do not see it until :func:`_swap`)."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    doc = {"itemId": item["_id"], "creatorId": user["_id"], "created": now,
+    doc = {"itemId": None, "creatorId": user["_id"], "created": now,
            "updatedId": user["_id"], "updated": now, "annotation": document}
     folder = Folder().load(item["folderId"], force=True)
     model = Annotation()
     model.copyAccessPolicies(src=folder, dest=doc, save=False)
     model.setPublic(doc, folder.get("public", False), save=False)
     model.setUserAccess(doc, user=user, level=AccessType.ADMIN, save=False)
-    doc = model.save(doc, validate=False)
-    Notification().createNotification(
-        type="large_image_annotation.create", data={"_id": doc["_id"], "itemId": doc["itemId"]},
-        user=user, expires=now + datetime.timedelta(seconds=1))
-    return doc
+    return model.save(doc, validate=False)
 
 
 def split_by_class(doc: dict, job_id: str) -> list[dict]:
@@ -202,6 +262,33 @@ def _remove_files(files: list[dict]) -> None:
             logger.exception("Nucleus Analysis: could not remove %s", file.get("_id"))
 
 
+def _remove_annotations(annotations: list[dict]) -> None:
+    for annotation in annotations:
+        try:
+            Annotation().remove(annotation)
+        except Exception:
+            logger.exception("Nucleus Analysis: could not remove annotation %s",
+                             annotation.get("_id"))
+
+
+def _load_files(user: dict, item: dict, job_id: str, file_ids: list[str]) -> list[dict]:
+    files = []
+    for file_id in file_ids:
+        file = File().load(file_id, user=user, level=AccessType.WRITE)
+        if file is None or str(file["itemId"]) != str(item["_id"]):
+            raise ValidationException(f"output file {file_id} is not in item {item['_id']}")
+        files.append(file)
+    return files
+
+
+def _check_pending(files: list[dict], job_id: str) -> None:
+    suffix = f"{PENDING}{job_id}"
+    for file in files:
+        if not file["name"].endswith(suffix) or file["name"] == suffix:
+            raise ValidationException(f"output file {file['_id']} is not a pending output of "
+                                      f"job {job_id} (its name must end with {suffix})")
+
+
 def _load_job(user: dict, item: dict, job_id: str) -> dict:
     job = Job().load(job_id, user=user, level=AccessType.READ, exc=True)
     if job.get("type") != JOB_TYPE or \
@@ -209,7 +296,43 @@ def _load_job(user: dict, item: dict, job_id: str) -> dict:
         raise ValidationException(f"job {job_id} is not a Nucleus Analysis of this item")
     if job.get("status") in (STATUS_CANCELING, STATUS_CANCELED):
         raise ValidationException(f"job {job_id} was canceled; its outputs are discarded")
+    if job.get("status") == STATUS_ERROR:
+        raise ValidationException(f"job {job_id} ended in error; its outputs are discarded")
     return job
+
+
+def _claim(item: dict, job: dict) -> None:
+    """Claim the item for ``job`` unless a newer job claimed it (atomic).
+
+    Raises
+    ------
+    Superseded
+        When a job created later already claimed or posted a result on this item.
+    """
+    order = _order(job)
+    claimed = Item().collection.find_one_and_update(
+        {"_id": item["_id"], "$or": [{f"{STATE_FIELD}.claim": {"$exists": False}},
+                                     {f"{STATE_FIELD}.claim.order": {"$lte": order}}]},
+        {"$set": {f"{STATE_FIELD}.claim": {"jobId": str(job["_id"]), "order": order}}})
+    if claimed is None:
+        newer = (Item().collection.find_one({"_id": item["_id"]}) or {}).get(
+            STATE_FIELD, {}).get("claim", {})
+        raise Superseded(f"a newer Nucleus Analysis of this item (job {newer.get('jobId')}) "
+                         "has already posted or is posting its result")
+
+
+def _release(item: dict, job: dict) -> None:
+    """Give a failed job's claim back to the job whose result the item shows (if any)."""
+    current = (Item().collection.find_one({"_id": item["_id"]}) or {}).get(STATE_FIELD, {})
+    restore = {"$set": {f"{STATE_FIELD}.claim": current["current"]}} if current.get(
+        "current") else {"$unset": {f"{STATE_FIELD}.claim": ""}}
+    Item().collection.update_one(
+        {"_id": item["_id"], f"{STATE_FIELD}.claim.jobId": str(job["_id"])}, restore)
+
+
+def _still_claimed(item: dict, job: dict) -> bool:
+    current = (Item().collection.find_one({"_id": item["_id"]}) or {}).get(STATE_FIELD, {})
+    return current.get("claim", {}).get("jobId") == str(job["_id"])
 
 
 def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
@@ -221,13 +344,13 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
     user : dict
         The job's user (WRITE on ``item``, checked by the route).
     item : dict
-        The slide item; the output files were uploaded into it.
+        The slide item; the output files were uploaded into it as pending files.
     job_id : str
-        The producing job (must be our job type, for this item, not canceled).
+        The producing job (our job type, for this item, running, not canceled).
     annotation_file_id : str
         The uploaded ``.anot`` file (removed once ingested).
     table_file_ids : list of str
-        The uploaded CSV / Parquet files (kept on the item).
+        The uploaded CSV / Parquet files (kept on the item under their final names).
 
     Returns
     -------
@@ -237,40 +360,106 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
     Raises
     ------
     RestException
-        400 with the reason when a file is missing or foreign, the job does not match, the
-        annotation is not one valid document; the uploaded files are removed first.
+        400 when a file is missing, foreign or not this job's, the job does not match, or the
+        annotation is not one valid document; 409 when a newer job of this item already
+        claimed or posted; 500 on any other failure. In every case what this ingest created
+        (and the uploaded files) is removed and the previous result is untouched.
     """
     files: list[dict] = []
+    staged: list[dict] = []
+    job = None
     try:
-        for file_id in [annotation_file_id, *table_file_ids]:
-            file = File().load(file_id, user=user, level=AccessType.WRITE)
-            if file is None or str(file["itemId"]) != str(item["_id"]):
-                raise ValidationException(f"output file {file_id} is not in item {item['_id']}")
-            files.append(file)
+        files = _load_files(user, item, job_id, [annotation_file_id, *table_file_ids])
+        _check_pending(files, job_id)
         job = _load_job(user, item, job_id)
-        doc = _read_document(files[0])
-        documents = split_by_class(doc, job_id)
-        for document in documents:  # validate all before touching the previous result
-            validate_document(document)
-    except (ValidationException, orjson.JSONDecodeError) as e:
+        with _item_lock(item["_id"]):
+            _claim(item, job)
+            doc = _read_document(files[0])
+            documents = split_by_class(doc, job_id)
+            for document in documents:  # validate all before creating anything
+                validate_document(document)
+            for document in documents:
+                staged.append(_stage(item, user, document))
+            summary = _summarise(job, documents, staged, files[1:], doc)
+            if not _still_claimed(item, job):
+                raise Superseded("a newer Nucleus Analysis of this item claimed it meanwhile")
+            summary = _swap(item, job, staged, files, summary)
+    except BaseException as e:
+        _remove_annotations(staged)
         _remove_files(files)
-        raise RestException(f"Nucleus Analysis results rejected: {e}") from e
-    created = []
-    try:
-        for document in documents:
-            created.append(_create(item, user, document))
-    except Exception as e:
-        for annotation in created:
-            Annotation().remove(annotation)
-        _remove_files(files)
-        raise RestException(f"Nucleus Analysis results rejected: {e}") from e
-    summary = _summarise(job, documents, created, files[1:], doc)
-    _replace_previous(item, created, summary)
-    File().remove(files[0])
-    item = Item().setMetadata(Item().load(item["_id"], force=True), {META_KEY: summary})
+        if job is not None and not isinstance(e, Superseded):
+            _release(item, job)
+        if isinstance(e, (ValidationException, orjson.JSONDecodeError)):
+            raise RestException(f"Nucleus Analysis results rejected: {e}") from e
+        if isinstance(e, Superseded):
+            raise RestException(f"Nucleus Analysis results discarded: {e}", 409) from e
+        if isinstance(e, RestException):
+            raise
+        if isinstance(e, Exception):
+            logger.exception("Nucleus Analysis: ingest of job %s failed", job_id)
+            raise RestException(f"Nucleus Analysis ingest failed ({type(e).__name__}); the "
+                                "previous result is unchanged.", 500) from e
+        raise
     logger.info("Nucleus Analysis: job %s posted %d nuclei on item %s", job_id,
                 summary["nuclei"], item["_id"])
     return summary
+
+
+def _swap(item: dict, job: dict, staged: list[dict], files: list[dict], summary: dict) -> dict:
+    """Make the staged result the item's result; remove the previous one (not edits)."""
+    item = Item().load(item["_id"], force=True)
+    previous = (item.get("meta") or {}).get(META_KEY) or {}
+    new_ids = [a["_id"] for a in staged]
+    # the new result is named first: a failure below leaves a consistent metadata record
+    tables = []
+    for file in files[1:]:
+        file["name"] = file["name"].rsplit(PENDING, 1)[0]
+        tables.append(file)
+    summary["files"] = [{"_id": str(f["_id"]), "name": f["name"], "size": f["size"]}
+                        for f in tables]
+    Annotation().update({"_id": {"$in": new_ids}}, {"$set": {"itemId": item["_id"]}})
+    for annotation in staged:
+        Notification().createNotification(
+            type="large_image_annotation.create",
+            data={"_id": annotation["_id"], "itemId": item["_id"]},
+            user=User().load(annotation["creatorId"], force=True),
+            expires=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1))
+    kept = _retire_previous(item, set(new_ids))
+    if kept:
+        summary["keptEditedAnnotationIds"] = kept
+    old_files = {e.get("_id") for e in previous.get("files", [])} - \
+        {f["_id"] for f in summary["files"]}
+    for file_id in old_files:
+        old = File().load(file_id, force=True) if file_id else None
+        if old is not None and str(old["itemId"]) == str(item["_id"]):
+            File().remove(old)
+    for file in tables:
+        File().updateFile(file)
+    File().remove(files[0])
+    Item().collection.update_one({"_id": item["_id"]}, {"$set": {
+        f"{STATE_FIELD}.current": {"jobId": summary["jobId"], "order": _order(job)}}})
+    Item().setMetadata(Item().load(item["_id"], force=True), {META_KEY: summary})
+    return summary
+
+
+def _retire_previous(item: dict, keep: set) -> list[str]:
+    """Remove the item's earlier results of this analysis; keep (and mark) edited ones."""
+    kept = []
+    for old in Annotation().find({"itemId": item["_id"], "_active": {"$ne": False},
+                                  f"annotation.attributes.{ATTR_KEY}": {"$exists": True}}):
+        if old["_id"] in keep:
+            continue
+        if old.get("updated") and old.get("created") and old["updated"] != old["created"]:
+            marker = old["annotation"]["attributes"][ATTR_KEY]
+            Annotation().update({"_id": old["_id"]}, {
+                "$set": {f"annotation.attributes.{KEPT_KEY}": marker,
+                         "annotation.name": f"{old['annotation'].get('name', 'Nuclei')} "
+                                            "(edited, kept)"},
+                "$unset": {f"annotation.attributes.{ATTR_KEY}": ""}})
+            kept.append(str(old["_id"]))
+        else:
+            Annotation().remove(old)
+    return kept
 
 
 def _summarise(job: dict, documents: list[dict], created: list[dict], tables: list[dict],
@@ -291,18 +480,3 @@ def _summarise(job: dict, documents: list[dict], created: list[dict], tables: li
         "files": [{"_id": str(f["_id"]), "name": f["name"], "size": f["size"]} for f in tables],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
-
-
-def _replace_previous(item: dict, created: list[dict], summary: dict) -> None:
-    keep = {a["_id"] for a in created}
-    for old in Annotation().find({"itemId": item["_id"], "_active": {"$ne": False},
-                                  f"annotation.attributes.{ATTR_KEY}": {"$exists": True}}):
-        if old["_id"] not in keep:
-            Annotation().remove(old)
-    previous = item.get("meta", {}).get(META_KEY) or {}
-    new_ids = {f["_id"] for f in summary["files"]}
-    for entry in previous.get("files", []):
-        old = File().load(entry.get("_id"), force=True) if entry.get("_id") not in new_ids \
-            else None
-        if old is not None and str(old["itemId"]) == str(item["_id"]):
-            File().remove(old)

@@ -16,7 +16,8 @@ import shlex
 import subprocess
 import sys
 
-from girder import events, logger
+from girder import logger
+from girder.api.rest import RestException
 from girder.constants import AccessType
 from girder.models.collection import Collection
 from girder.models.folder import Folder
@@ -100,8 +101,10 @@ def task_folder(user: dict) -> dict:
     return folder
 
 
-def register(user: dict, base_folder: dict | None = None) -> list[dict]:
-    """Create or refresh the image/tag folders and CLI items, and route their runs to us.
+def register(user: dict, base_folder: dict | None = None) -> list:
+    """Create or refresh the image/tag folders and CLI items.
+
+    The caller routes their runs to our job (``event_handlers.intercept``).
 
     Parameters
     ----------
@@ -112,8 +115,8 @@ def register(user: dict, base_folder: dict | None = None) -> list[dict]:
 
     Returns
     -------
-    list of dict
-        One ``{"_id", "name", "image", "run"}`` per CLI item.
+    list of slicer_cli_web.models.CLIItem
+        The registered CLI items.
     """
     from slicer_cli_web.models import CLIItem, DockerImageItem
 
@@ -133,13 +136,22 @@ def register(user: dict, base_folder: dict | None = None) -> list[dict]:
     if resource is not None:  # regenerate slicer_cli_web's run routes for the new items
         resource.deleteImageEndpoints()
         resource._generateAllItemEndPoints()
-    for item in items:
-        _intercept(item)
     _state["registered"] = True
     logger.info("Nucleus Analysis: registered %s in folder %s",
                 ", ".join(i.name for i in items), base["_id"])
+    return items
+
+
+def describe(items: list) -> list[dict]:
+    """What the REST routes show of CLI items."""
     return [{"_id": str(i._id), "name": i.name, "image": i.image,
-             "run": f"/slicer_cli_web/cli/{i._id}/run"} for i in items]
+             "run": f"/slicer_cli_web/cli/{i._id}/run",
+             "xmlspec": f"/slicer_cli_web/cli/{i._id}/xml"} for i in items]
+
+
+def is_registered() -> bool:
+    """Whether this process registered the CLI (or found it registered)."""
+    return bool(_state["registered"])
 
 
 def registered_items(user: dict | None = None) -> list:
@@ -156,41 +168,42 @@ def registered_items(user: dict | None = None) -> list:
     return [CLIItem(item) for item in found]
 
 
-def _intercept(cli_item) -> None:
-    """Answer slicer_cli_web's run/rerun routes of ``cli_item`` with our local-process job."""
-    from .rest import intercept_rerun, intercept_run
+def cli_item(user: dict):
+    """The registered CLI item ``user`` can read.
 
-    base = f"rest.post.slicer_cli_web/cli/{cli_item._id}"
-    named = f"rest.post.slicer_cli_web/{cli_item.restBasePath}/{cli_item.name}"
-    for prefix in (base, named):
-        events.bind(f"{prefix}/run.before", "nucleus_analysis", intercept_run)
-        events.bind(f"{prefix}/rerun.before", "nucleus_analysis", intercept_rerun)
+    Raises
+    ------
+    RestException
+        503 when the CLI is not registered (yet).
+    """
+    items = registered_items(user)
+    if not items:
+        raise RestException("The Nucleus Analysis CLI is not registered; an admin can "
+                            "PUT /nucleus_analysis/register.", 503)
+    return items[0]
 
 
-def attach(resource) -> None:
-    """Remember slicer_cli_web's resource and intercept runs of already registered items."""
+def attach(resource) -> list:
+    """Remember slicer_cli_web's resource; return the already registered items."""
     _state["resource"] = resource
-    for item in registered_items():
-        _intercept(item)
+    items = registered_items()
+    if items:
+        _state["registered"] = True
+    return items
 
 
-def register_at_startup() -> None:
-    """Register with the first admin when ``nucleus_analysis.auto_register`` is on."""
+def register_at_startup() -> list:
+    """Register with the first admin when ``nucleus_analysis.auto_register`` is on.
+
+    Returns
+    -------
+    list
+        The registered CLI items (empty when there is no admin yet or registration is off).
+    """
     if not Setting().get(PluginSettings.AUTO_REGISTER):
-        return
+        return []
     admin = User().findOne({"admin": True})
     if admin is None:
         logger.info("Nucleus Analysis: no admin user yet; registering when one is created")
-        return
-    register(admin)
-
-
-def on_user_created(event) -> None:
-    """Register once the first admin exists (fresh database)."""
-    user = event.info
-    if user.get("admin") and not _state["registered"] and \
-            Setting().get(PluginSettings.AUTO_REGISTER):
-        try:
-            register(user)
-        except RegistrationError:
-            logger.exception("Nucleus Analysis: CLI registration failed")
+        return []
+    return register(admin)

@@ -1,24 +1,14 @@
-"""REST: ``/nucleus_analysis`` and the interceptors of slicer_cli_web's run routes."""
+"""REST: the ``/nucleus_analysis`` routes (the event handlers live in :mod:`.event_handlers`)."""
 from __future__ import annotations
 
 from girder.api import access
 from girder.api.describe import Description, autoDescribeRoute
-from girder.api.rest import Resource, RestException, getCurrentUser
+from girder.api.rest import Resource, RestException
 from girder.constants import AccessType, TokenScope
-from girder.models.file import File
 from girder.models.item import Item
-from girder_jobs.models.job import Job
 
-from . import ingest, launch, registration
+from . import event_handlers, ingest, launch, registration
 from .constants import META_KEY
-
-
-def _cli_item(user: dict):
-    items = registration.registered_items(user)
-    if not items:
-        raise RestException("The Nucleus Analysis CLI is not registered; an admin can "
-                            "PUT /nucleus_analysis/register.", 503)
-    return items[0]
 
 
 class NucleusAnalysisResource(Resource):
@@ -37,10 +27,7 @@ class NucleusAnalysisResource(Resource):
     @autoDescribeRoute(Description("List the registered Nucleus Analysis CLI items.")
                        .errorResponse("You are not logged in.", 403))
     def listClis(self) -> list[dict]:
-        return [{"_id": str(i._id), "name": i.name, "image": i.image,
-                 "run": f"/slicer_cli_web/cli/{i._id}/run",
-                 "xmlspec": f"/slicer_cli_web/cli/{i._id}/xml"}
-                for i in registration.registered_items(self.getCurrentUser())]
+        return registration.describe(registration.registered_items(self.getCurrentUser()))
 
     @access.admin
     @autoDescribeRoute(
@@ -54,9 +41,11 @@ class NucleusAnalysisResource(Resource):
         .errorResponse("The CLI could not be described.", 500))
     def register(self, folder: dict | None) -> list[dict]:
         try:
-            return registration.register(self.getCurrentUser(), folder)
+            items = registration.register(self.getCurrentUser(), folder)
         except registration.RegistrationError as e:
             raise RestException(f"CLI registration failed: {e}", 500) from e
+        event_handlers.intercept(items)
+        return registration.describe(items)
 
     @access.user(scope=TokenScope.DATA_WRITE)
     @autoDescribeRoute(
@@ -75,8 +64,9 @@ class NucleusAnalysisResource(Resource):
     def run(self, item: dict, fileId: str | None, parameters: dict | None) -> dict:
         user = self.getCurrentUser()
         file = launch.slide_file(item, user, fileId)
-        job = launch.launch(user, item, file, _cli_item(user), parameters or {}, strict=True)
-        return _public_job(job, user)
+        job = launch.launch(user, item, file, registration.cli_item(user), parameters or {},
+                            strict=True)
+        return event_handlers.public_job(job, user)
 
     @access.user(scope=TokenScope.DATA_READ)
     @autoDescribeRoute(
@@ -104,43 +94,3 @@ class NucleusAnalysisResource(Resource):
     def postResult(self, item: dict, jobId: str, annotationFileId: str,
                    tableFileIds: list) -> dict:
         return ingest.ingest(self.getCurrentUser(), item, jobId, annotationFileId, tableFileIds)
-
-
-def _public_job(job: dict, user: dict) -> dict:
-    """The job as the user may see it, without girder_worker's job token (``jobInfoSpec``)."""
-    shown = Job().filter(job, user)
-    shown.pop("jobInfoSpec", None)
-    return shown
-
-
-def _cli_for_event(event) -> object:
-    user = getCurrentUser()
-    return user, _cli_item(user)
-
-
-@access.user(scope=TokenScope.DATA_WRITE)
-def intercept_run(event) -> None:
-    """``POST slicer_cli_web/cli/<our id>/run`` (HistomicsUI's Submit): run as a local job."""
-    user, cli_item = _cli_for_event(event)
-    params = dict(event.info.get("params") or {})
-    file_id = params.get("inputImageFile")
-    if not file_id:
-        raise RestException("Parameter inputImageFile is required.")
-    file = File().load(file_id, user=user, level=AccessType.READ, exc=True)
-    item = Item().load(file["itemId"], user=user, level=AccessType.WRITE, exc=True)
-    job = launch.launch(user, item, file, cli_item, params, strict=False)
-    event.preventDefault().addResponse(_public_job(job, user))
-
-
-@access.user(scope=TokenScope.DATA_WRITE)
-def intercept_rerun(event) -> None:
-    """``POST slicer_cli_web/cli/<our id>/rerun``: rerun a previous job with its parameters."""
-    params = dict(event.info.get("params") or {})
-    job_id = params.pop("jobId", None)
-    if not job_id:
-        raise RestException("Parameter jobId is required.")
-    previous = Job().load(job_id, user=getCurrentUser(), level=AccessType.READ, exc=True)
-    merged = dict(previous.get("_original_params") or {})
-    merged.update(params)
-    event.info["params"] = merged
-    intercept_run(event)

@@ -2,9 +2,16 @@
 
 girder_worker imports it through :mod:`girder_nucleus_analysis.worker_plugin` (the
 ``girder_worker_plugins`` entry point). The task
-talks to Girder only through REST with the job's own user token, which girder_worker passes in
-the message headers (``girder_client_token``); the token is never an argument of the task or
-of the CLI, and the token is deleted when the job ends.
+talks to Girder only through REST: data (slide, outputs) with the job's data token, which
+girder_worker passes in the message headers (``girder_client_token``; scoped to data read and
+write, expiring at the job's deadline, revoked by the server when the job ends), and status,
+progress and log with girder_worker's own per-job token. Neither token is an argument of the
+task or of the CLI, and neither is logged.
+
+Endpoints are the worker's deployment settings, read from this process's environment and
+handed to the CLI in its environment (never on its command line, where ``ps`` and logs would
+show credentials): ``NUCLEUS_ANALYSIS_TRITON_URL`` (Triton; unset runs ONNX Runtime
+in-process), ``NUCLEUS_ANALYSIS_TRITON_MODEL`` and ``NUCLEUS_ANALYSIS_SCHEDULER`` (dask).
 """
 from __future__ import annotations
 
@@ -22,13 +29,22 @@ from pathlib import Path
 
 from girder_worker.app import app
 
-from .constants import CLI_NAME, STATUS_CANCELED, STATUS_CANCELING, TASK_NAME
+from .constants import (
+    CLI_NAME,
+    ENV_SCHEDULER,
+    ENV_TRITON_URL,
+    STATUS_CANCELED,
+    STATUS_CANCELING,
+    TASK_NAME,
+)
 
 _PROGRESS = "<filter-progress>"
 #: seconds between two looks at the job status (cancel)
 POLL_S = 1.0
 #: seconds a canceled CLI gets to unwind after SIGTERM before SIGKILL
 KILL_GRACE_S = 10.0
+#: suffix of uploaded outputs until the ingest has validated and swapped them in
+PENDING = ".pending-"
 
 
 class AnalysisFailed(Exception):
@@ -39,18 +55,24 @@ class Canceled(Exception):
     """The job was canceled while it ran."""
 
 
+class OutOfTime(AnalysisFailed):
+    """The job ran past its deadline (``nucleus_analysis.job_time_limit_s``)."""
+
+
 def cli_command() -> list[str]:
     """Command prefix of the slicer CLI entry point (``NUCLEUS_ANALYSIS_CLI`` overrides)."""
     override = os.environ.get("NUCLEUS_ANALYSIS_CLI", "").strip()
     return shlex.split(override) if override else [sys.executable, "-m", "slicer_cli"]
 
 
-def _default_args(cli_args: list[str]) -> list[str]:
-    """Deployment defaults (``NUCLEUS_ANALYSIS_TRITON_URL``) for flags the user left empty."""
-    triton = os.environ.get("NUCLEUS_ANALYSIS_TRITON_URL", "").strip()
-    if triton and not any(a.startswith("--triton-url=") for a in cli_args):
-        return [*cli_args, f"--triton-url={triton}"]
-    return cli_args
+def deployment_summary() -> str:
+    """What the job log may say of the deployment's endpoints (scheme, host and port only)."""
+    from slicer_cli.nuclei.options import safe_address
+
+    triton = os.environ.get(ENV_TRITON_URL, "").strip()
+    scheduler = os.environ.get(ENV_SCHEDULER, "").strip()
+    return (f"network: {'Triton ' + safe_address(triton) if triton else 'ONNX Runtime'}"
+            f"; tiles on: {'dask ' + safe_address(scheduler) if scheduler else 'this worker'}")
 
 
 def _pump(stream, kind: str, lines: queue.Queue) -> None:
@@ -62,10 +84,11 @@ def _pump(stream, kind: str, lines: queue.Queue) -> None:
 class _JobView:
     """Progress, log and cancel for one job (girder_worker's job manager + our REST client)."""
 
-    def __init__(self, task, job_id: str | None) -> None:
+    def __init__(self, task, job_id: str | None, deadline: float | None = None) -> None:
         self.manager = getattr(task, "job_manager", None)
         self.client = getattr(task, "girder_client", None)
         self.job_id = job_id
+        self.deadline = deadline
         self._last_poll = 0.0
         self._message = ""
 
@@ -85,14 +108,20 @@ class _JobView:
         if self.manager is not None:
             self.manager.updateProgress(message=self._message)
 
+    def check_deadline(self) -> None:
+        """Raise :class:`OutOfTime` once the job's deadline has passed."""
+        if self.deadline is not None and time.time() > self.deadline:
+            raise OutOfTime("the job ran past this server's time limit "
+                            "(nucleus_analysis.job_time_limit_s); nothing was posted")
+
     def canceled(self, force: bool = False) -> bool:
+        """Whether the job was asked to cancel (read with girder_worker's job token)."""
         now = time.monotonic()
-        if self.client is None or self.job_id is None or \
-                (not force and now - self._last_poll < POLL_S):
+        if self.manager is None or (not force and now - self._last_poll < POLL_S):
             return False
         self._last_poll = now
         try:
-            status = self.client.get(f"job/{self.job_id}")["status"]
+            status = self.manager.refreshStatus()
         except Exception:  # a transient REST error must not kill a long run
             return False
         return status in (STATUS_CANCELING, STATUS_CANCELED)
@@ -117,6 +146,8 @@ def run_cli(cmd: list[str], view: _JobView, cwd: str) -> None:
     ------
     Canceled
         The job was canceled; the process group was terminated.
+    OutOfTime
+        The job's deadline passed; the process group was terminated.
     AnalysisFailed
         The CLI exited non-zero; the message is its last ``error:`` line on stderr.
     """
@@ -152,6 +183,7 @@ def run_cli(cmd: list[str], view: _JobView, cwd: str) -> None:
                 view.log(line)
             if view.canceled():
                 raise Canceled()
+            view.check_deadline()
         proc.wait()
     except BaseException:
         _stop(proc)
@@ -175,7 +207,12 @@ def _slide(view: _JobView, file_id: str, slide_name: str, direct_path: str | Non
 
 
 def _post_results(view: _JobView, item_id: str, outdir: Path, stem: str) -> dict:
-    """Upload outputs into the item (chunked) and ask Girder to ingest them."""
+    """Upload outputs into the item as new pending files and ask Girder to ingest them.
+
+    Every upload creates a new file named ``<final name>.pending-<job id>`` (never replacing
+    a file of the previous result); the ingest validates, swaps the result in and renames
+    them, or removes them.
+    """
     gc = view.client
     anot = outdir / f"{stem}-nuclei.anot"
     tables = [p for p in (outdir / f"{stem}-nuclei.csv", outdir / f"{stem}-nuclei.parquet")
@@ -187,30 +224,39 @@ def _post_results(view: _JobView, item_id: str, outdir: Path, stem: str) -> dict
         for path, mime in [(anot, "application/json")] + [
                 (p, "text/csv" if p.suffix == ".csv" else "application/vnd.apache.parquet")
                 for p in tables]:
-            uploaded.append(gc.uploadFileToItem(item_id, str(path), mimeType=mime)["_id"])
+            with open(path, "rb") as stream:
+                file = gc.uploadFile(item_id, stream, f"{path.name}{PENDING}{view.job_id}",
+                                     path.stat().st_size, parentType="item", mimeType=mime)
+            uploaded.append(file["_id"])
     except Exception as e:
         for file_id in uploaded:
             try:
                 gc.delete(f"file/{file_id}")
             except Exception:
                 pass
-        raise AnalysisFailed(f"uploading the results failed: {e}") from e
+        raise AnalysisFailed(f"uploading the results failed: {_http_message(e)}") from e
     try:
         return gc.post(f"nucleus_analysis/item/{item_id}/result", parameters={
             "jobId": view.job_id, "annotationFileId": uploaded[0],
             "tableFileIds": json.dumps(uploaded[1:])})
     except Exception as e:
-        message = getattr(getattr(e, "response", None), "text", "") or str(e)
-        try:
-            message = json.loads(message).get("message", message)
-        except (ValueError, AttributeError):
-            pass
-        raise AnalysisFailed(message) from e
+        raise AnalysisFailed(_http_message(e)) from e
+
+
+def _http_message(e: Exception) -> str:
+    """The server's own message of a failed REST call (or the exception's first line)."""
+    message = getattr(getattr(e, "response", None), "text", "") or str(e)
+    try:
+        message = json.loads(message).get("message", message)
+    except (ValueError, AttributeError):
+        pass
+    return (str(message).strip().splitlines() or [type(e).__name__])[0][:500]
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True)
 def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_name: str,
-                         cli_args: list[str], direct_path: str | None = None) -> dict | None:
+                         cli_args: list[str], direct_path: str | None = None,
+                         deadline: float | None = None) -> dict | None:
     """Analyse one slide: fetch it, run the CLI, post the results onto the item.
 
     Parameters
@@ -225,6 +271,8 @@ def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_
         Validated ``--flag=value`` arguments (no token ever).
     direct_path : str, optional
         Path of the slide in a filesystem assetstore, read in place when visible here.
+    deadline : float, optional
+        Epoch seconds by which the job must end (submission + the server's time limit).
 
     Returns
     -------
@@ -240,20 +288,23 @@ def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_
     spec = getattr(self.request, "jobInfoSpec", None)
     if isinstance(spec, dict):
         job_id = spec.get("reference")
-    view = _JobView(self, job_id)
+    view = _JobView(self, job_id, deadline)
     try:
         with tempfile.TemporaryDirectory(prefix="nucleus-analysis-") as workdir:
             view.progress(0.0, "starting")
+            view.check_deadline()
             slide = _slide(view, file_id, slide_name, direct_path, workdir)
             outdir = Path(workdir) / "out"
             outdir.mkdir()
             stem = Path(slide_name).stem or "slide"
             cmd = [*cli_command(), cli_name, slide, str(outdir / f"{stem}-nuclei.anot"),
-                   str(outdir / f"{stem}-nuclei.csv"), *_default_args(cli_args)]
-            view.log("Running " + " ".join([cli_name, *_default_args(cli_args)]))
+                   str(outdir / f"{stem}-nuclei.csv"), *cli_args]
+            view.log("Running " + " ".join([cli_name, *cli_args]))
+            view.log(deployment_summary())
             run_cli(cmd, view, workdir)
             if view.canceled(force=True):
                 raise Canceled()
+            view.check_deadline()
             view.progress(1.0, "posting results")
             summary = _post_results(view, item_id, outdir, stem)
             counts = ", ".join(f"{c['name']} {c['count']}" for c in summary.get("classes", []))
@@ -268,8 +319,3 @@ def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_
     finally:
         if view.manager is not None:
             view.manager._flush()
-        if view.client is not None:
-            try:  # the job's token dies with the job
-                view.client.delete("token/session")
-            except Exception:
-                pass

@@ -2,6 +2,16 @@
 
 slicer_cli_web runs it as ``python -m slicer_cli NucleusAnalysis ...``; a person can run
 ``nucleus-analysis SLIDE OUT.anot OUT.csv`` after ``pip install .[cli]``.
+
+The XML (what HistomicsUI shows, what a job may set) holds no parameter that names a host, a
+port, a path or a model. Those are deployment settings, given on the command line by the
+person running it (``--triton-url``, ``--model-name``, ``--scheduler``, ``--max-slide-px``,
+listed by ``--help``), or by the environment the deployment runs it in
+(``NUCLEUS_ANALYSIS_TRITON_URL``, ``NUCLEUS_ANALYSIS_TRITON_MODEL``,
+``NUCLEUS_ANALYSIS_SCHEDULER``; the Girder worker passes its own that way).
+
+Exit codes: 0 done; 1 the run failed (slide, model, backend, output), with one ``error:``
+line; 2 an argument is invalid (nothing was read), with one ``error:`` line; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -35,17 +45,51 @@ class _Progress:
             self._bar.close()
 
 
-def main(args) -> int:
-    """Run the analysis for parsed slicer arguments; return the exit code."""
-    from slicer_cli.nuclei.errors import AnalysisError
-    from slicer_cli.nuclei.pipeline import AnalysisOptions, run_analysis
+#: deployment settings: command-line flag -> (environment variable, help)
+DEPLOYMENT_FLAGS = {
+    "--triton-url": ("NUCLEUS_ANALYSIS_TRITON_URL",
+                     "Triton Inference Server URL (http://host:8000 or grpc://host:8001); "
+                     "unset runs the shipped model in-process with ONNX Runtime"),
+    "--model-name": ("NUCLEUS_ANALYSIS_TRITON_MODEL",
+                     "name of the model on the Triton server (default: nucleus_unet)"),
+    "--scheduler": ("NUCLEUS_ANALYSIS_SCHEDULER",
+                    "dask.distributed scheduler (tcp://host:8786), or local:N for a local "
+                    "cluster of N worker processes; unset runs threads in this process"),
+    "--max-slide-px": (None, "refuse slides declaring more base pixels than this "
+                             "(default 5e10)"),
+}
 
-    region = tuple(args.region) if args.region and any(v >= 0 for v in args.region) else None
-    if region is not None and len(region) != 4:
-        print("error: --region needs four numbers: left,top,width,height", file=sys.stderr)
-        return 2
-    options = AnalysisOptions(
-        region=region,
+
+def add_deployment_flags(parser) -> None:
+    """The command-line-only flags (not in the XML: a job never sets them)."""
+    group = parser.add_argument_group(
+        "deployment (command line or environment only; never a job parameter)")
+    for flag, (env, text) in DEPLOYMENT_FLAGS.items():
+        dest = flag.lstrip("-").replace("-", "_")
+        default = os.environ.get(env, "").strip() if env else ""
+        group.add_argument(flag, dest=dest, default=default or None, metavar="<value>",
+                           help=text + (f" [environment: {env}]" if env else ""))
+
+
+def options_from_args(args):
+    """The engine's options from parsed arguments.
+
+    Raises
+    ------
+    slicer_cli.nuclei.errors.OptionsError
+        On any non-finite, out-of-range or malformed value.
+    """
+    from slicer_cli.nuclei.errors import OptionsError
+    from slicer_cli.nuclei.options import AnalysisOptions
+
+    extra = {}
+    if args.max_slide_px is not None:
+        try:
+            extra["max_slide_px"] = float(args.max_slide_px)
+        except ValueError as e:
+            raise OptionsError("--max-slide-px must be a number") from e
+    return AnalysisOptions(
+        region=tuple(args.region) if args.region else None,
         slide_mpp=args.slide_mpp or None,
         triton_url=args.triton_url or None,
         model_name=args.model_name or None,
@@ -56,7 +100,20 @@ def main(args) -> int:
         scheduler=args.scheduler or None,
         workers=args.workers,
         parquet=not args.no_parquet,
+        **extra,
     )
+
+
+def main(args) -> int:
+    """Run the analysis for parsed slicer arguments; return the exit code."""
+    from slicer_cli.nuclei.errors import AnalysisError, OptionsError
+    from slicer_cli.nuclei.pipeline import run_analysis
+
+    try:
+        options = options_from_args(args)
+    except OptionsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     progress = _Progress()
     try:
         result = run_analysis(args.inputImageFile, args.outputNucleiAnnotationFile,
@@ -93,6 +150,13 @@ def console_main(argv: list[str] | None = None) -> int:
     # slicer_cli_web / girder_worker cancel a job with SIGTERM: unwind so outputs are dropped.
     signal.signal(signal.SIGTERM, _terminate)
     parser = CLIArgumentParser(XML)
+    add_deployment_flags(parser)
+
+    def error(message: str) -> None:  # one line, no usage dump
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
     args = parser.parse_args(argv)
     return main(args)
 

@@ -31,3 +31,7 @@ class BackendError(AnalysisError):
 
 class OutputError(AnalysisError):
     """An output file cannot be written."""
+
+
+class OptionsError(AnalysisError):
+    """A run parameter is non-finite, out of range or malformed."""

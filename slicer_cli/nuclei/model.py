@@ -21,6 +21,8 @@ or from the config a Triton server returns, so both backends read the same facts
 """
 from __future__ import annotations
 
+import importlib.resources
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,10 @@ from .errors import ModelError
 
 INPUT_NAME = "IMAGE"
 OUTPUT_NAMES = ("FOREGROUND", "DISTANCE", "CLASS_PROB")
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "nucleus_unet"
+#: the shipped model: package data of ``slicer_cli`` (``slicer_cli/models`` links to the
+#: repository's Triton model repository ``models/``; a wheel holds a copy)
+MODEL_REPOSITORY = Path(os.fspath(importlib.resources.files("slicer_cli") / "models"))
+DEFAULT_MODEL_DIR = MODEL_REPOSITORY / "nucleus_unet"
 
 _REQUIRED_PARAMS = ("classes", "class_colors", "mpp", "tile_size", "overlap", "version")
 _RGB = re.compile(r"rgb\(\s*\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}\s*\)")

@@ -26,6 +26,7 @@ from .errors import AnalysisError, BackendError
 from .features import compute_features
 from .instances import extract_instances
 from .model import DEFAULT_MODEL_DIR, ModelInfo
+from .options import AnalysisOptions, check_slide_size
 from .outlines import trace_outlines
 from .records import Tile, TileNuclei, TilePlan
 from .seams import SEAM_MARGIN_PX, SeamIndex, keep_owned
@@ -36,25 +37,6 @@ from .tissue import detect_tissue
 from .writers import AnnotationWriter, FeatureTableWriter
 
 THUMBNAIL_PX = 2048
-
-
-@dataclass(frozen=True)
-class AnalysisOptions:
-    """Parameters of one run (all optional; defaults come from the model)."""
-
-    region: tuple[float, float, float, float] | None = None
-    slide_mpp: float | None = None
-    triton_url: str | None = None
-    model_name: str | None = None
-    model_dir: str = str(DEFAULT_MODEL_DIR)
-    batch_size: int = 2
-    tile_size_px: int | None = None
-    overlap_px: int | None = None
-    stain_normalize: bool = False
-    min_tissue_fraction: float = 0.01
-    scheduler: str | None = None
-    workers: int = 0
-    parquet: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,11 +96,17 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
     t0 = time.perf_counter()
     report = progress or (lambda f, m: None)
     slide, source = open_slide(slide_path, options.slide_mpp)
-    backend = backends.open_backend(options.triton_url, options.model_dir, options.model_name)
+    check_slide_size(slide.size_x, slide.size_y, options.max_slide_px)
+    backend = backends.open_backend(options.triton_url, options.model_dir or DEFAULT_MODEL_DIR,
+                                    options.model_name)
     with backend:
         info = backend.info
         tile_size = _round_up(options.tile_size_px or info.tile_size, info.size_multiple)
         overlap = options.overlap_px if options.overlap_px is not None else info.overlap
+        area = options.region or (0, 0, slide.size_x, slide.size_y)
+        check_slide_size(min(area[2], slide.size_x), min(area[3], slide.size_y),
+                         options.max_slide_px, slide.mpp / info.mpp,
+                         what="at the model's resolution the analysis covers")
         thumb = read_thumbnail(source, THUMBNAIL_PX)
         tissue = detect_tissue(thumb, slide.size_x, slide.size_y)
         plan = plan_tiles(slide, info.mpp, tile_size, overlap, options.region, tissue,
@@ -366,7 +354,8 @@ def _worker_context(key: tuple) -> _Context:
             slide_path, slide_mpp, opts_items, region = key
             options = AnalysisOptions(**dict(opts_items))
             slide, source = open_slide(slide_path, slide_mpp)
-            backend = backends.open_backend(options.triton_url, options.model_dir,
+            backend = backends.open_backend(options.triton_url,
+                                            options.model_dir or DEFAULT_MODEL_DIR,
                                             options.model_name)
             ctx = _Context(slide=slide, source=source, backend=backend, info=backend.info,
                            options=options, region=region,

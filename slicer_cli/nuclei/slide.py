@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ResolutionError, SlideError
+from .options import LIMITS
 from .records import Tile
 
 GLASS_RGB = 255  # value used to pad reads that fall outside the slide
@@ -68,6 +69,11 @@ def open_slide(path: str, mpp: float | None = None):
                 f"slide {os.path.basename(path)} has no resolution metadata; "
                 "give its base resolution with --slide-mpp (um/px)")
         mpp = float(mm_x) * 1000.0
+        low, high = LIMITS["slide_mpp"]
+        if not low <= mpp <= high:
+            raise ResolutionError(
+                f"slide {os.path.basename(path)} declares {mpp:.4g} um/px, outside "
+                f"[{low:g}, {high:g}]; give its base resolution with --slide-mpp (um/px)")
     return Slide(path=path, size_x=size_x, size_y=size_y, mpp=float(mpp)), source
 
 

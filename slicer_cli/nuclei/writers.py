@@ -21,6 +21,7 @@ def _open_part(path: str | Path, mode: str = "w"):
     try:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no out/
         if "b" in mode:
             return part, open(part, mode)
         return part, open(part, mode, encoding="utf-8", newline="")

@@ -63,4 +63,5 @@ def open_backend(url: str | None = None, model_dir: str | Path = DEFAULT_MODEL_D
         from .triton import TritonBackend
 
         return TritonBackend(url, model_name or Path(model_dir).name)
-    raise BackendError(f"unknown backend URL {url!r}: use http://, https:// or grpc://")
+    raise BackendError(f"unknown backend URL scheme {scheme + '://' if scheme else '(none)'}: "
+                       "use http://, https:// or grpc://")
