@@ -106,9 +106,10 @@ def test_non_finite_and_out_of_range_values_answer_400(params, message):
 
 def test_xml_constraints_are_the_engine_limits():
     """One statement of the ranges: the XML (HistomicsUI's form, the server) and the engine."""
+    from slicer_cli_web.cli_utils import as_model, get_cli_parameters
+
     from slicer_cli.nuclei.model import load_model_info
     from slicer_cli.nuclei.options import LIMITS
-    from slicer_cli_web.cli_utils import as_model, get_cli_parameters
 
     _, params, _ = get_cli_parameters(as_model(XML))
     by_name = {p.name: p for p in params}

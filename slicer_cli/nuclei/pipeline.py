@@ -70,7 +70,7 @@ class _Context:
 
 
 def run_analysis(slide_path: str, annotation_path: str, table_path: str,
-                 options: AnalysisOptions = AnalysisOptions(),
+                 options: AnalysisOptions | None = None,
                  progress: Callable[[float, str], None] | None = None) -> AnalysisResult:
     """Analyse every nucleus of a slide and write the annotation and feature table.
 
@@ -83,7 +83,8 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
     table_path : str
         Output feature table CSV; a Parquet copy is written beside it (``.parquet``) unless
         ``options.parquet`` is false.
-    options : AnalysisOptions
+    options : AnalysisOptions, optional
+        Default: every option at its default.
     progress : callable, optional
         Called with ``(fraction, message)`` as batches complete.
 
@@ -94,6 +95,7 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
         left behind.
     """
     t0 = time.perf_counter()
+    options = options or AnalysisOptions()
     report = progress or (lambda f, m: None)
     slide, source = open_slide(slide_path, options.slide_mpp)
     check_slide_size(slide.size_x, slide.size_y, options.max_slide_px)
