@@ -53,6 +53,6 @@ class PluginSettings:
 
 #: defaults and allowed ranges of the numeric settings
 SETTING_RANGES = {
-    PluginSettings.JOB_TIME_LIMIT_S: (6 * 3600, 60, 7 * 86400),
+    PluginSettings.JOB_TIME_LIMIT_S: (6 * 3600, 10, 7 * 86400),
     PluginSettings.MAX_SLIDE_PIXELS: (5e10, 1e6, 5e10),
 }

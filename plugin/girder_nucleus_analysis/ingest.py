@@ -281,12 +281,18 @@ def _load_files(user: dict, item: dict, job_id: str, file_ids: list[str]) -> lis
     return files
 
 
-def _check_pending(files: list[dict], job_id: str) -> None:
+def _is_pending(file: dict, job_id: str) -> bool:
+    """Whether ``file`` is an output this job uploaded (the only files an ingest removes)."""
     suffix = f"{PENDING}{job_id}"
+    return file["name"].endswith(suffix) and file["name"] != suffix
+
+
+def _check_pending(files: list[dict], job_id: str) -> None:
     for file in files:
-        if not file["name"].endswith(suffix) or file["name"] == suffix:
+        if not _is_pending(file, job_id):
             raise ValidationException(f"output file {file['_id']} is not a pending output of "
-                                      f"job {job_id} (its name must end with {suffix})")
+                                      f"job {job_id} (its name must end with "
+                                      f"{PENDING}{job_id})")
 
 
 def _load_job(user: dict, item: dict, job_id: str) -> dict:
@@ -370,8 +376,8 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
     job = None
     try:
         files = _load_files(user, item, job_id, [annotation_file_id, *table_file_ids])
-        _check_pending(files, job_id)
         job = _load_job(user, item, job_id)
+        _check_pending(files, job_id)
         with _item_lock(item["_id"]):
             _claim(item, job)
             doc = _read_document(files[0])
@@ -386,7 +392,9 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
             summary = _swap(item, job, staged, files, summary)
     except BaseException as e:
         _remove_annotations(staged)
-        _remove_files(files)
+        # only this job's own uploads: a request naming any other file of the item (the
+        # slide, a colleague's table) never deletes it
+        _remove_files([f for f in files if _is_pending(f, job_id)])
         if job is not None and not isinstance(e, Superseded):
             _release(item, job)
         if isinstance(e, (ValidationException, orjson.JSONDecodeError)):
@@ -408,7 +416,7 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
 def _swap(item: dict, job: dict, staged: list[dict], files: list[dict], summary: dict) -> dict:
     """Make the staged result the item's result; remove the previous one (not edits)."""
     item = Item().load(item["_id"], force=True)
-    previous = (item.get("meta") or {}).get(META_KEY) or {}
+    old_file_ids = _previous_files(item)
     new_ids = [a["_id"] for a in staged]
     # the new result is named first: a failure below leaves a consistent metadata record
     tables = []
@@ -427,19 +435,40 @@ def _swap(item: dict, job: dict, staged: list[dict], files: list[dict], summary:
     kept = _retire_previous(item, set(new_ids))
     if kept:
         summary["keptEditedAnnotationIds"] = kept
-    old_files = {e.get("_id") for e in previous.get("files", [])} - \
-        {f["_id"] for f in summary["files"]}
-    for file_id in old_files:
-        old = File().load(file_id, force=True) if file_id else None
+    for file_id in old_file_ids - {f["_id"] for f in tables}:
+        old = File().load(file_id, force=True)
         if old is not None and str(old["itemId"]) == str(item["_id"]):
             File().remove(old)
     for file in tables:
         File().updateFile(file)
     File().remove(files[0])
     Item().collection.update_one({"_id": item["_id"]}, {"$set": {
-        f"{STATE_FIELD}.current": {"jobId": summary["jobId"], "order": _order(job)}}})
+        f"{STATE_FIELD}.current": {"jobId": summary["jobId"], "order": _order(job),
+                                   "files": [f["_id"] for f in tables]}}})
     Item().setMetadata(Item().load(item["_id"], force=True), {META_KEY: summary})
     return summary
+
+
+def _previous_files(item: dict) -> set:
+    """Ids of the previous result's table files, from the private state field.
+
+    Never from ``item.meta`` alone (anyone with write access edits it): a result recorded
+    before the state field existed is trusted only for files named ``*-nuclei.csv`` or
+    ``*-nuclei.parquet``.
+    """
+    state = item.get(STATE_FIELD, {}).get("current")
+    if state is not None:
+        return set(state.get("files", []))
+    legacy = (item.get("meta") or {}).get(META_KEY) or {}
+    found = set()
+    for entry in legacy.get("files", []) if isinstance(legacy, dict) else []:
+        try:
+            file = File().load(entry.get("_id"), force=True)
+        except Exception:  # a malformed id
+            continue
+        if file is not None and file["name"].endswith(("-nuclei.csv", "-nuclei.parquet")):
+            found.add(file["_id"])
+    return found
 
 
 def _retire_previous(item: dict, keep: set) -> list[str]:

@@ -326,8 +326,9 @@ def launch(user: dict, item: dict, file: dict, cli_item, params: dict,
                             "later or ask an administrator to check the worker broker.",
                             503) from e
     # what slicer_cli_web's "rerun" reads back (never the deployment's own arguments)
+    original = {k: v for k, v in params.items() if k not in DEPLOYMENT_PARAMETERS}
+    original.setdefault("inputImageFile", str(file["_id"]))
     job = Job().updateJob(job, otherFields={
-        "_original_params": {k: v for k, v in params.items()
-                             if k not in DEPLOYMENT_PARAMETERS},
+        "_original_params": original,
         "_original_name": cli_item.name, "_original_path": cli_item.restBasePath})
     return job

@@ -291,6 +291,9 @@ def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_
     view = _JobView(self, job_id, deadline)
     try:
         with tempfile.TemporaryDirectory(prefix="nucleus-analysis-") as workdir:
+            # canceled while queued (a revoke sent while no worker ran is not remembered)
+            if view.canceled(force=True):
+                raise Canceled()
             view.progress(0.0, "starting")
             view.check_deadline()
             slide = _slide(view, file_id, slide_name, direct_path, workdir)
@@ -319,3 +322,8 @@ def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_
     finally:
         if view.manager is not None:
             view.manager._flush()
+        if view.client is not None:  # the server revokes it too, when the status changes
+            try:
+                view.client.delete("token/session")
+            except Exception:
+                pass

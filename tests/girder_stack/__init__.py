@@ -226,6 +226,32 @@ class Stack:
             client.drop_database(name)
             client.close()
 
+    def stop_worker(self) -> None:
+        """Stop the girder_worker: jobs launched now wait in the broker (status QUEUED)."""
+        worker = self.services.pop()
+        assert worker.name == "girder_worker"
+        worker.stop()
+
+    def start_worker(self, env: dict | None = None) -> None:
+        """Start a girder_worker again (``env`` adds to the stack's worker environment)."""
+        assert self.services[-1].name != "girder_worker", "a worker is running"
+        self.services.append(start_worker(self.workdir, self.broker,
+                                          {**(self.worker_env or {}), **(env or {})}))
+
+    def queued_messages(self) -> list[dict]:
+        """The celery messages waiting in the broker (Redis list ``celery``), decoded.
+
+        What anyone with access to the broker reads: the headers hold the job's data token
+        (``girder_client_token``) and girder_worker's job spec.
+        """
+        import redis
+
+        client = redis.Redis.from_url(self.broker)
+        try:
+            return [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+        finally:
+            client.close()
+
     @property
     def worker_log(self) -> Path:
         """The girder_worker log file."""
