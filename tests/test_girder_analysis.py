@@ -283,15 +283,18 @@ def test_item_without_a_slide_is_refused(stack):
 
 
 def _post_result(stack, item_id: str, job_id: str, payload: bytes) -> HttpError | dict:
-    path = Path(stack.workdir) / "payload.anot"
+    """Upload ``payload`` as the job's pending annotation output and ask for its ingest."""
+    name = f"payload.anot.pending-{job_id}"
+    path = Path(stack.workdir) / name
     path.write_bytes(payload)
-    file = stack.admin.uploadFileToItem(item_id, str(path))
+    with open(path, "rb") as stream:
+        file = stack.admin.uploadFile(item_id, stream, name, len(payload))
     try:
         return stack.admin.post(f"nucleus_analysis/item/{item_id}/result", parameters={
             "jobId": job_id, "annotationFileId": file["_id"], "tableFileIds": "[]"})
     except HttpError as e:
         names = [f["name"] for f in _files(stack.admin, item_id)]
-        assert "payload.anot" not in names, "a rejected upload must be removed"
+        assert name not in names, "a rejected upload must be removed"
         return e
 
 
@@ -308,7 +311,8 @@ def _post_result(stack, item_id: str, job_id: str, payload: bytes) -> HttpError 
 ])
 def test_invalid_results_are_rejected_readably(stack, full_run, payload, message):
     before = stack.admin.getItem(stack.slide_item["_id"])["meta"]["nucleusAnalysis"]
-    error = _post_result(stack, stack.slide_item["_id"], full_run["_id"], payload)
+    # (posted as the newest job of the item: an older one's outputs are refused with 409)
+    error = _post_result(stack, stack.slide_item["_id"], before["jobId"], payload)
     assert isinstance(error, HttpError) and error.status == 400
     assert message in json.loads(error.responseText)["message"]
     assert stack.admin.getItem(stack.slide_item["_id"])["meta"]["nucleusAnalysis"] == before
@@ -332,7 +336,8 @@ def test_large_result_posts_in_chunks(stack, full_run):
     payload = json.dumps({"name": "Nuclei (synthetic)", "attributes": {
         "model": {"name": "synthetic", "version": "0"}}, "elements": elements}).encode()
     started = time.monotonic()
-    summary = _post_result(stack, stack.slide_item["_id"], full_run["_id"], payload)
+    newest = stack.admin.getItem(stack.slide_item["_id"])["meta"]["nucleusAnalysis"]["jobId"]
+    summary = _post_result(stack, stack.slide_item["_id"], newest, payload)
     took = time.monotonic() - started
     assert isinstance(summary, dict), summary
     assert summary["nuclei"] == 100_000
