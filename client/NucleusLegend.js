@@ -21,6 +21,52 @@ const STYLE = `
 .h-nucleus-legend .h-nl-preview td, .h-nucleus-legend .h-nl-preview th { border: 1px solid #ddd; padding: 1px 3px; white-space: nowrap; }
 `;
 
+/* Everything shown here comes from item metadata, which anyone with write access on the item
+ * can set to anything (PUT item/{id}/metadata): numbers are coerced, colours and ids checked
+ * against their formats, and every string is escaped before it becomes HTML. */
+const COLOR_RE = /^(rgb\(\s*\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}\s*\)|#[0-9a-fA-F]{3,8})$/;
+const ID_RE = /^[0-9a-fA-F]{24}$/;
+
+function count(value) {
+    const n = Number(value);
+    return Number.isFinite(n) && n >= 0 ? Math.floor(n) : 0;
+}
+
+function color(value) {
+    return typeof value === 'string' && COLOR_RE.test(value.trim()) ? value.trim() : '#000';
+}
+
+function text(value) {
+    return _.escape(typeof value === 'string' || typeof value === 'number' ? String(value) : '');
+}
+
+function id(value) {
+    return typeof value === 'string' && ID_RE.test(value) ? value : '';
+}
+
+/** The summary as the panel may use it: only well-formed values survive. */
+function sanitize(summary) {
+    if (!summary || !Array.isArray(summary.classes)) {
+        return null;
+    }
+    const classes = summary.classes.filter((c) => c && typeof c === 'object').map((c) => ({
+        name: typeof c.name === 'string' ? c.name : '?',
+        count: count(c.count),
+        color: color(c.color),
+        annotationId: id(c.annotationId)
+    }));
+    const files = (Array.isArray(summary.files) ? summary.files : [])
+        .filter((f) => f && id(f._id) && typeof f.name === 'string')
+        .map((f) => ({_id: id(f._id), name: f.name}));
+    return {
+        nuclei: count(summary.nuclei),
+        model: summary.model,
+        modelVersion: summary.modelVersion,
+        classes,
+        files
+    };
+}
+
 function ensureStyle() {
     if (!document.getElementById('h-nucleus-legend-style')) {
         $('<style id="h-nucleus-legend-style"></style>').text(STYLE).appendTo('head');
@@ -70,7 +116,7 @@ const NucleusLegend = View.extend({
         const itemId = this.item.id;
         return restRequest({url: `nucleus_analysis/item/${itemId}`, error: null}).done((summary) => {
             if (this.item && this.item.id === itemId) {
-                this.summary = summary && summary.classes ? summary : null;
+                this.summary = sanitize(summary);
                 this.render();
             }
         }).fail(() => {
@@ -94,21 +140,21 @@ const NucleusLegend = View.extend({
         const rows = s.classes.map((c) => {
             const annotation = this._annotation(c.annotationId);
             const shown = annotation ? !!annotation.get('displayed') : false;
-            return `<label class="h-nl-row" data-class="${_.escape(c.name)}" data-count="${c.count}">` +
-                `<input type="checkbox" class="h-nl-toggle" data-annotation-id="${_.escape(c.annotationId)}"${shown ? ' checked' : ''}>` +
-                `<span class="h-nl-swatch" style="border-color: ${_.escape(c.color || '#000')}"></span>` +
-                `<span class="h-nl-name">${_.escape(c.name)}</span>` +
+            return `<label class="h-nl-row" data-class="${text(c.name)}" data-count="${c.count}">` +
+                `<input type="checkbox" class="h-nl-toggle" data-annotation-id="${c.annotationId}"${shown ? ' checked' : ''}>` +
+                `<span class="h-nl-swatch" style="border-color: ${text(c.color)}"></span>` +
+                `<span class="h-nl-name">${text(c.name)}</span>` +
                 `<span class="h-nl-count">${c.count.toLocaleString()}</span></label>`;
         }).join('');
-        const files = (s.files || []).map((f) => {
+        const files = s.files.map((f) => {
             const kind = f.name.split('.').pop().toUpperCase();
-            return `<a class="h-nl-file" data-kind="${_.escape(kind)}" href="${getApiRoot()}/file/${f._id}/download" ` +
-                `title="${_.escape(f.name)}" download>${_.escape(kind)}</a>`;
+            return `<a class="h-nl-file" data-kind="${text(kind)}" href="${text(getApiRoot())}/file/${f._id}/download" ` +
+                `title="${text(f.name)}" download>${text(kind)}</a>`;
         }).join(' &middot; ');
         this.$el.attr('data-nuclei', s.nuclei);
         this.$el.html(
             `<div class="h-nl-title">Nuclei <span class="h-nl-total">${s.nuclei.toLocaleString()}</span></div>` +
-            `<div class="h-nl-model">${_.escape(s.model || '')} ${_.escape(s.modelVersion || '')}</div>` +
+            `<div class="h-nl-model">${text(s.model)} ${text(s.modelVersion)}</div>` +
             `<div class="h-nl-classes">${rows}</div>` +
             '<div class="h-nl-drawn">Outlines drawn: <span class="h-nl-drawn-count" data-drawn-count="0">0</span> ' +
             '<a class="h-nl-show-all" href="#">show all</a></div>' +

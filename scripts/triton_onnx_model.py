@@ -8,11 +8,16 @@ inputs, outputs, ``max_batch_size`` and config ``parameters``.
 Runs inside the Python backend stub (``./.venv-triton``: numpy<2, onnxruntime); it is not
 imported by the engine. The dynamic batcher may hand ``execute`` several requests at once:
 requests of the same tile size are concatenated into one ONNX Runtime call.
+
+For fault tests only: a model whose config has the parameter ``test_hold_while_exists``
+(a file path) writes ``<path>.arrived`` when a request reaches ``execute`` and holds it there
+while the file exists, so a test can kill the server with a request provably in flight.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,8 @@ class TritonPythonModel:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(onnx_file), opts,
                                              providers=["CPUExecutionProvider"])
+        hold = config.get("parameters", {}).get("test_hold_while_exists", {})
+        self._hold = Path(hold["string_value"]) if hold.get("string_value") else None
         self._input = config["input"][0]["name"]
         self._onnx_input = self._session.get_inputs()[0].name
         onnx_outputs = [o.name for o in self._session.get_outputs()]
@@ -52,6 +59,10 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         """Run every request; same-shaped requests share one ONNX Runtime call."""
+        if self._hold is not None and self._hold.exists():
+            self._hold.with_name(self._hold.name + ".arrived").touch()
+            while self._hold.exists():
+                time.sleep(0.05)
         images = [pb_utils.get_input_tensor_by_name(r, self._input).as_numpy() for r in requests]
         results: list = [None] * len(requests)
         by_shape: dict[tuple, list[int]] = {}

@@ -73,17 +73,24 @@ def _open_analysis_menu(page) -> None:
     page.click('a.h-analysis-item[data-cli="NucleusAnalysis"]')
 
 
+def _login(page, root: str) -> None:
+    """Log in through the HistomicsUI header (once per browser context)."""
+    page.goto(f"{root}/histomics")
+    page.wait_for_selector("a.g-login, .h-user-dropdown-link")
+    if page.locator(".h-user-dropdown-link").count():
+        return
+    page.click("a.g-login")
+    page.fill("#g-login", ADMIN["login"])
+    page.fill("#g-password", ADMIN["password"])
+    page.click("#g-login-button")
+    page.wait_for_selector(".h-user-dropdown-link")
+
+
 def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
     root = stack.api_url.rsplit("/api/v1", 1)[0]
     item = stack.slide_item
     try:
-        # log in through the HistomicsUI header
-        page.goto(f"{root}/histomics")
-        page.click("a.g-login")
-        page.fill("#g-login", ADMIN["login"])
-        page.fill("#g-password", ADMIN["password"])
-        page.click("#g-login-button")
-        page.wait_for_selector(".h-user-dropdown-link")
+        _login(page, root)
         # open the real slide; our Nuclei panel is there, empty
         page.goto(f"{root}/histomics#?image={item['_id']}")
         page.reload()  # a hash-only change does not load a new page (the login cookie stays)
@@ -155,3 +162,60 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
         for job in stack.admin.get("job", parameters={"limit": 0}):
             if job["status"] not in TERMINAL:
                 stack.admin.put(f"job/{job['_id']}/cancel")
+
+
+#: hostile item metadata: every field the Nuclei panel reads, each trying to run script
+XSS = "<img src=x onerror=\"window.__xss = (window.__xss || []).concat('{}')\">"
+
+
+@pytest.mark.security
+def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
+    """Anyone with write access sets ``meta.nucleusAnalysis``; every reader opens the slide."""
+    root = stack.api_url.rsplit("/api/v1", 1)[0]
+    item = stack.upload_slide(CMU, name="hostile.svs")
+    hostile = {
+        "model": XSS.format("model") + "<script>window.__xss = ['script']</script>",
+        "modelVersion": XSS.format("version"),
+        "nuclei": XSS.format("nuclei"),
+        "classes": [
+            {"name": XSS.format("name"), "count": XSS.format("count"),
+             "color": 'red" onmouseover="window.__xss=[\'color\']',
+             "annotationId": '"><img src=x onerror="window.__xss=[\'annotationId\']">'},
+            {"name": "stroma", "count": 12, "color": "rgb(0,128,0)",
+             "annotationId": "0123456789abcdef01234567"},
+        ],
+        "files": [{"_id": '"><img src=x onerror="window.__xss=[\'file id\']">',
+                   "name": "a.csv"},
+                  {"_id": "0123456789abcdef01234567",
+                   "name": "t.csv" + XSS.format("file name")}],
+    }
+    stack.admin.put(f"item/{item['_id']}/metadata", json={"nucleusAnalysis": hostile})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    try:
+        _login(page, root)
+        page.goto(f"{root}/histomics#?image={item['_id']}")
+        page.reload()
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
+        page.wait_for_timeout(2000)  # image error handlers fire asynchronously
+        panel = page.locator("#h-nucleus-legend-panel")
+        assert page.evaluate("() => window.__xss") is None, "script ran from item metadata"
+        assert dialogs == []
+        assert panel.locator("img, script").count() == 0
+        assert panel.locator("[onerror], [onmouseover]").count() == 0
+        # the panel still renders: the hostile strings as text, the numbers coerced
+        assert XSS.format("name") in panel.inner_text()
+        assert panel.get_attribute("data-nuclei") == "0"
+        rows = panel.locator(".h-nl-row")
+        assert [rows.nth(i).get_attribute("data-count") for i in range(rows.count())] == \
+            ["0", "12"]
+        swatch = panel.locator(".h-nl-swatch").first.get_attribute("style")
+        assert "onmouseover" not in swatch and "#000" in swatch
+        links = panel.locator("a.h-nl-file")
+        assert links.count() == 1  # the file with a malformed id has no link
+        assert "/file/0123456789abcdef01234567/download" in links.first.get_attribute("href")
+        _shot(page, "histomicsui_hostile_metadata.png")
+    except BaseException:
+        _shot(page, "histomicsui_hostile_failure.png")
+        print("\n".join(page.console_messages[-30:]))
+        raise

@@ -44,6 +44,7 @@ MODEL = DEFAULT_MODEL_DIR.name
 BAD_OUTPUT = f"{MODEL}_bad_output"  # FOREGROUND renamed FG
 NO_BATCH = f"{MODEL}_no_batching"  # max_batch_size 0
 BATCH2 = f"{MODEL}_batch2"  # max_batch_size 2
+HOLD = f"{MODEL}_hold"  # holds requests in the server while a file exists (fault tests)
 
 
 def _variant(repo: Path, name: str, edit) -> None:
@@ -69,14 +70,22 @@ def _rename_foreground(config: dict) -> None:
 
 
 @pytest.fixture(scope="session")
-def triton_repo(tmp_path_factory) -> Path:
-    """The shipped model (linked, unchanged) plus three deliberately different variants."""
+def hold_file(tmp_path_factory) -> Path:
+    """While this file exists, the HOLD model keeps every request inside the server."""
+    return tmp_path_factory.mktemp("triton_hold") / "hold"
+
+
+@pytest.fixture(scope="session")
+def triton_repo(tmp_path_factory, hold_file) -> Path:
+    """The shipped model (linked, unchanged) plus four deliberately different variants."""
     repo = tmp_path_factory.mktemp("triton_repo")
     (repo / MODEL).symlink_to(DEFAULT_MODEL_DIR.resolve())
     _variant(repo, BAD_OUTPUT, _rename_foreground)
     _variant(repo, NO_BATCH, lambda c: (c.__setitem__("max_batch_size", 0),
                                         c.pop("dynamic_batching", None)))
     _variant(repo, BATCH2, lambda c: c.__setitem__("max_batch_size", 2))
+    _variant(repo, HOLD, lambda c: c["parameters"].__setitem__(
+        "test_hold_while_exists", {"string_value": str(hold_file)}))
     return repo
 
 
@@ -242,23 +251,31 @@ def _group_gone(pgid: int, within_s: float) -> bool:
 
 @needs_triton
 @pytest.mark.slow
-def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
-    """Killed: bounded retries then BackendError; restarted in time: the call succeeds."""
+def test_server_killed_mid_run_then_back(triton_repo, hold_file, tiles, local_maps):
+    """Killed: bounded retries then BackendError; restarted in time: the call succeeds.
+
+    The in-flight calls are held inside the server (the HOLD model) until it is killed, so
+    they are provably in flight however fast the machine is.
+    """
     ports = tuple(free_ports(3))
     first = TritonServerProcess(triton_repo, ports=ports).start()
     second = None
+    arrived = hold_file.with_name(hold_file.name + ".arrived")
     try:
         short = [TritonBackend(u, MODEL, retry_s=2) for u in (first.http_url, first.grpc_url)]
-        patient = [TritonBackend(u, MODEL, retry_s=150) for u in (first.http_url,
-                                                                  first.grpc_url)]
+        patient = [TritonBackend(u, HOLD, retry_s=150) for u in (first.http_url,
+                                                                 first.grpc_url)]
         crops = np.ascontiguousarray(tiles[:, :128, :128])
         for backend in short + patient:
             backend.infer(crops)
+        hold_file.touch()
+        arrived.unlink(missing_ok=True)
         with ThreadPoolExecutor(2) as pool:
-            # in flight when the server dies (8 tiles of 512 take seconds on one thread)
-            batch = np.concatenate([tiles] * 4)
-            pending = [pool.submit(b.infer, batch) for b in patient]
-            time.sleep(1)
+            pending = [pool.submit(b.infer, tiles) for b in patient]
+            deadline = time.monotonic() + 120
+            while not arrived.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert arrived.exists(), "no request reached the server"
             first.kill_server()
             assert first.proc.returncode == 1  # the serve script reports its server's death
             assert _group_gone(first.server_pid, within_s=15)  # ...and reaps its stubs
@@ -269,13 +286,14 @@ def test_server_killed_mid_run_then_back(triton_repo, tiles, local_maps):
                 assert 2 <= time.monotonic() - start < 15
                 backend.close()
             assert not any(f.done() for f in pending)  # still retrying
+            hold_file.unlink()  # the restarted server answers at once
             second = TritonServerProcess(triton_repo, ports=ports).start()
-            expected = {k: np.concatenate([v] * 4) for k, v in local_maps.items()}
             for future in pending:
-                _assert_same(future.result(timeout=180), expected)
+                _assert_same(future.result(timeout=180), local_maps)
         for backend in patient:
             backend.close()
     finally:
+        hold_file.unlink(missing_ok=True)
         first.stop()
         if second is not None:
             second.stop()
@@ -433,17 +451,23 @@ def test_fault_classification():
     assert _classify(ValueError()) == "fail"
 
 
-def test_cuda_shared_memory_is_off_without_gpu(monkeypatch):
-    """The flag is honoured only where CUDA works; on this CPU machine it stays off."""
+@needs_triton
+def test_cuda_shared_memory_requested_without_cuda_falls_back(triton, tiles, local_maps,
+                                                              caplog):
+    """Where CUDA shared memory cannot work, asking for it leaves it off, says so, and the
+    maps still arrive (over gRPC) equal to the local backend's."""
     import slicer_cli.nuclei.backends.triton as triton_module
 
-    usable = triton_module._cuda_shm_usable()
-    if shutil.which("nvidia-smi") is None:
-        assert usable is False
-    monkeypatch.setattr(TritonBackend, "_connect", lambda self: (load_model_info(), 16))
-    backend = TritonBackend("grpc://127.0.0.1:1", MODEL, cuda_shm=True)
-    assert backend.cuda_shm_active == usable
-    backend.close()
+    if triton_module._cuda_shm_usable():
+        pytest.skip("CUDA shared memory works on this machine: the GPU check covers it")
+    with caplog.at_level(logging.INFO, logger=triton_module.LOG.name):
+        backend = TritonBackend(triton.grpc_url, MODEL, cuda_shm=True)
+    try:
+        assert backend.cuda_shm_active is False
+        assert "CUDA shared memory requested but no usable CUDA device; off" in caplog.text
+        _assert_same(backend.infer(tiles), local_maps)
+    finally:
+        backend.close()
 
 
 def _offline_backend(monkeypatch) -> TritonBackend:
