@@ -47,10 +47,18 @@ def test_triton_serves_the_model_repository_on_a_gpu(compose):
     assert "--model-repository=/models" in triton["command"]
     assert "../models:/models:ro" in triton["volumes"]
     assert (DOCKER / "../models/nucleus_unet/config.pbtxt").is_file()
-    assert sorted(p.split(":")[-1] for p in triton["ports"]) == ["8000", "8001", "8002"]
+    assert sorted(triton["expose"]) == ["8000", "8001", "8002"]
     device = triton["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+
+
+@pytest.mark.security
+def test_only_girder_is_published_on_the_host(compose):
+    """Triton, the broker, the database and memcached have no authentication worth the name:
+    only the compose network reaches them."""
+    published = {name for name, service in compose["services"].items() if service.get("ports")}
+    assert published == {"girder"}
 
 
 def test_worker_and_girder_share_broker_and_assetstore(compose):
@@ -74,6 +82,9 @@ def test_cli_image_follows_slicer_cli_web_conventions():
     entrypoint = [rest for word, rest in steps if word == "ENTRYPOINT"]
     assert entrypoint == ['["python", "-m", "slicer_cli"]']
     runs = " ".join(rest for word, rest in steps if word == "RUN")
+    # a normal (not editable) install: the model and the client are package data
+    assert re.search(r"pip install (--no-cache-dir )?'?\.\[cli,triton\]'?", runs), runs
+    assert "pip install -e" not in runs
     assert "python -m slicer_cli --list_cli" in runs
     assert "python -m slicer_cli NucleusAnalysis --xml" in runs
 
