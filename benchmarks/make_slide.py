@@ -1,6 +1,6 @@
 """Build a real-tissue benchmark slide: a pyramidal tiled-JPEG TIFF at 0.5 um/px.
 
-Pieces of the real H&E images of DESIGN.md section 6 (hgsc_nest.jpg and the CMU Aperio
+Pieces of the real H&E images of docs/DESIGN.md section 6 (hgsc_nest.jpg and the CMU Aperio
 slide, both at about 0.5 um/px) are flipped/rotated and laid out on glass in a regular grid
 with gaps, so that tissue masking matters (about half of the slide is glass).  Deterministic
 for a given size and seed.

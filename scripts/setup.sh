@@ -24,7 +24,7 @@ echo "== python venv ./.venv"
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e '.[cli,triton,plugin,train,dev]' 2>&1 | grep -v "^WARNING: Location" || true
 # HistomicsTK (our classical peer and feature reference) pins dask<2024.11: install it without
-# its pins, with its runtime dependencies listed explicitly (DESIGN.md section 5).
+# its pins, with its runtime dependencies listed explicitly (docs/DESIGN.md section 5).
 .venv/bin/python -m pip install -q -r scripts/histomicstk-deps.txt 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q --no-deps histomicstk==1.4.0 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import slicer_cli.nuclei.pipeline, histomicstk, girder, tritonclient.grpc"

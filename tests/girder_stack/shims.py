@@ -1,4 +1,4 @@
-"""Run Girder 3.2.18 on mongomock 4.3.0: the three shims of DESIGN.md section 5.
+"""Run Girder 3.2.18 on mongomock 4.3.0: the three shims of docs/DESIGN.md section 5.
 
 FOR TESTS AND THE DEV STACK ONLY, never for production (production uses a real MongoDB; see
 docker/docker-compose.yml). The shims were written for exactly these versions and refuse to
