@@ -134,6 +134,7 @@ BAD_ARGUMENTS = [
     (["--scheduler", "local:x"], "--scheduler must be local:N"),
     (["--scheduler", "local:1000"], "--scheduler local:N needs"),
     (["--scheduler", "ftp://user:secret@host"], "--scheduler must be local:N"),
+    (["--scheduler", "tcp://user:secret@host:8786"], "a dask address holds no credentials"),
     (["--triton-url", "ftp://user:secret@host"], "--triton-url must be http://"),
     (["--max-slide-px", "1e400"], "--max-slide-px must be a finite number"),
     (["--no-such-flag"], "unrecognized arguments"),

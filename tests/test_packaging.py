@@ -8,6 +8,7 @@ CMU slide, on the model the wheel carries.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,9 +25,17 @@ from .conftest import ROOT
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """``(python of the fresh venv, a working folder outside the checkout)``."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # build from a copy of what a sdist holds (setuptools leaves build/ beside the sources)
+    source = tmp / "source"
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for name in ("slicer_cli", "plugin", "models", "client"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     dist = tmp / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(dist), str(ROOT)], check=True, capture_output=True,
+                    "-q", "-w", str(dist), str(source)], check=True, capture_output=True,
                    timeout=600)
     wheel = next(dist.glob("*.whl"))
     env = tmp / "venv"

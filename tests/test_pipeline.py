@@ -115,6 +115,7 @@ def test_unreachable_scheduler_fails_cleanly(tmp_path, hgsc_image):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(BackendError, match="cannot reach dask scheduler"):
+    with pytest.raises(BackendError, match="cannot reach dask scheduler") as error:
         _run(tmp_path, "x", hgsc_image, slide_mpp=0.5, scheduler=f"tcp://127.0.0.1:{port}")
+    assert f"tcp://127.0.0.1:{port}" in str(error.value)
     assert list(tmp_path.iterdir()) == []

@@ -70,14 +70,14 @@ class AnalysisOptions:
                 _in_range(name, value)
         for name in ("batch_size", "workers", "min_tissue_fraction", "max_slide_px"):
             _in_range(name, getattr(self, name))
-        for name in ("batch_size", "workers", "tile_size_px", "overlap_px"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or int(value) != value):
-                raise OptionsError(f"{_flag(name)} must be an integer, not {value!r}")
         if self.overlap_px is not None:
             _finite("overlap_px", self.overlap_px)
             if self.overlap_px < 0:
                 raise OptionsError(f"{_flag('overlap_px')} must be >= 0")
+        for name in ("batch_size", "workers", "tile_size_px", "overlap_px"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value):
+                raise OptionsError(f"{_flag(name)} must be an integer, not {value!r}")
         if self.scheduler:
             check_scheduler(self.scheduler)
         if self.triton_url:
@@ -166,6 +166,9 @@ def check_scheduler(address: str) -> None:
         raise OptionsError(f"--scheduler: malformed address ({scheme}://...)") from e
     if not parts.hostname:
         raise OptionsError(f"--scheduler: no host in the address ({scheme}://...)")
+    if parts.username or parts.password or "@" in parts.netloc:
+        raise OptionsError("--scheduler: a dask address holds no credentials (use tls:// "
+                           "with certificates)")
 
 
 def safe_address(url: str | None) -> str:

@@ -26,7 +26,7 @@ from .errors import AnalysisError, BackendError
 from .features import compute_features
 from .instances import extract_instances
 from .model import DEFAULT_MODEL_DIR, ModelInfo
-from .options import AnalysisOptions, check_slide_size
+from .options import AnalysisOptions, check_slide_size, safe_address
 from .outlines import trace_outlines
 from .records import Tile, TileNuclei, TilePlan
 from .seams import SEAM_MARGIN_PX, SeamIndex, keep_owned
@@ -389,10 +389,11 @@ def _run_distributed(ctx: _Context, plan: TilePlan, batches: list, on_result) ->
     inference_s = 0.0
     try:
         client = Client(address, timeout="10s")
-    except OSError as e:
+    except (OSError, ValueError) as e:
         if cluster is not None:
             cluster.close()
-        raise BackendError(f"cannot reach dask scheduler {address}: {e}") from e
+        raise BackendError(f"cannot reach dask scheduler {safe_address(address)}: "
+                           f"{type(e).__name__}") from e
     try:
         window = 2 * max(1, len(client.nthreads()))
         it = iter(enumerate(batches))
