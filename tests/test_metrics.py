@@ -8,6 +8,8 @@ import pytest
 
 from slicer_cli.nuclei.metrics import (
     aggregated_jaccard_index,
+    agreement_pq,
+    common_region,
     detection_f1,
     multiclass_pq,
     panoptic_quality,
@@ -134,3 +136,63 @@ def test_bad_inputs_raise():
         panoptic_quality(_two_squares(), _two_squares(), match_iou=0.3)
     with pytest.raises(ValueError):
         multiclass_pq(_two_squares(), [0], _two_squares(), [0, 1], n_classes=2)
+
+
+# --------------------------------------------------------------------------- agreement
+def _grid_of_nuclei() -> np.ndarray:
+    """Nine 6 x 6 nuclei in a 60 x 60 image, none near the edges."""
+    lab = np.zeros((60, 60), dtype=np.int32)
+    k = 0
+    for r in (10, 27, 44):
+        for c in (10, 27, 44):
+            k += 1
+            lab[r:r + 6, c:c + 6] = k
+    return lab
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (1, 0), (0, 3), (8, 0), (17, 9), (-5, 2)])
+def test_agreement_of_a_shifted_copy_is_one(offset):
+    a = _grid_of_nuclei()
+    dy, dx = offset
+    # B shows A's pixel (y + dy, x + dx) at (y, x): the same nuclei, other ids
+    b = np.zeros_like(a)
+    src = a[max(dy, 0):a.shape[0] + min(dy, 0), max(dx, 0):a.shape[1] + min(dx, 0)]
+    b[max(-dy, 0):max(-dy, 0) + src.shape[0], max(-dx, 0):max(-dx, 0) + src.shape[1]] = \
+        np.where(src > 0, src + 100, 0)
+    stats = agreement_pq(a, b, offset)
+    assert stats["pq"] == 1.0 and stats["tp"] == stats["n_a"] == stats["n_b"]
+    assert stats["n_a"] >= 4  # interior nuclei are compared, edge ones dropped
+
+
+def test_agreement_counts_a_lost_and_a_moved_nucleus():
+    a = _grid_of_nuclei()
+    b = a.copy()
+    b[b == 5] = 0                         # the centre nucleus lost
+    b[b == 1] = 0
+    b[10:16, 13:19] = 1                   # nucleus 1 moved by 3 px: IoU 18 / 54 = 1/3
+    stats = agreement_pq(a, b)
+    # 7 matches with IoU 1; nucleus 1 unmatched on both sides; nucleus 5 missed in B
+    assert (stats["tp"], stats["fp"], stats["fn"]) == (7, 1, 2)
+    assert stats["pq"] == pytest.approx(7 / (7 + 0.5 * 1 + 0.5 * 2))
+
+
+def test_agreement_ignores_nuclei_cut_by_the_common_edge():
+    a = _grid_of_nuclei()
+    a[0:4, 30:36] = 20       # cut by A's top edge
+    b = a.copy()
+    b[0:4, 30:36] = 0
+    b[0:2, 30:36] = 21       # the same nucleus, cut differently
+    stats = agreement_pq(a, b)
+    assert stats["pq"] == 1.0 and stats["n_a"] == 9
+
+
+def test_agreement_of_disjoint_images_is_refused():
+    with pytest.raises(ValueError, match="share no pixel"):
+        agreement_pq(np.zeros((10, 10), np.int32), np.zeros((10, 10), np.int32), (10, 0))
+    with pytest.raises(ValueError, match="share no pixel"):
+        common_region((5, 5), (5, 5), (0, -5))
+
+
+def test_common_region_slices():
+    sl_a, sl_b = common_region((100, 80), (90, 70), (8, 17))
+    assert sl_a == (slice(8, 98), slice(17, 80)) and sl_b == (slice(0, 90), slice(0, 63))

@@ -7,7 +7,9 @@ overlaps come from one ``np.unique`` over (true, pred) label pairs, never a per-
   and a predicted nucleus match when their IoU is > 0.5 (such matches are unique);
 * :func:`aggregated_jaccard_index` -- AJI (Kumar et al. 2017, HoVer-Net ``get_fast_aji``);
 * :func:`multiclass_pq` -- per-class PQ on class-restricted instance maps and their mean, mPQ
-  (PanNuke: a class absent from both truth and prediction is skipped, NaN).
+  (PanNuke: a class absent from both truth and prediction is skipped, NaN);
+* :func:`agreement_pq` -- PQ between two *predictions* of the same tissue seen through
+  shifted or re-encoded images (no labels needed): how stable the nuclei are.
 """
 from __future__ import annotations
 
@@ -174,3 +176,65 @@ def multiclass_pq(true_labels: np.ndarray, true_classes: np.ndarray, pred_labels
     defined = [q for q in pqs if q == q]
     return {"mpq": float(np.mean(defined)) if defined else float("nan"),
             "pq_per_class": pqs, "per_class": per_class}
+
+
+def common_region(shape_a: tuple[int, int], shape_b: tuple[int, int],
+                  offset: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """Slices of A and of B that show the same tissue when B's pixel ``(y, x)`` is A's
+    ``(y + dy, x + dx)`` (``offset = (dy, dx)``, any sign).
+
+    Raises
+    ------
+    ValueError
+        When the two images share no pixel.
+    """
+    sl_a, sl_b = [], []
+    for n_a, n_b, d in zip(shape_a[:2], shape_b[:2], offset):
+        start, stop = max(0, d), min(n_a, n_b + d)
+        if stop <= start:
+            raise ValueError(f"images of shapes {shape_a[:2]} and {shape_b[:2]} share no "
+                             f"pixel at offset {tuple(offset)}")
+        sl_a.append(slice(start, stop))
+        sl_b.append(slice(start - d, stop - d))
+    return (sl_a[0], sl_a[1]), (sl_b[0], sl_b[1])
+
+
+def agreement_pq(labels_a: np.ndarray, labels_b: np.ndarray, offset: tuple[int, int] = (0, 0),
+                 match_iou: float = _MATCH_IOU) -> dict[str, float]:
+    """Instance agreement of two predictions of the same tissue (binary PQ of B against A).
+
+    B's pixel ``(y, x)`` shows A's ``(y + dy, x + dx)``; the two are compared over their
+    common region. Nuclei cut by that region's edge are cut differently in the two images
+    (one image may end there, the other not), so they are left out symmetrically: every
+    nucleus touching the edge, in A or in B, is dropped from both images together with the
+    nuclei of the other image it overlaps.
+
+    Returns
+    -------
+    dict
+        :func:`panoptic_quality` of B's nuclei against A's on the common region, plus
+        ``n_a`` and ``n_b`` (nuclei compared on each side).
+
+    Raises
+    ------
+    ValueError
+        When the images share no pixel.
+    """
+    sl_a, sl_b = common_region(np.shape(labels_a), np.shape(labels_b), offset)
+    a = np.asarray(labels_a)[sl_a]
+    b = np.asarray(labels_b)[sl_b]
+    edge = np.zeros(a.shape, dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    drop = np.zeros(a.shape, dtype=bool)
+    for labels in (a, b):
+        cut = np.unique(labels[edge & (labels > 0)])
+        drop |= np.isin(labels, cut)
+    for labels in (a, b):  # with whatever those overlap on the other side
+        hit = np.unique(labels[drop & (labels > 0)])
+        drop |= np.isin(labels, hit)
+    a = np.where(drop, 0, a)
+    b = np.where(drop, 0, b)
+    stats = panoptic_quality(a, b, match_iou)
+    stats["n_a"] = int(len(np.unique(a)) - (a == 0).any())
+    stats["n_b"] = int(len(np.unique(b)) - (b == 0).any())
+    return stats

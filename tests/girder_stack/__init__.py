@@ -215,8 +215,12 @@ class Stack:
 
     def stop(self) -> None:
         """Stop the services (worker, Girder, Redis); drop the MongoDB database if any."""
+        failures = []
         for service in reversed(self.services):
-            service.stop()
+            try:
+                service.stop()
+            except Exception as e:  # stop the others anyway: no process outlives the stack
+                failures.append(f"{service.name}: {e}")
         self.services = []
         uri, name = self._mongo
         if name:
@@ -225,6 +229,8 @@ class Stack:
             client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
             client.drop_database(name)
             client.close()
+        if failures:
+            raise StackError("stopping the stack: " + "; ".join(failures))
 
     def stop_worker(self) -> None:
         """Stop the girder_worker: jobs launched now wait in the broker (status QUEUED)."""

@@ -1,0 +1,134 @@
+"""How stable the nuclei are: agreement of a model with itself (no labels needed).
+
+The same tissue is shown to the network twice, once as it is and once shifted by a few
+pixels, re-encoded as JPEG, or both; the two instance maps are compared over their common
+region with :func:`slicer_cli.nuclei.metrics.agreement_pq` (one tile at a time, so no seam is
+involved). A user who re-scans a slide or moves a region of interest by a pixel should get
+the same nuclei.
+
+* :func:`tile_agreement` -- offsets (1, 0), (0, 3), (8, 0), (17, 9), JPEG quality 90 and 75,
+  and each offset re-encoded at quality 75, on one image;
+* :func:`cmu_region` -- a tissue region of the real CMU Aperio slide (unlabelled);
+* :func:`roi_agreement` -- the whole-slide pipeline on the CMU slide with a region starting at
+  (0, 0) and at (1, 1), compared over their common region.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from slicer_cli.nuclei.instances import extract_instances
+from slicer_cli.nuclei.metrics import agreement_pq
+
+from .tune import predict_maps
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFSETS = ((1, 0), (0, 3), (8, 0), (17, 9))
+QUALITIES = (90, 75)
+#: a tissue-rich region of the CMU slide (base pixels, 0.499 um/px: the model's resolution)
+CMU_REGION = (400, 1000, 1024, 1024)  # left, top, width, height
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` written as a JPEG of ``quality`` (4:2:0, as scanners write) and read back."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def predict_labels(backend, image: np.ndarray) -> np.ndarray:
+    """Instance labels of one image with the model's own thresholds."""
+    info = backend.info
+    maps = predict_maps(backend, np.ascontiguousarray(image), info.size_multiple)
+    return extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
+                             fg_threshold=info.fg_threshold, seed_threshold=info.seed_threshold,
+                             min_area_px=info.min_area_px).labels
+
+
+def tile_agreement(backend, image: np.ndarray, offsets=OFFSETS,
+                   qualities=QUALITIES) -> dict[str, float]:
+    """Agreement PQ of the model on ``image`` with itself under shifts and re-encodes.
+
+    Returns
+    -------
+    dict
+        ``{"shift dy,dx": pq, "jpeg q": pq, "shift dy,dx + jpeg 75": pq, ..., "min": pq}``;
+        a shifted copy is ``image[dy:, dx:]`` (its pixel (y, x) is the original's
+        (y + dy, x + dx)).
+    """
+    base = predict_labels(backend, image)
+    out: dict[str, float] = {}
+    for dy, dx in offsets:
+        shifted = image[dy:, dx:]
+        out[f"shift {dy},{dx}"] = agreement_pq(
+            base, predict_labels(backend, shifted), (dy, dx))["pq"]
+    for q in qualities:
+        out[f"jpeg {q}"] = agreement_pq(base, predict_labels(backend, jpeg(image, q)))["pq"]
+    worst = min(qualities)
+    for dy, dx in offsets:
+        shifted = jpeg(np.ascontiguousarray(image[dy:, dx:]), worst)
+        out[f"shift {dy},{dx} + jpeg {worst}"] = agreement_pq(
+            base, predict_labels(backend, shifted), (dy, dx))["pq"]
+    out = {k: round(float(v), 4) for k, v in out.items()}
+    out["min"] = min(out.values())
+    return out
+
+
+def cmu_region(region=CMU_REGION) -> np.ndarray:
+    """RGB pixels of a region of the CMU slide (``data/cmu_small_region.svs``)."""
+    import large_image
+
+    left, top, width, height = region
+    source = large_image.open(str(ROOT / "data" / "cmu_small_region.svs"))
+    pixels, _ = source.getRegion(
+        region=dict(left=left, top=top, width=width, height=height, units="base_pixels"),
+        format=large_image.constants.TILE_FORMAT_NUMPY)
+    return np.ascontiguousarray(pixels[:, :, :3])
+
+
+def rasterise(annotation: dict, shape: tuple[int, int], origin=(0, 0)) -> np.ndarray:
+    """Label image (``user.id``) of an annotation's polylines, ``origin`` = (x0, y0) of pixel
+    (0, 0) in base pixels."""
+    from skimage.draw import polygon
+
+    labels = np.zeros(shape, dtype=np.int32)
+    for element in annotation["elements"]:
+        pts = np.asarray(element["points"], dtype=float)
+        rr, cc = polygon(pts[:, 1] - origin[1], pts[:, 0] - origin[0], shape)
+        labels[rr, cc] = element["user"]["id"]
+    return labels
+
+
+def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_region.svs"
+                  ) -> dict[str, float]:
+    """The whole-slide pipeline with its region starting at (0, 0) and at (1, 1).
+
+    Returns
+    -------
+    dict
+        Agreement PQ over the common region and the two nucleus counts.
+    """
+    from slicer_cli.nuclei.options import AnalysisOptions
+    from slicer_cli.nuclei.pipeline import run_analysis
+    from slicer_cli.nuclei.slide import open_slide
+
+    slide_info, _ = open_slide(str(slide))
+    w, h = slide_info.size_x, slide_info.size_y
+    docs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, region in enumerate(((0, 0, w, h), (1, 1, w - 1, h - 1))):
+            ann, csv = Path(tmp) / f"{k}.anot", Path(tmp) / f"{k}.csv"
+            run_analysis(str(slide), str(ann), str(csv),
+                         AnalysisOptions(region=region, model_dir=str(model_dir),
+                                         parquet=False))
+            docs.append(json.loads(ann.read_text()))
+    a = rasterise(docs[0], (h, w))
+    b = rasterise(docs[1], (h - 1, w - 1), origin=(1, 1))
+    stats = agreement_pq(a, b, (1, 1))
+    return {"pq": round(stats["pq"], 4), "nuclei_0_0": len(docs[0]["elements"]),
+            "nuclei_1_1": len(docs[1]["elements"]), "compared": stats["n_a"]}
