@@ -12,6 +12,7 @@ const PREVIEW_ROWS = 10;
 const STYLE = `
 .h-nucleus-legend .h-nl-title { font-weight: bold; margin-bottom: 4px; }
 .h-nucleus-legend .h-nl-model { color: #777; font-size: 11px; }
+.h-nucleus-legend .h-nl-scope { color: #777; font-size: 11px; margin: 2px 0 4px; }
 .h-nucleus-legend .h-nl-row { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
 .h-nucleus-legend .h-nl-swatch { width: 12px; height: 12px; border: 2px solid; display: inline-block; }
 .h-nucleus-legend .h-nl-count { margin-left: auto; font-variant-numeric: tabular-nums; }
@@ -62,6 +63,7 @@ function sanitize(summary) {
         nuclei: count(summary.nuclei),
         model: summary.model,
         modelVersion: summary.modelVersion,
+        classScope: summary.classScope,
         classes,
         files
     };
@@ -156,6 +158,7 @@ const NucleusLegend = View.extend({
             `<div class="h-nl-title">Nuclei <span class="h-nl-total">${s.nuclei.toLocaleString()}</span></div>` +
             `<div class="h-nl-model">${text(s.model)} ${text(s.modelVersion)}</div>` +
             `<div class="h-nl-classes">${rows}</div>` +
+            (s.classScope ? `<div class="h-nl-scope">${text(s.classScope)}</div>` : '') +
             '<div class="h-nl-drawn">Outlines drawn: <span class="h-nl-drawn-count" data-drawn-count="0">0</span> ' +
             '<a class="h-nl-show-all" href="#">show all</a></div>' +
             (files ? `<div class="h-nl-files">Feature table: ${files} &middot; <a class="h-nl-preview-toggle" href="#">preview</a></div>` : '') +

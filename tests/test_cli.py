@@ -39,7 +39,7 @@ def test_svs_end_to_end(svs_run, annotation_schema):
     ids = [el["user"]["id"] for el in doc["elements"]]
     assert table["nucleus_id"].tolist() == ids == parquet["nucleus_id"].tolist()
     groups = {el["group"] for el in doc["elements"]}
-    assert groups <= set(doc["attributes"]["model"]["classes"])
+    assert groups <= {*doc["attributes"]["model"]["classes"], "uncertain"}
     assert "token" not in ann.read_text().lower()
 
 

@@ -119,3 +119,48 @@ def test_unreachable_scheduler_fails_cleanly(tmp_path, hgsc_image):
         _run(tmp_path, "x", hgsc_image, slide_mpp=0.5, scheduler=f"tcp://127.0.0.1:{port}")
     assert f"tcp://127.0.0.1:{port}" in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def _model_copy(tmp_path, **params):
+    """The shipped model (ONNX linked) with some config parameters changed."""
+    import re
+
+    from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
+
+    target = tmp_path / "nucleus_unet"
+    target.mkdir()
+    text = (DEFAULT_MODEL_DIR / "config.pbtxt").read_text()
+    for key, value in params.items():
+        entry = f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}'
+        pattern = rf'parameters \{{ key: "{key}" value: \{{ string_value: "[^"]*" \}} \}}'
+        text = re.sub(pattern, entry, text) if re.search(pattern, text) else text + entry + "\n"
+    (target / "config.pbtxt").write_text(text)
+    for version in DEFAULT_MODEL_DIR.iterdir():
+        if version.name.isdigit():
+            (target / version.name).symlink_to(version.resolve())
+    return target
+
+
+@pytest.mark.parametrize("below", [0.0, 1.01])
+def test_low_confidence_nuclei_are_shown_as_uncertain(tmp_path, hgsc_image, below):
+    from slicer_cli.nuclei.errors import ModelError
+
+    if below > 1:
+        with pytest.raises(ModelError, match="uncertain_below must be within"):
+            _run(tmp_path, "x", hgsc_image, slide_mpp=0.5, region=(0, 0, 400, 400),
+                 model_dir=str(_model_copy(tmp_path, uncertain_below=below)))
+        return
+    model = _model_copy(tmp_path, uncertain_below=1.0)
+    result, doc, table = _run(tmp_path, "all_uncertain", hgsc_image, slide_mpp=0.5,
+                              region=(0, 0, 400, 400), model_dir=str(model))
+    assert result.nuclei > 0 and result.class_counts["uncertain"] == result.nuclei
+    assert {e["group"] for e in doc["elements"]} == {"uncertain"}
+    assert {e["lineColor"] for e in doc["elements"]} == {"rgb(150,150,150)"}
+    assert (table["class"] == "uncertain").all()
+    assert set(table["predicted_class"]) <= set(doc["attributes"]["model"]["classes"])
+    (tmp_path / "none").mkdir()
+    none_model = _model_copy(tmp_path / "none", uncertain_below=below)
+    result, doc, table = _run(tmp_path, "none", hgsc_image, slide_mpp=0.5,
+                              region=(0, 0, 400, 400), model_dir=str(none_model))
+    assert "uncertain" not in result.class_counts
+    assert (table["class"] == table["predicted_class"]).all()

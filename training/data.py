@@ -1,4 +1,5 @@
-"""Training data: the hgsc_nest tile, its split, targets and augmented crops.
+"""Training data: the hgsc_nest tile, its split, targets and augmented crops
+(augmentations: ``training/augment.py``).
 
 Split (rows, cols of the 1500 x 1500 tile):
 
@@ -6,9 +7,11 @@ Split (rows, cols of the 1500 x 1500 tile):
 * ``VALIDATION`` rows 494:750,  cols 750:1262 -- threshold tuning only (never trained on);
 * training       everything else (the other three quadrants minus the validation block).
 
-A random crop is drawn in *source* pixels and is rejected unless it lies entirely outside
-both reserved rectangles, so no training pixel ever comes from the held-out quadrant or the
-validation block.  (Nuclei cut by a split line contribute their visible part only.)
+A random crop is a warp of *source* pixels (``CropSampler.warp``) and is rejected unless
+every source pixel it reads lies outside both reserved rectangles, so no training pixel ever
+comes from the held-out quadrant or the validation block (nuclei cut by a split line
+contribute their visible part only). ``--split all`` (the shipped model, trained once the
+held-out figures are measured) reserves nothing.
 
 The histolytics stroma tile (``hgsc_stromal_*``) is never read here.
 """
@@ -22,6 +25,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from .augment import Warp, photometric, random_warp
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 CLASSES = ("connective", "inflammatory", "neoplastic")
@@ -30,12 +35,6 @@ Box = tuple[int, int, int, int]  # row0, row1, col0, col1
 HELD_OUT: Box = (750, 1500, 750, 1500)
 VALIDATION: Box = (494, 750, 750, 1262)
 RESERVED: tuple[Box, ...] = (HELD_OUT, VALIDATION)
-
-# HED stain matrix (Ruifrok & Johnston, as in skimage.color.hed_from_rgb).
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
-_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
-
 
 @dataclass(frozen=True)
 class Tile:
@@ -79,78 +78,82 @@ def overlaps(box: Box, reserved: tuple[Box, ...] = RESERVED) -> bool:
     return any(r0 < b1 and b0 < r1 and c0 < d1 and d0 < c1 for b0, b1, d0, d1 in reserved)
 
 
-def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.05,
-               bias: float = 0.02) -> np.ndarray:
-    """Colour augmentation in HED optical-density space (Tellez et al. 2018)."""
-    rgb = image.astype(np.float32)
-    od = -np.log((rgb + 1.0) / 256.0)
-    hed = od @ _HED_FROM_RGB.astype(np.float32)
-    alpha = rng.uniform(1 - sigma, 1 + sigma, 3).astype(np.float32)
-    beta = rng.uniform(-bias, bias, 3).astype(np.float32)
-    hed = hed * alpha + beta
-    out = np.exp(-(hed @ _RGB_FROM_HED.astype(np.float32))) * 256.0 - 1.0
-    return np.clip(out, 0, 255).astype(np.uint8)
+def nucleus_centres(tile: Tile, reserved: tuple[Box, ...] = RESERVED
+                    ) -> list[np.ndarray]:
+    """Per class, the (row, col) centroids of the nuclei outside ``reserved``."""
+    labels = tile.instances
+    n = int(labels.max())
+    index = np.arange(1, n + 1)
+    cy, cx = (np.asarray(c) for c in zip(*ndi.center_of_mass(labels > 0, labels, index)))
+    cls = np.asarray(ndi.maximum(tile.classes, labels, index), dtype=np.int64)
+    keep = np.array([not overlaps((int(y), int(y) + 1, int(x), int(x) + 1), reserved)
+                     for y, x in zip(cy, cx)], dtype=bool) if n else np.zeros(0, bool)
+    return [np.column_stack([cy, cx])[keep & (cls == c)] for c in range(1, len(CLASSES) + 1)]
 
 
-def hsv_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Small brightness / contrast / saturation / hue jitter."""
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-4, 4)) % 180
-    hsv[..., 1] = hsv[..., 1] * rng.uniform(0.85, 1.15)
-    hsv[..., 2] = hsv[..., 2] * rng.uniform(0.9, 1.1) + rng.uniform(-10, 10)
-    out = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
-    contrast = rng.uniform(0.9, 1.1)
-    mean = out.mean(axis=(0, 1), keepdims=True)
-    return np.clip((out - mean) * contrast + mean, 0, 255).astype(np.uint8)
+@dataclass
+class CropSampler:
+    """Augmented training crops of the labelled tile that never touch a reserved rectangle.
 
-
-def sample_crop(tile: Tile, size: int, rng: np.random.Generator, scale_jitter: float = 0.15,
-                augment: bool = True) -> tuple[np.ndarray, ...]:
-    """One augmented training crop (image, fg, distance, class) of ``size`` x ``size``.
-
-    The crop is drawn in source pixels of side ``size * s`` (``s`` uniform in
-    ``1 +- scale_jitter``), resized to ``size`` and never touches a reserved rectangle.
+    Half of the crops are centred near a nucleus of a class drawn uniformly (connective is
+    under-represented in the tile: class-balanced sampling), the others anywhere.
     """
-    h, w = tile.instances.shape
-    for _ in range(1000):
-        s = rng.uniform(1 - scale_jitter, 1 + scale_jitter) if augment else 1.0
-        src = int(round(size * s))
-        r0 = int(rng.integers(0, h - src + 1))
-        c0 = int(rng.integers(0, w - src + 1))
-        if not overlaps((r0, r0 + src, c0, c0 + src)):
-            break
-    else:  # pragma: no cover - the training area is large
-        raise RuntimeError("no admissible crop found")
-    sl = (slice(r0, r0 + src), slice(c0, c0 + src))
-    image, inst, cls, dist = (tile.image[sl], tile.instances[sl], tile.classes[sl],
-                              tile.distance[sl])
-    if src != size:
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-        dist = cv2.resize(dist, (size, size), interpolation=cv2.INTER_LINEAR)
-        inst = cv2.resize(inst, (size, size), interpolation=cv2.INTER_NEAREST)
-        cls = cv2.resize(cls.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
-        dist = np.where(inst > 0, dist, 0.0).astype(np.float32)
-    cls = cls.astype(np.int64)
-    fg = (inst > 0).astype(np.float32)
-    if augment:
-        k = int(rng.integers(4))
-        flip = bool(rng.integers(2))
-        arrays = []
-        for a in (image, fg, dist, cls):
-            a = np.rot90(a, k)
-            arrays.append(np.ascontiguousarray(a[:, ::-1] if flip else a))
-        image, fg, dist, cls = arrays
-        image = hed_jitter(image, rng)
-        if rng.random() < 0.5:
-            image = hsv_jitter(image, rng)
-    return image, fg, dist, cls
+
+    tile: Tile
+    reserved: tuple[Box, ...] = RESERVED
+    balance: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.centres = nucleus_centres(self.tile, self.reserved)
+
+    def _centre(self, size: int, rng: np.random.Generator) -> tuple[float, float]:
+        h, w = self.tile.instances.shape
+        classes = [c for c in self.centres if len(c)]
+        if classes and rng.random() < self.balance:
+            pick = classes[int(rng.integers(len(classes)))]
+            y, x = pick[int(rng.integers(len(pick)))]
+            return (y + rng.uniform(-size / 3, size / 3), x + rng.uniform(-size / 3, size / 3))
+        return rng.uniform(0, h), rng.uniform(0, w)
+
+    def warp(self, size: int, rng: np.random.Generator) -> Warp:
+        """A random warp whose source pixels lie in the image, off every reserved box."""
+        h, w = self.tile.instances.shape
+        for _ in range(1000):
+            warp = random_warp(size, self._centre(size, rng), rng)
+            r0, r1, c0, c1 = warp.bounds()
+            if r0 >= 0 and c0 >= 0 and r1 <= h and c1 <= w and \
+                    not overlaps((r0, r1, c0, c1), self.reserved):
+                return warp
+        raise RuntimeError("no admissible crop found")  # pragma: no cover
+
+    def crop(self, size: int, rng: np.random.Generator, augment: bool = True
+             ) -> tuple[np.ndarray, ...]:
+        """One crop: (image uint8 HxWx3, fg float32, distance float32, class int64)."""
+        warp = self.warp(size, rng)
+        image, inst, cls, dist = warp_labelled(self.tile, warp)
+        if augment:
+            image = photometric(image, rng)
+        return image, (inst > 0).astype(np.float32), dist, cls
+
+    def batch(self, n: int, size: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` crops stacked: uint8 images NHWC and fg / distance / class targets."""
+        crops = [self.crop(size, rng) for _ in range(n)]
+        return tuple(np.stack(c) for c in zip(*crops))  # type: ignore[return-value]
+
+    def image(self, size: int, rng: np.random.Generator) -> np.ndarray:
+        """The geometrically augmented image of a crop (no labels, no degradation)."""
+        return self.warp(size, rng).image(self.tile.image)
 
 
-def sample_batch(tile: Tile, n: int, size: int, rng: np.random.Generator
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Stack ``n`` augmented crops: uint8 images NHWC and fg / distance / class targets."""
-    crops = [sample_crop(tile, size, rng) for _ in range(n)]
-    return tuple(np.stack(c) for c in zip(*crops))  # type: ignore[return-value]
+def warp_labelled(tile: Tile, warp: Warp) -> tuple[np.ndarray, ...]:
+    """Image, instances, classes and distance target of a warped crop, still aligned."""
+    inst = warp.labels(tile.instances)
+    cls = warp.labels(tile.classes.astype(np.int32)).astype(np.int64)
+    dist = cv2.remap(tile.distance, warp.map_x, warp.map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT_101)
+    dist = np.where(inst > 0, dist, 0.0).astype(np.float32)
+    return warp.image(tile.image), inst, np.where(inst > 0, cls, 0), dist
 
 
 def region(tile: Tile, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,6 +10,12 @@ The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant a
 ``slicer_cli.nuclei.instances.extract_instances`` with the thresholds of ``config.pbtxt``,
 and the result is scored against the labels: detection F1 at IoU 0.5, binary PQ (DQ, SQ),
 AJI, per-class PQ and mPQ (PanNuke / HoVer-Net conventions).
+
+``--robustness`` adds the model's agreement with itself (``training/robustness.py``): on the
+held-out quadrant and on a region of the real CMU slide (no labels needed), agreement PQ
+between the image and its copies shifted by (1, 0), (0, 3), (8, 0), (17, 9) pixels,
+re-encoded as JPEG 90 and 75, and both; and the whole-slide pipeline on the CMU slide with
+its region starting at (0, 0) versus (1, 1).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from slicer_cli.nuclei.metrics import aggregated_jaccard_index, multiclass_pq, p
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
 
 from .data import HELD_OUT, VALIDATION, load_tile, region
+from .robustness import cmu_region, roi_agreement, tile_agreement
 from .tune import predict_maps
 
 
@@ -65,6 +72,17 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     }
 
 
+def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
+               threads: int = 2) -> dict:
+    """Agreement of the model with itself: shifts and re-encodes, and the ROI (1, 1) shift."""
+    tile = load_tile()
+    image, _, _ = region(tile, box)
+    with LocalBackend(model_dir, threads=threads) as backend:
+        quadrant = tile_agreement(backend, np.ascontiguousarray(image))
+        cmu = tile_agreement(backend, cmu_region())
+    return {"held_out": quadrant, "cmu_region": cmu, "roi_0_0_vs_1_1": roi_agreement(model_dir)}
+
+
 def time_inference(model_dir: Path, sizes: tuple[int, ...] = (256, 1024), repeats: int = 3,
                    threads: int = 2) -> dict[str, float]:
     """Median ONNX Runtime seconds for one real tile of each size (batch of 1)."""
@@ -90,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--region", choices=("held_out", "validation"), default="held_out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timing", action="store_true", help="also time 256 and 1024 px tiles")
+    p.add_argument("--robustness", action="store_true",
+                   help="also the agreement under shifts, JPEG re-encodes and an ROI shift")
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
     result = evaluate(args.model_dir, box, args.threads)
     if args.timing:
         result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
+    if args.robustness:
+        result["agreement"] = robustness(args.model_dir, box, args.threads)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -12,10 +12,21 @@ CLASS_COLORS = ("rgb(0,160,0)", "rgb(255,200,0)", "rgb(220,20,60)")
 OPSET = 17
 
 
-def export_onnx(net: UNet, path: Path) -> Path:
-    """Write ``net`` (uint8 NHWC in, probabilities out) as ONNX opset 17, dynamic N/H/W."""
+#: what the classes were learnt from, shown next to them (MODEL.md, the Nuclei panel)
+CLASS_SCOPE = ("Classes learnt from one ovarian high-grade serous carcinoma H&E image: "
+               "they hold there; elsewhere (other organs, skin, lymph node) treat them as "
+               "unverified. Nuclei whose calibrated class probability is below "
+               "{uncertain:g} are shown as uncertain.")
+UNCERTAIN_COLOR = "rgb(150,150,150)"
+
+
+def export_onnx(net: UNet, path: Path, temperature: float = 1.0) -> Path:
+    """Write ``net`` (uint8 NHWC in, probabilities out) as ONNX opset 17, dynamic N/H/W.
+
+    ``temperature`` (calibration) divides the class logits inside the graph.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = Exported(net).eval()
+    model = Exported(net, temperature).eval()
     example = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
     tmp = path.with_suffix(".onnx.tmp")
     with torch.no_grad():
@@ -31,8 +42,13 @@ def export_onnx(net: UNet, path: Path) -> Path:
 
 
 def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_threshold: float,
-                 min_area_px: int, max_batch_size: int = 16) -> Path:
-    """Write ``<model_dir>/config.pbtxt`` (Triton layout; metadata in ``parameters``)."""
+                 min_area_px: int, max_batch_size: int = 16, uncertain_below: float = 0.0,
+                 temperature: float = 1.0) -> Path:
+    """Write ``<model_dir>/config.pbtxt`` (Triton layout; metadata in ``parameters``).
+
+    ``uncertain_below``: nuclei whose class probability is below it are shown as
+    ``uncertain`` (0 never); ``temperature``: the calibration baked into the graph (recorded).
+    """
     params = {
         "classes": ",".join(CLASSES),
         "class_colors": ",".join(CLASS_COLORS),
@@ -44,6 +60,10 @@ def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_thr
         "fg_threshold": f"{fg_threshold:g}",
         "seed_threshold": f"{seed_threshold:g}",
         "min_area_px": str(int(min_area_px)),
+        "uncertain_below": f"{uncertain_below:g}",
+        "uncertain_color": UNCERTAIN_COLOR,
+        "class_temperature": f"{temperature:.4g}",
+        "class_scope": CLASS_SCOPE.format(uncertain=uncertain_below),
         "output_semantics": ("FOREGROUND nucleus probability; DISTANCE per-nucleus normalised "
                              "distance to the border (0 border, 1 centre); CLASS_PROB softmax "
                              "over classes"),

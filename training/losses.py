@@ -38,3 +38,33 @@ def class_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     ce = F.cross_entropy(logits, (target - 1).clamp(min=0), weight=weights, reduction="none")
     w = weights[(target - 1).clamp(min=0)]
     return (ce * mask).sum() / (w * mask).sum()
+
+
+def consistency_loss(student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """Mean-teacher consistency between two shifted, differently degraded views.
+
+    ``student`` holds the raw logits ``(fg, dist, cls)`` of view B, ``teacher`` the
+    probabilities ``(fg, dist, cls)`` of view A (no gradient); B's pixel ``(y, x)`` shows A's
+    ``(y + dy, x + dx)`` (``offsets[i] = (dy, dx)``). Over each pair's common region: squared
+    error of the foreground probability everywhere, of the distance map and the class
+    probabilities where the teacher sees a nucleus (weighted by its foreground).
+    """
+    total = student[0].new_zeros(())
+    for i, (dy, dx) in enumerate(offsets):
+        h, w = student[0].shape[-2:]
+        a = (slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx)))
+        b = (slice(a[0].start - dy, a[0].stop - dy), slice(a[1].start - dx, a[1].stop - dx))
+        s_fg = torch.sigmoid(student[0][i, 0][b])
+        s_dist = torch.sigmoid(student[1][i, 0][b])
+        s_cls = torch.softmax(student[2][i][(slice(None), *b)], dim=0)
+        t_fg, t_dist = teacher[0][i][a], teacher[1][i][a]
+        t_cls = teacher[2][i][(slice(None), *a)]
+        weight = t_fg.detach()
+        fg_term = ((s_fg - t_fg) ** 2).mean()
+        norm = weight.sum() + 1.0
+        dist_term = (weight * (s_dist - t_dist) ** 2).sum() / norm
+        cls_term = (weight * ((s_cls - t_cls) ** 2).sum(dim=0)).sum() / norm
+        total = total + fg_term + dist_term + cls_term
+    return total / max(len(offsets), 1)

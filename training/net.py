@@ -17,6 +17,26 @@ _MEAN = torch.tensor(MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(STD).view(1, 3, 1, 1)
 
 
+class Blur(nn.Module):
+    """Fixed 3 x 3 binomial low-pass ([1, 2, 1] x [1, 2, 1] / 16) per channel, stride 1.
+
+    Before the stride-2 stem it removes what the stem would alias (Zhang 2019, "Making
+    convolutional networks shift-invariant again"): an odd shift of the input no longer
+    changes the stem's output beyond interpolation.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :]) / 16.0
+        self.register_buffer("kernel", k.expand(channels, 1, 3, 3).clone())
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel,
+                        groups=self.channels)
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
@@ -40,16 +60,19 @@ class UNet(nn.Module):
         stride-2 convolution first, five levels from half resolution down, and a 2x
         transposed convolution back to full resolution before the 1x1 head (model 3.0.0):
         no 3x3 convolution runs at full resolution, where most of the time went.
+    antialias : bool
+        Low-pass the input (:class:`Blur`) before the stride-2 stem (model 4.0.0).
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
     """
 
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
-                 stem: bool = False):
+                 stem: bool = False, antialias: bool = False):
         super().__init__()
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
+        self.blur = Blur(3) if antialias else None
         self.stem = nn.Sequential(
             nn.Conv2d(3, chans[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)) if stem else None
@@ -66,6 +89,8 @@ class UNet(nn.Module):
                                   nn.Conv2d(chans[0], 2 + n_classes, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.blur is not None:
+            x = self.blur(x)
         if self.stem is not None:
             x = self.stem(x)
         skips = []
@@ -86,14 +111,21 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 class Exported(nn.Module):
-    """The contract's graph: uint8 NHWC in, probabilities out (what ships as ONNX)."""
+    """The contract's graph: uint8 NHWC in, probabilities out (what ships as ONNX).
 
-    def __init__(self, net: UNet):
+    ``temperature`` divides the class logits before the softmax (calibration: the class
+    probability of a nucleus then means what it says, see ``training/calibrate.py``).
+    """
+
+    def __init__(self, net: UNet, temperature: float = 1.0):
         super().__init__()
         self.net = net
+        self.inv_temperature = 1.0 / float(temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fg, dist, cls = self.net(normalise(image))
+        if self.inv_temperature != 1.0:
+            cls = cls * self.inv_temperature
         # softmax over the few class channels spelt out as element-wise ops: ONNX Runtime's
         # Softmax over a 3-long axis took 10 % of a 1024 x 1024 tile's CPU time
         e = torch.exp(cls - cls.amax(dim=1, keepdim=True))

@@ -2,18 +2,31 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m training.train                      # full run
+    .venv/bin/python -m training.train                      # the measured run (held-out kept)
+    .venv/bin/python -m training.train --split all --settings-from RUN/summary.json
+                                                           # the shipped run: every label
     .venv/bin/python -m training.train --iterations 40      # quick smoke model
 
-Fixed seeds; 2 torch threads. Checkpoints go to ``--workdir`` every ``--checkpoint-every``
-iterations and a rerun with the same arguments resumes from the last one. At the end the
-network is exported to ``<model-dir>/1/model.onnx`` (opset 17, dynamic N/H/W), the
-post-processing thresholds are tuned on the validation block of the training quadrants, and
-``<model-dir>/config.pbtxt`` is written.
+Fixed seeds; 2 torch threads. Each iteration: a supervised batch of class-balanced,
+augmented crops of the labelled tile (``training/data.py``, ``training/augment.py``), plus
+``--consistency`` crop pairs (half from real unlabelled H&E, ``training/unlabelled.py``, half
+from the labelled tile) seen as two views shifted by up to 31 px and degraded differently:
+the student on one view is pulled towards an exponential moving average of itself (the
+mean teacher) on the other (``losses.consistency_loss``), which teaches shift and
+re-encoding stability and adapts to tissue beyond the one labelled image. The teacher is
+what is exported.
+
+Checkpoints go to ``--workdir`` every ``--checkpoint-every`` iterations and a rerun with the
+same arguments resumes from the last one. At the end the network is exported to
+``<model-dir>/1/model.onnx`` (opset 17, dynamic N/H/W), the post-processing thresholds are
+tuned and the class probabilities calibrated on the validation block (``--split heldout``)
+or taken from ``--settings-from`` (``--split all``), and ``<model-dir>/config.pbtxt`` is
+written.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -24,11 +37,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CLASSES, Tile, load_tile, sample_batch
+from .augment import photometric
+from .calibrate import calibrate
+from .data import CLASSES, RESERVED, VALIDATION, CropSampler, Tile, load_tile, region
 from .export import export_onnx, write_config
-from .losses import class_loss, distance_loss, foreground_loss
+from .losses import class_loss, consistency_loss, distance_loss, foreground_loss
 from .net import UNet, normalise
 from .tune import tune_thresholds
+
+#: the views of a consistency pair are cut from a crop this much larger (max shift + 1)
+SHIFT_PX = 32
+#: nuclei whose calibrated class probability is below this are shown as uncertain
+UNCERTAIN_BELOW = 0.5
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cap on the channel multiplier of the deep levels")
     p.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
                    help="stride-2 stem, no 3x3 convolution at full resolution (3.0.0)")
+    p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=True,
+                   help="low-pass the input before the stride-2 stem (4.0.0)")
+    p.add_argument("--split", choices=("heldout", "all"), default="heldout",
+                   help="heldout: keep the held-out quadrant and validation block out (the "
+                        "measured run); all: train on every labelled pixel (the shipped run)")
+    p.add_argument("--settings-from", type=Path, default=None,
+                   help="summary.json of a heldout run: its thresholds and temperature "
+                        "(needed with --split all, where no block is left to tune on)")
+    p.add_argument("--consistency", type=int, default=4,
+                   help="consistency crop pairs per iteration (0: supervised only)")
+    p.add_argument("--unlabelled-fraction", type=float, default=0.5)
+    p.add_argument("--w-cons", type=float, default=2.0)
+    p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--w-fg", type=float, default=1.0)
@@ -51,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--version", default="3.0.0")
+    p.add_argument("--version", default="4.0.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -74,8 +107,41 @@ def lr_at(step: int, total: int, base: float, warmup: int = 30) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def consistency_views(raws: list[np.ndarray], size: int, rng: np.random.Generator
+                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Two views of each ``(size + SHIFT_PX)``-sided crop: shifted, degraded separately.
+
+    Returns views A and B (uint8 NHWC) and per pair the offset ``(dy, dx)``: B's pixel
+    ``(y, x)`` shows A's ``(y + dy, x + dx)``.
+    """
+    views_a, views_b, offsets = [], [], []
+    for raw in raws:
+        oa = rng.integers(0, SHIFT_PX, 2)
+        ob = rng.integers(0, SHIFT_PX, 2)
+        views_a.append(photometric(np.ascontiguousarray(
+            raw[oa[0]:oa[0] + size, oa[1]:oa[1] + size]), rng))
+        views_b.append(photometric(np.ascontiguousarray(
+            raw[ob[0]:ob[0] + size, ob[1]:ob[1] + size]), rng))
+        offsets.append((int(ob[0] - oa[0]), int(ob[1] - oa[1])))
+    return np.stack(views_a), np.stack(views_b), offsets
+
+
+def _ramp(step: int, total: int) -> float:
+    """Consistency weight ramp-up: 0 -> 1 over the first quarter (sigmoid-shaped)."""
+    t = min(1.0, step / max(1, total // 4))
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def _update_teacher(teacher: UNet, student: UNet, decay: float) -> None:
+    with torch.no_grad():
+        for t, s in zip(teacher.parameters(), student.parameters()):
+            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+        for t, s in zip(teacher.buffers(), student.buffers()):
+            t.copy_(s)
+
+
 def train(args: argparse.Namespace) -> dict:
-    """Train, export, tune, write config; returns a summary dict (also saved as JSON)."""
+    """Train, export, tune, calibrate, write config; returns a summary (also saved as JSON)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -90,17 +156,32 @@ def train(args: argparse.Namespace) -> dict:
         log_file.write(line + "\n")
         log_file.flush()
 
+    settings = None
+    if args.split == "all":
+        if args.settings_from is None:
+            raise SystemExit("error: --split all needs --settings-from <heldout run>/summary.json")
+        settings = json.loads(args.settings_from.read_text())
     t_start = time.time()
     tile = load_tile()
     weights = class_weights(tile)
+    sampler = CropSampler(tile, RESERVED if args.split == "heldout" else ())
+    pool = None
+    if args.consistency and args.unlabelled_fraction > 0:
+        from .unlabelled import UnlabelledPool
+
+        pool = UnlabelledPool()
     net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
-               stem=args.stem)
+               stem=args.stem, antialias=args.antialias)
+    teacher = copy.deepcopy(net)
+    for param in teacher.parameters():
+        param.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, elapsed_before = 0, 0.0
     if ckpt_path.exists() and not args.fresh:
         state = torch.load(ckpt_path, weights_only=False)
         if state["args"] == _arg_key(args):
             net.load_state_dict(state["net"])
+            teacher.load_state_dict(state["teacher"])
             opt.load_state_dict(state["opt"])
             rng.bit_generator.state = state["rng"]
             torch.set_rng_state(state["torch_rng"])
@@ -109,27 +190,46 @@ def train(args: argparse.Namespace) -> dict:
         else:
             log("checkpoint was made with other arguments: starting afresh")
     log(f"args {vars(args)}; {sum(p.numel() for p in net.parameters())} parameters; "
-        f"class weights {weights.tolist()}")
+        f"class weights {weights.tolist()}; class-balanced crops from "
+        f"{sum(len(c) for c in sampler.centres)} nuclei; unlabelled images "
+        f"{pool.names if pool else []}")
     net.train()
+    teacher.eval()
     running: dict[str, float] = {}
+    n_sup = args.batch
     while step < args.iterations:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.iterations, args.lr)
-        images, fg, dist, cls = sample_batch(tile, args.batch, args.crop, rng)
-        x = normalise(torch.from_numpy(images))
+        images, fg, dist, cls = sampler.batch(n_sup, args.crop, rng)
+        batch = images
+        if args.consistency:
+            big = args.crop + SHIFT_PX
+            raws = [pool.image(big, rng) if pool is not None and
+                    rng.random() < args.unlabelled_fraction else sampler.image(big, rng)
+                    for _ in range(args.consistency)]
+            view_a, view_b, offsets = consistency_views(raws, args.crop, rng)
+            batch = np.concatenate([images, view_b])
+        fg_l, dist_l, cls_l = net(normalise(torch.from_numpy(batch)))
         fg_t = torch.from_numpy(fg)[:, None]
         dist_t = torch.from_numpy(dist)[:, None]
-        cls_t = torch.from_numpy(cls)
-        fg_l, dist_l, cls_l = net(x)
-        losses = {"fg": foreground_loss(fg_l, fg_t),
-                  "dist": distance_loss(dist_l, dist_t, fg_t),
-                  "cls": class_loss(cls_l, cls_t, weights)}
+        losses = {"fg": foreground_loss(fg_l[:n_sup], fg_t),
+                  "dist": distance_loss(dist_l[:n_sup], dist_t, fg_t),
+                  "cls": class_loss(cls_l[:n_sup], torch.from_numpy(cls), weights)}
         loss = args.w_fg * losses["fg"] + args.w_dist * losses["dist"] + \
             args.w_class * losses["cls"]
+        if args.consistency:
+            with torch.no_grad():
+                t_fg, t_dist, t_cls = teacher(normalise(torch.from_numpy(view_a)))
+                target = (torch.sigmoid(t_fg)[:, 0], torch.sigmoid(t_dist)[:, 0],
+                          torch.softmax(t_cls, dim=1))
+            losses["cons"] = consistency_loss(
+                (fg_l[n_sup:], dist_l[n_sup:], cls_l[n_sup:]), target, offsets)
+            loss = loss + args.w_cons * _ramp(step, args.iterations) * losses["cons"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
+        _update_teacher(teacher, net, min(args.ema, 1.0 - 1.0 / (step + 1)))
         for k, v in losses.items():
             running[k] = 0.9 * running.get(k, v.item()) + 0.1 * v.item()
         if step % 10 == 0 or step == args.iterations:
@@ -138,31 +238,46 @@ def train(args: argparse.Namespace) -> dict:
                 + " ".join(f"{k} {v:.4f}" for k, v in running.items()) + f" elapsed {el:.0f}s")
         if step % args.checkpoint_every == 0 or step == args.iterations:
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step,
+            torch.save({"net": net.state_dict(), "teacher": teacher.state_dict(),
+                        "opt": opt.state_dict(), "step": step,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                         "elapsed_s": elapsed_before + time.time() - t_start,
                         "args": _arg_key(args)}, tmp)
             tmp.replace(ckpt_path)
     train_s = elapsed_before + time.time() - t_start
-    net.eval()
-    onnx_file = export_onnx(net, args.model_dir / "1" / "model.onnx")
-    # A provisional config so the backend can load the model for tuning.
-    write_config(args.model_dir, version=args.version, fg_threshold=0.5, seed_threshold=0.5,
-                 min_area_px=16)
-    tuned = tune_thresholds(args.model_dir, tile, log=log)
+    teacher.eval()
+    onnx_path = args.model_dir / "1" / "model.onnx"
+    if settings is None:
+        export_onnx(teacher, onnx_path)
+        # A provisional config so the backend can load the model for tuning.
+        write_config(args.model_dir, version=args.version, fg_threshold=0.5,
+                     seed_threshold=0.5, min_area_px=16)
+        tuned = tune_thresholds(args.model_dir, tile, log=log)
+        image, labels, classes = region(tile, VALIDATION)
+        calibration = calibrate(teacher, image, labels, classes, tuned, log=log)
+        temperature = calibration["temperature"]
+    else:
+        tuned = {k: settings[k] for k in ("fg_threshold", "seed_threshold", "min_area_px")}
+        calibration = {"temperature": settings["temperature"], "from": str(args.settings_from)}
+        temperature = settings["temperature"]
+        log(f"thresholds {tuned} and temperature {temperature} from {args.settings_from}")
+    onnx_file = export_onnx(teacher, onnx_path, temperature)
     write_config(args.model_dir, version=args.version, fg_threshold=tuned["fg_threshold"],
-                 seed_threshold=tuned["seed_threshold"], min_area_px=tuned["min_area_px"])
+                 seed_threshold=tuned["seed_threshold"], min_area_px=tuned["min_area_px"],
+                 uncertain_below=UNCERTAIN_BELOW, temperature=temperature)
+    torch.save(teacher.state_dict(), args.workdir / "teacher.pt")
     total_s = elapsed_before + time.time() - t_start
-    summary = {"iterations": args.iterations, "train_s": round(train_s, 1),
+    summary = {"iterations": args.iterations, "split": args.split, "train_s": round(train_s, 1),
                "total_s": round(total_s, 1), "onnx": str(onnx_file),
-               "onnx_bytes": onnx_file.stat().st_size, **tuned}
+               "onnx_bytes": onnx_file.stat().st_size, **tuned,
+               "temperature": temperature, "calibration": calibration}
     log(f"done: {json.dumps(summary)}")
     (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def _arg_key(args: argparse.Namespace) -> dict:
-    skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version"}
+    skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from"}
     return {k: str(v) for k, v in vars(args).items() if k not in skip}
 
 

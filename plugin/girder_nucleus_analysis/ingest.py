@@ -502,6 +502,7 @@ def _summarise(job: dict, documents: list[dict], created: list[dict], tables: li
                             "color": info.get("color"), "annotationId": str(annotation["_id"])})
     return {
         "model": model.get("name"), "modelVersion": model.get("version"),
+        "classScope": str(model.get("class_scope") or "")[:500],
         "jobId": str(job["_id"]),
         "parameters": job.get(ATTR_KEY, {}).get("parameters", {}),
         "nuclei": sum(c["count"] for c in classes), "classes": classes,

@@ -14,7 +14,9 @@ A model honours the contract when its ``config.pbtxt`` declares
   (comma-separated ``rgb(r,g,b)``), ``mpp`` (um/px the network expects), ``tile_size`` and
   ``overlap`` (pixels at ``mpp``), ``size_multiple`` (H and W must be multiples of it),
   ``version``, and post-processing thresholds ``fg_threshold``, ``seed_threshold``,
-  ``min_area_px``.
+  ``min_area_px``; optionally ``uncertain_below`` (nuclei whose class probability is lower
+  are shown as the group ``uncertain``, in ``uncertain_color``) and ``class_scope`` (where
+  the classes hold, shown next to them).
 
 The same :class:`ModelInfo` is built from a local ``config.pbtxt`` (in-process ONNX Runtime)
 or from the config a Triton server returns, so both backends read the same facts.
@@ -30,6 +32,8 @@ from pathlib import Path
 from .errors import ModelError
 
 INPUT_NAME = "IMAGE"
+#: the group of nuclei whose class probability is below the model's ``uncertain_below``
+UNCERTAIN = "uncertain"
 OUTPUT_NAMES = ("FOREGROUND", "DISTANCE", "CLASS_PROB")
 #: the shipped model: package data of ``slicer_cli`` (``slicer_cli/models`` links to the
 #: repository's Triton model repository ``models/``; a wheel holds a copy)
@@ -56,6 +60,21 @@ class ModelInfo:
     fg_threshold: float = 0.5
     seed_threshold: float = 0.5
     min_area_px: int = 16
+    uncertain_below: float = 0.0
+    uncertain_color: str = "rgb(150,150,150)"
+    class_scope: str = ""
+
+    def group_of(self, class_index: int, probability: float) -> str:
+        """The group a nucleus is shown in: its class, or ``uncertain``."""
+        if probability < self.uncertain_below:
+            return UNCERTAIN
+        return self.classes[class_index]
+
+    def color_of(self, class_index: int, probability: float) -> str:
+        """The colour of that group."""
+        if probability < self.uncertain_below:
+            return self.uncertain_color
+        return self.class_colors[class_index]
 
 
 def info_from_config(config: dict) -> ModelInfo:
@@ -117,11 +136,19 @@ def info_from_config(config: dict) -> ModelInfo:
             fg_threshold=float(params.get("fg_threshold") or 0.5),
             seed_threshold=float(params.get("seed_threshold") or 0.5),
             min_area_px=int(params.get("min_area_px") or 16),
+            uncertain_below=float(params.get("uncertain_below") or 0.0),
+            uncertain_color=(_RGB.findall(params.get("uncertain_color") or "") or
+                             ["rgb(150,150,150)"])[0],
+            class_scope=params.get("class_scope", ""),
         )
     except ValueError as e:
         raise ModelError(f"model {name!r}: bad numeric parameter: {e}") from e
     if info.mpp <= 0 or info.tile_size <= 2 * info.overlap or info.overlap < 0:
         raise ModelError(f"model {name!r}: need mpp > 0 and tile_size > 2 * overlap >= 0")
+    if not 0.0 <= info.uncertain_below <= 1.0:
+        raise ModelError(f"model {name!r}: uncertain_below must be within [0, 1]")
+    if UNCERTAIN in info.classes:
+        raise ModelError(f"model {name!r}: {UNCERTAIN!r} is reserved, not a class name")
     return info
 
 

@@ -25,7 +25,7 @@ from . import backends
 from .errors import AnalysisError, BackendError
 from .features import compute_features
 from .instances import extract_instances
-from .model import DEFAULT_MODEL_DIR, ModelInfo
+from .model import DEFAULT_MODEL_DIR, UNCERTAIN, ModelInfo
 from .options import AnalysisOptions, check_slide_size, safe_address
 from .outlines import trace_outlines
 from .records import Tile, TileNuclei, TilePlan
@@ -140,7 +140,8 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
     report(1.0, f"{sum(counts)} nuclei")
     return AnalysisResult(
         nuclei=int(sum(counts)),
-        class_counts={c: int(n) for c, n in zip(info.classes, counts)},
+        class_counts={c: int(n) for c, n in zip((*info.classes, UNCERTAIN), counts)
+                      if c != UNCERTAIN or info.uncertain_below > 0},
         tiles=len(plan.tiles), skipped_tiles=plan.skipped_tiles, tissue_mpx=tissue_mpx,
         wall_s=time.perf_counter() - t0, inference_s=inference_s, outputs=outputs,
         model={"name": info.name, "version": info.version})
@@ -152,7 +153,8 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
     info = ctx.info
     batches = [plan.tiles[i:i + ctx.options.batch_size]
                for i in range(0, len(plan.tiles), ctx.options.batch_size)]
-    counts = np.zeros(len(info.classes), dtype=np.int64)
+    # per group: the model's classes, then "uncertain" (class probability < uncertain_below)
+    counts = np.zeros(len(info.classes) + 1, dtype=np.int64)
     next_id = 1
     pending: dict[int, list[TileNuclei]] = {}
     done = 0
@@ -171,11 +173,16 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
                 continue
             ids = np.arange(next_id, next_id + n)
             next_id += n
-            groups = [info.classes[c] for c in nuc.class_index]
-            colors = [info.class_colors[c] for c in nuc.class_index]
+            uncertain = nuc.class_prob < info.uncertain_below
+            group_index = np.where(uncertain, len(info.classes), nuc.class_index)
+            groups = [info.group_of(c, p) for c, p in zip(nuc.class_index.tolist(),
+                                                          nuc.class_prob.tolist())]
+            colors = [info.color_of(c, p) for c, p in zip(nuc.class_index.tolist(),
+                                                          nuc.class_prob.tolist())]
             ann.write(ids, nuc.contours, groups, colors, nuc.class_prob)
-            table.write(_table_rows(ids, nuc, groups, empty.columns))
-            np.add.at(counts, nuc.class_index, 1)
+            table.write(_table_rows(ids, nuc, groups, [info.classes[c] for c in
+                                                       nuc.class_index], empty.columns))
+            np.add.at(counts, group_index, 1)
 
     def on_result(index: int, results: list[TileNuclei]) -> None:
         nonlocal done
@@ -295,7 +302,8 @@ def _empty_nuclei(index: int) -> TileNuclei:
                       features=None)
 
 
-_ID_COLUMNS = ["nucleus_id", "class", "class_probability", "Identifier.CentroidX",
+_ID_COLUMNS = ["nucleus_id", "class", "predicted_class", "class_probability",
+               "Identifier.CentroidX",
                "Identifier.CentroidY", "Identifier.Xmin", "Identifier.Ymin", "Identifier.Xmax",
                "Identifier.Ymax"]
 
@@ -310,12 +318,14 @@ def _empty_table(info: ModelInfo) -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
     frame["nucleus_id"] = frame["nucleus_id"].astype("int64")
     frame["class"] = frame["class"].astype("object")
+    frame["predicted_class"] = frame["predicted_class"].astype("object")
     return frame
 
 
-def _table_rows(ids: np.ndarray, nuc: TileNuclei, groups: list[str], columns) -> pd.DataFrame:
+def _table_rows(ids: np.ndarray, nuc: TileNuclei, groups: list[str], predicted: list[str],
+                columns) -> pd.DataFrame:
     head = pd.DataFrame({
-        "nucleus_id": ids.astype(np.int64), "class": groups,
+        "nucleus_id": ids.astype(np.int64), "class": groups, "predicted_class": predicted,
         "class_probability": nuc.class_prob.astype(np.float64),
         "Identifier.CentroidX": nuc.centroid_x, "Identifier.CentroidY": nuc.centroid_y,
         "Identifier.Xmin": nuc.bbox[:, 0], "Identifier.Ymin": nuc.bbox[:, 1],
@@ -331,7 +341,9 @@ def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions) -> di
                        "stain_normalize", "min_tissue_fraction")}
     params["backend"] = "triton" if options.triton_url else "onnxruntime"
     return {"model": {"name": info.name, "version": info.version, "mpp": info.mpp,
-                      "classes": list(info.classes), "class_colors": list(info.class_colors)},
+                      "classes": list(info.classes), "class_colors": list(info.class_colors),
+                      "uncertain_below": info.uncertain_below,
+                      "class_scope": info.class_scope},
             "params": params,
             "plan": {"tiles": len(plan.tiles), "skipped_tiles": plan.skipped_tiles,
                      "tile_size_px": plan.tile_size_px, "overlap_px": plan.overlap_px,

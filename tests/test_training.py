@@ -1,0 +1,129 @@
+"""Training's data path on constructed cases: augmentations keep image and labels aligned,
+crops never read a reserved rectangle, consistency views are the shifts they claim, the
+consistency loss and the calibration do what they say."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training import train as train_module  # noqa: E402
+from training.augment import jpeg, photometric, random_warp  # noqa: E402
+from training.calibrate import TEMPERATURES, matched_nuclei, nucleus_probabilities  # noqa: E402
+from training.data import CropSampler, Tile, normalised_distance, overlaps  # noqa: E402
+from training.losses import consistency_loss  # noqa: E402
+
+
+def _disc_tile(n: int = 12, size: int = 400, seed: int = 1) -> Tile:
+    """Dark discs (nuclei) on a light background, with their labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    instances = np.zeros((size, size), np.int32)
+    for k in range(1, n + 1):
+        cy, cx, r = rng.uniform(40, size - 40), rng.uniform(40, size - 40), rng.uniform(7, 12)
+        instances[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (instances == 0)] = k
+    image = np.full((size, size, 3), (235, 200, 225), np.uint8)
+    image[instances > 0] = (70, 40, 120)
+    classes = np.where(instances > 0, 1 + instances % 3, 0).astype(np.int64)
+    return Tile(image=image, instances=instances, classes=classes,
+                distance=normalised_distance(instances))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_warped_crops_keep_image_and_labels_aligned(augment):
+    sampler = CropSampler(_disc_tile(), reserved=())
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image, fg, dist, cls = sampler.crop(128, rng, augment=augment)
+        dark = image.astype(float).mean(axis=2) < 140
+        nuclei = fg > 0
+        if nuclei.sum() < 50:
+            continue
+        # bilinear image edges against nearest-neighbour labels: one boundary pixel of
+        # disagreement; degradations (blur, noise, JPEG, stain) widen it a little
+        assert _iou(dark, nuclei) > (0.8 if augment else 0.9)
+        assert (cls[nuclei] > 0).all() and (cls[~nuclei] == 0).all()
+        assert (dist[~nuclei] == 0).all() and dist.max() <= 1.0
+        assert dist[nuclei].mean() > 0.2
+
+
+def test_crops_never_read_a_reserved_rectangle():
+    tile = _disc_tile()
+    reserved = ((100, 300, 100, 300),)
+    sampler = CropSampler(tile, reserved=reserved)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        warp = sampler.warp(64, rng)
+        assert not overlaps(warp.bounds(), reserved)
+        assert np.floor(warp.map_y.min()) >= 0 and np.ceil(warp.map_y.max()) < 400
+    # class-balanced centres come only from nuclei outside the reserved rectangle
+    for centres in sampler.centres:
+        for y, x in centres:
+            assert not (100 <= y < 300 and 100 <= x < 300)
+
+
+def test_warp_scale_and_rotation_range():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        warp = random_warp(100, (500.0, 500.0), rng, elastic_px=0)
+        step = np.hypot(warp.map_x[0, 1] - warp.map_x[0, 0], warp.map_y[0, 1] - warp.map_y[0, 0])
+        assert 0.7 - 1e-6 <= step <= 1.4 + 1e-6
+        centre = (warp.map_y[49:51, 49:51].mean(), warp.map_x[49:51, 49:51].mean())
+        assert np.allclose(centre, (500.0, 500.0), atol=1e-3)
+
+
+def test_degradations_keep_the_image_shape_and_type():
+    rng = np.random.default_rng(7)
+    image = _disc_tile().image[:96, :80]
+    for _ in range(10):
+        out = photometric(image, rng)
+        assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.abs(jpeg(image, 95).astype(int) - image).mean() < 3
+
+
+def test_consistency_views_are_the_shifts_they_claim(monkeypatch):
+    monkeypatch.setattr(train_module, "photometric", lambda image, rng: image)
+    rng = np.random.default_rng(11)
+    raws = [np.random.default_rng(k).integers(0, 255, (96 + 32, 96 + 32, 3), np.uint8)
+            for k in range(6)]
+    view_a, view_b, offsets = train_module.consistency_views(raws, 96, rng)
+    for a, b, (dy, dx) in zip(view_a, view_b, offsets):
+        assert -32 < dy < 32 and -32 < dx < 32
+        ys, xs = slice(max(0, dy), min(96, 96 + dy)), slice(max(0, dx), min(96, 96 + dx))
+        yb = slice(ys.start - dy, ys.stop - dy)
+        xb = slice(xs.start - dx, xs.stop - dx)
+        np.testing.assert_array_equal(b[yb, xb], a[ys, xs])
+
+
+def test_consistency_loss_is_zero_when_aligned_and_grows_when_not():
+    g = torch.Generator().manual_seed(0)
+    fg = torch.randn(1, 1, 40, 40, generator=g)
+    dist = torch.randn(1, 1, 40, 40, generator=g)
+    cls = torch.randn(1, 3, 40, 40, generator=g)
+    teacher = (torch.sigmoid(fg)[:, 0], torch.sigmoid(dist)[:, 0], torch.softmax(cls, dim=1))
+    assert consistency_loss((fg, dist, cls), teacher, [(0, 0)]).item() == pytest.approx(0.0)
+    dy, dx = 3, -2
+    # B's pixel (y, x) shows A's (y + dy, x + dx): shift the student's maps accordingly
+    shifted = tuple(torch.roll(t, shifts=(-dy, -dx), dims=(-2, -1)) for t in (fg, dist, cls))
+    assert consistency_loss(shifted, teacher, [(dy, dx)]).item() == pytest.approx(0.0, abs=1e-6)
+    assert consistency_loss(shifted, teacher, [(0, 0)]).item() > 0.01
+
+
+def test_calibration_helpers_on_constructed_nuclei():
+    true = np.zeros((20, 20), np.int64)
+    pred = np.zeros((20, 20), np.int64)
+    true[2:8, 2:8], pred[2:8, 3:8] = 1, 5   # IoU 30/36: matched
+    true[10:16, 10:16], pred[10:13, 10:16] = 2, 6   # IoU 18/36 = 0.5: not > 0.5
+    assert matched_nuclei(true, pred) == [(1, 5)]
+    logits = np.zeros((3, 20, 20))
+    logits[1][pred == 5] = np.log(4.0)   # class 1 four times as likely as each other
+    p = nucleus_probabilities(logits, pred, np.array([5]), 1.0)
+    np.testing.assert_allclose(p[0], [1 / 6, 4 / 6, 1 / 6])
+    hot = nucleus_probabilities(logits, pred, np.array([5]), 2.0)  # T = 2: 2 : 1 : 1
+    np.testing.assert_allclose(hot[0], [0.25, 0.5, 0.25])
+    assert 1.0 in TEMPERATURES
