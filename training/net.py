@@ -62,13 +62,16 @@ class UNet(nn.Module):
         no 3x3 convolution runs at full resolution, where most of the time went.
     antialias : bool
         Low-pass the input (:class:`Blur`) before the stride-2 stem (model 4.0.0).
+    head_width : int, optional
+        Channels of the full-resolution head (default: the first level's); fewer channels
+        there pay for the low-pass (model 4.0.0: 8).
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
     """
 
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
-                 stem: bool = False, antialias: bool = False):
+                 stem: bool = False, antialias: bool = False, head_width: int | None = None):
         super().__init__()
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
@@ -83,10 +86,11 @@ class UNet(nn.Module):
             nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in range(levels - 1)])
         self.dec = nn.ModuleList([_block(2 * chans[k], chans[k]) for k in range(levels - 1)])
         # with the stem, the head's first layer brings half resolution back to full
-        to_full = (nn.ConvTranspose2d(chans[0], chans[0], 2, stride=2) if stem
-                   else nn.Conv2d(chans[0], chans[0], 3, padding=1))
+        head = head_width or chans[0]
+        to_full = (nn.ConvTranspose2d(chans[0], head, 2, stride=2) if stem
+                   else nn.Conv2d(chans[0], head, 3, padding=1))
         self.head = nn.Sequential(to_full, nn.ReLU(inplace=True),
-                                  nn.Conv2d(chans[0], 2 + n_classes, 1))
+                                  nn.Conv2d(head, 2 + n_classes, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.blur is not None:

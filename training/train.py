@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--iterations", type=int, default=2400)
+    p.add_argument("--iterations", type=int, default=3600)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="crop side in px (multiple of 32)")
     p.add_argument("--width", type=int, default=12, help="U-Net channels of the first level")
@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stride-2 stem, no 3x3 convolution at full resolution (3.0.0)")
     p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=True,
                    help="low-pass the input before the stride-2 stem (4.0.0)")
+    p.add_argument("--head-width", type=int, default=8,
+                   help="channels of the full-resolution head (4.0.0: 8, paying for the "
+                        "low-pass; 3.0.0 had the first level's 12)")
     p.add_argument("--split", choices=("heldout", "all"), default="heldout",
                    help="heldout: keep the held-out quadrant and validation block out (the "
                         "measured run); all: train on every labelled pixel (the shipped run)")
@@ -92,9 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def class_weights(tile: Tile) -> torch.Tensor:
-    """Inverse square-root pixel frequency of each class (mean 1)."""
-    counts = np.bincount(tile.classes.ravel(), minlength=len(CLASSES) + 1)[1:].astype(float)
+def class_weights(tile: Tile, reserved: tuple = RESERVED) -> torch.Tensor:
+    """Inverse square-root pixel frequency of each class in the training area (mean 1)."""
+    classes = tile.classes.copy()
+    for r0, r1, c0, c1 in reserved:
+        classes[r0:r1, c0:c1] = 0
+    counts = np.bincount(classes.ravel(), minlength=len(CLASSES) + 1)[1:].astype(float)
     w = 1.0 / np.sqrt(np.maximum(counts, 1.0))
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
@@ -163,15 +169,16 @@ def train(args: argparse.Namespace) -> dict:
         settings = json.loads(args.settings_from.read_text())
     t_start = time.time()
     tile = load_tile()
-    weights = class_weights(tile)
-    sampler = CropSampler(tile, RESERVED if args.split == "heldout" else ())
+    reserved = RESERVED if args.split == "heldout" else ()
+    weights = class_weights(tile, reserved)
+    sampler = CropSampler(tile, reserved)
     pool = None
     if args.consistency and args.unlabelled_fraction > 0:
         from .unlabelled import UnlabelledPool
 
         pool = UnlabelledPool()
     net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
-               stem=args.stem, antialias=args.antialias)
+               stem=args.stem, antialias=args.antialias, head_width=args.head_width)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)
