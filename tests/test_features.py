@@ -291,7 +291,7 @@ def test_expand_branch_for_cupy_runs_on_numpy_semantics():
     """The CuPy branch of the ragged expansion (no repeat-by-array) equals np.repeat."""
     import types
 
-    from slicer_cli.nuclei.features import _expand
+    from slicer_cli.nuclei.features.stats import expand as _expand
 
     shim = types.SimpleNamespace(searchsorted=np.searchsorted, cumsum=np.cumsum,
                                  arange=np.arange)

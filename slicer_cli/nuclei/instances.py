@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import numpy as np
+from .arrays import array_module, ndimage_of
 
 MAX_ITERATIONS = 40  # > half the largest nucleus extent (74 px at 0.5 um/px)
 _CHECK_EVERY = 4     # test for a fixed point every few dilations (one sync on a GPU)
@@ -44,22 +44,6 @@ class Instances:
     labels: Any
     class_index: Any
     class_prob: Any
-
-
-def _modules(array: Any, xp: ModuleType | None) -> tuple[ModuleType, ModuleType]:
-    if xp is None:
-        xp = _cupy() if type(array).__module__.split(".")[0] == "cupy" else np
-    if xp is np:
-        from scipy import ndimage
-    else:
-        from cupyx.scipy import ndimage
-    return xp, ndimage
-
-
-def _cupy() -> ModuleType:
-    import cupy
-
-    return cupy
 
 
 def extract_instances(foreground: Any, distance: Any, class_prob: Any, *,
@@ -92,7 +76,8 @@ def extract_instances(foreground: Any, distance: Any, class_prob: Any, *,
     ValueError
         When the map shapes do not agree.
     """
-    xp, ndi = _modules(foreground, xp)
+    xp = xp or array_module(foreground)
+    ndi = ndimage_of(xp)
     fg = xp.asarray(foreground)
     dist = xp.asarray(distance)
     cls = xp.asarray(class_prob)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import array_module
+
 #: Reference H&E stain vectors (columns, OD space) and 99th-percentile concentrations,
 #: measured with this module on the training image hgsc_nest.jpg
 #: (``tests/test_stain.py`` re-derives them).
@@ -17,21 +19,12 @@ REFERENCE_STAINS = np.array([[0.5748, 0.2879],
 REFERENCE_MAX_CONC = np.array([2.4450, 3.2607])
 
 
-def _xp(arr):
-    try:
-        import cupy
-
-        return cupy.get_array_module(arr)
-    except ImportError:
-        return np
-
-
 def estimate_stains(rgb, io: float = 240.0, beta: float = 0.15, alpha: float = 1.0):
     """Estimate the H&E stain matrix (3x2, OD space) and 99th-percentile concentrations.
 
     Returns ``None`` when the image holds too little stained tissue to estimate from.
     """
-    xp = _xp(rgb)
+    xp = array_module(rgb)
     od = -xp.log((rgb.reshape(-1, 3).astype(xp.float64) + 1.0) / io)
     od_hat = od[xp.all(od > beta, axis=1)]
     if od_hat.shape[0] < 100:
@@ -57,7 +50,7 @@ def normalize_stain(rgb, io: float = 240.0, reference_stains=REFERENCE_STAINS,
     Works on NumPy or CuPy arrays (same code).  A tile with too little tissue to estimate
     its stains is returned unchanged.
     """
-    xp = _xp(rgb)
+    xp = array_module(rgb)
     est = estimate_stains(rgb, io=io)
     if est is None:
         return rgb
