@@ -8,9 +8,9 @@ from slicer_cli.nuclei.seams import SeamIndex, keep_owned
 
 # two tiles side by side, seam at x = 100 (cores [0,100) and [100,200), rows [0,100))
 LEFT = Tile(index=0, x=-32, y=-32, width=164, height=164, core_x0=0, core_y0=0,
-            core_x1=100, core_y1=100, scale=1.0, px_width=164, px_height=164, row_y0=0)
+            core_x1=100, core_y1=100, base_per_px=1.0, px_width=164, px_height=164, row_y0=0)
 RIGHT = Tile(index=1, x=68, y=-32, width=164, height=164, core_x0=100, core_y0=0,
-             core_x1=200, core_y1=100, scale=1.0, px_width=164, px_height=164, row_y0=0)
+             core_x1=200, core_y1=100, base_per_px=1.0, px_width=164, px_height=164, row_y0=0)
 
 
 def _disc(cx: float, cy: float, r: float, n: int = 24) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_index_forgets_rows_the_tile_order_has_passed():
     index.drop_duplicates(_nuclei(LEFT, [(50.0, 95.0, 6.0), (50.0, 50.0, 6.0)]), LEFT)
     assert len(index) == 1  # the interior nucleus is never remembered
     far = Tile(index=2, x=-32, y=468, width=164, height=164, core_x0=0, core_y0=500,
-               core_x1=100, core_y1=600, scale=1.0, px_width=164, px_height=164, row_y0=500)
+               core_x1=100, core_y1=600, base_per_px=1.0, px_width=164, px_height=164, row_y0=500)
     index.drop_duplicates(_nuclei(far, []), far)
     assert len(index) == 0
 
@@ -83,9 +83,9 @@ def test_index_forgets_by_the_plan_row_not_a_core_fitted_to_tissue():
     """A core shrunk to the tissue (starting lower than its row) must not make the index
     forget a seam nucleus the next tile of the same row still sees."""
     above = Tile(index=0, x=68, y=-132, width=164, height=164, core_x0=100, core_y0=-100,
-                 core_x1=200, core_y1=0, scale=1.0, px_width=164, px_height=164, row_y0=-100)
+                 core_x1=200, core_y1=0, base_per_px=1.0, px_width=164, px_height=164, row_y0=-100)
     fitted = Tile(index=1, x=-32, y=28, width=164, height=104, core_x0=0, core_y0=60,
-                  core_x1=100, core_y1=100, scale=1.0, px_width=164, px_height=104, row_y0=0)
+                  core_x1=100, core_y1=100, base_per_px=1.0, px_width=164, px_height=104, row_y0=0)
     index = SeamIndex(reach_px=40)
     # a nucleus on the seam below "above", kept there (centroid inside its core)
     assert index.drop_duplicates(_nuclei(above, [(150.0, -2.0, 6.0)]), above).all()

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from . import backends
 from .errors import AnalysisError, BackendError
@@ -262,36 +261,35 @@ def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) ->
                              seed_threshold=info.seed_threshold, min_area_px=info.min_area_px)
     labels = inst.labels
     n = int(labels.max()) if labels.size else 0
-    f = 1.0 / tile.scale
     if n == 0:
         return _empty_nuclei(tile.index)
-    # centroids from the nucleus pixels only (the same sums, in the same order, as
-    # ndimage.sum over the whole tile, without its tile-sized index images)
+    # centroids (for ownership) from the nucleus pixels only: the same exact integer sums as
+    # the features' Identifier.Centroid*, without tile-sized index images
     flat = labels.ravel()
     inside = np.flatnonzero(flat)
     lab = flat[inside]
     area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     cy = np.bincount(lab, inside // labels.shape[1], minlength=n + 1)[1:] / area
     cx = np.bincount(lab, inside % labels.shape[1], minlength=n + 1)[1:] / area
-    base_x = tile.x + (cx + 0.5) * f - 0.5
-    base_y = tile.y + (cy + 0.5) * f - 0.5
-    own = keep_owned(base_x, base_y, tile, margin_px=SEAM_MARGIN_PX * f, region=ctx.region)
+    base_x, base_y = tile.to_base(cx, cy)
+    own = keep_owned(base_x, base_y, tile, margin_px=SEAM_MARGIN_PX * tile.base_per_px,
+                     region=ctx.region)
     if not own.any():
         return _empty_nuclei(tile.index)
     # Relabel the owned nuclei 1..m, in their original order.
     remap = np.zeros(n + 1, dtype=np.int32)
     remap[1:][own] = np.arange(1, int(own.sum()) + 1)
     owned = remap[labels]
-    contours = [tile_pts * f + [tile.x + 0.5 * f - 0.5, tile.y + 0.5 * f - 0.5]
-                for tile_pts in trace_outlines(owned)]
+    contours = [np.column_stack(tile.to_base(pts[:, 0], pts[:, 1]))
+                for pts in trace_outlines(owned)]
     feats = compute_features(owned, image)
-    slices = ndi.find_objects(owned)
-    bbox_px = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices],
-                       dtype=np.float64)
-    bbox = np.column_stack([tile.x + bbox_px[:, 0] * f, tile.y + bbox_px[:, 1] * f,
-                            tile.x + bbox_px[:, 2] * f, tile.y + bbox_px[:, 3] * f])
+    # bounding boxes as the features measured them (tile pixels, max exclusive)
+    x0, y0 = tile.edges_to_base(feats["Identifier.Xmin"].to_numpy(np.float64),
+                                feats["Identifier.Ymin"].to_numpy(np.float64))
+    x1, y1 = tile.edges_to_base(feats["Identifier.Xmax"].to_numpy(np.float64),
+                                feats["Identifier.Ymax"].to_numpy(np.float64))
     return TileNuclei(tile_index=tile.index, centroid_x=base_x[own], centroid_y=base_y[own],
-                      bbox=bbox, class_index=inst.class_index[own],
+                      bbox=np.column_stack([x0, y0, x1, y1]), class_index=inst.class_index[own],
                       class_prob=inst.class_prob[own], contours=contours, features=feats)
 
 

@@ -15,10 +15,11 @@ class Tile:
 
     ``x``/``y``/``width``/``height`` are the read window in base pixels (overlap included),
     read as ``px_width`` x ``px_height`` model pixels; ``core_*`` is the part this tile owns:
-    a nucleus whose centroid lies there belongs to it. ``scale`` = model pixels per base
-    pixel (e.g. 0.5 for a 0.25 um/px slide read at 0.5). ``row_y0`` is the top of the core
-    of the plan row the tile belongs to (tiles come in row-major order of it; a core can be
-    shrunk to the tissue, the row cannot).
+    a nucleus whose centroid lies there belongs to it. ``base_per_px`` = base pixels per
+    model pixel (e.g. 2.0 for a 0.25 um/px slide read at 0.5): the tile's only scale, and
+    :meth:`to_base` / :meth:`edges_to_base` its only transforms. ``row_y0`` is the top of
+    the core of the plan row the tile belongs to (tiles come in row-major order of it; a core
+    can be shrunk to the tissue, the row cannot).
     """
 
     index: int
@@ -30,10 +31,23 @@ class Tile:
     core_y0: int
     core_x1: int
     core_y1: int
-    scale: float
+    base_per_px: float
     px_width: int
     px_height: int
     row_y0: int
+
+    def to_base(self, px_x, px_y):
+        """Base-pixel coordinates of model-pixel *centres* ``(px_x, px_y)`` of this tile.
+
+        Pixel centres map to pixel centres: model pixel ``i`` covers base pixels
+        ``[x + i f, x + (i + 1) f)``, whose centre is ``x + (i + 0.5) f - 0.5``.
+        """
+        f = self.base_per_px
+        return self.x + (px_x + 0.5) * f - 0.5, self.y + (px_y + 0.5) * f - 0.5
+
+    def edges_to_base(self, px_x, px_y):
+        """Base-pixel coordinates of model-pixel *edges* (bounding boxes: ``x + i f``)."""
+        return self.x + px_x * self.base_per_px, self.y + px_y * self.base_per_px
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def read_tile(source, slide: Slide, tile: Tile) -> np.ndarray:
     import large_image
 
     out = np.full((tile.px_height, tile.px_width, 3), GLASS_RGB, dtype=np.uint8)
-    f = 1.0 / tile.scale  # base pixels per model pixel
+    f = tile.base_per_px
     x0, y0 = max(tile.x, 0), max(tile.y, 0)
     x1, y1 = min(tile.x + tile.width, slide.size_x), min(tile.y + tile.height, slide.size_y)
     if x1 <= x0 or y1 <= y0:

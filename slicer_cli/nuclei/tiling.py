@@ -73,7 +73,7 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
                              size_multiple)
             tiles.append(Tile(index=len(tiles), x=wx, y=wy, width=round(pw * f),
                               height=round(ph * f), core_x0=core[0], core_y0=core[1],
-                              core_x1=core[2], core_y1=core[3], scale=1.0 / f,
+                              core_x1=core[2], core_y1=core[3], base_per_px=f,
                               px_width=pw, px_height=ph, row_y0=cy0))
     frac = 1.0 if tissue is None else tissue.fraction(left, top, right, bottom)
     return TilePlan(slide_path=slide.path, size_x=slide.size_x, size_y=slide.size_y,
