@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from slicer_cli.nuclei.instances import extract_instances
-
-from .net import UNet, normalise
+from slicer_cli.nuclei.network import UNet, normalise
 
 TEMPERATURES = tuple(sorted({1.0, *(float(t) for t in np.round(
     np.exp(np.linspace(np.log(0.4), np.log(4.0), 31)), 4))}))

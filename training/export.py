@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
+from slicer_cli.nuclei.network import Exported, UNet
+
 from .data import CLASSES
-from .net import Exported, UNet
 
 CLASS_COLORS = ("rgb(0,160,0)", "rgb(255,200,0)", "rgb(220,20,60)")
 OPSET = 17

@@ -37,12 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slicer_cli.nuclei.network import UNet, normalise
+
 from .augment import photometric
 from .calibrate import calibrate
 from .data import CLASSES, RESERVED, VALIDATION, CropSampler, Tile, load_tile, region
 from .export import export_onnx, write_config
 from .losses import class_loss, consistency_loss, distance_loss, foreground_loss
-from .net import UNet, normalise
 from .tune import tune_thresholds
 
 #: the views of a consistency pair are cut from a crop this much larger (max shift + 1)

@@ -100,6 +100,7 @@ def options_from_args(args):
         scheduler=args.scheduler or None,
         workers=args.workers,
         parquet=not args.no_parquet,
+        device=args.device,
         **extra,
     )
 

@@ -60,6 +60,7 @@ class AnalysisOptions:
     workers: int = 0
     parquet: bool = True
     max_slide_px: float = LIMITS["max_slide_px"][1]
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.region is not None:
@@ -80,6 +81,8 @@ class AnalysisOptions:
                 raise OptionsError(f"{_flag(name)} must be an integer, not {value!r}")
         if self.scheduler:
             check_scheduler(self.scheduler)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise OptionsError(f"--device must be auto, cpu or cuda, not {self.device!r}")
         if self.triton_url:
             scheme = self.triton_url.split("://", 1)[0].lower() if "://" in self.triton_url \
                 else ""

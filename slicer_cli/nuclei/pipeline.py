@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import backends
+from .arrays import array_module, to_host
 from .errors import AnalysisError, BackendError
 from .features import compute_features
 from .instances import extract_instances
@@ -98,8 +99,9 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
     report = progress or (lambda f, m: None)
     slide, source = open_slide(slide_path, options.slide_mpp)
     check_slide_size(slide.size_x, slide.size_y, options.max_slide_px)
+    device = backends.resolve_device(options.device)
     backend = backends.open_backend(options.triton_url, options.model_dir or DEFAULT_MODEL_DIR,
-                                    options.model_name)
+                                    options.model_name, device)
     with backend:
         info = backend.info
         tile_size = _round_up(options.tile_size_px or info.tile_size, info.size_multiple)
@@ -116,7 +118,7 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
         ctx = _Context(slide=slide, source=source, backend=backend, info=info, options=options,
                        region=plan.region,
                        infer_gate=threading.Semaphore(max(1, backend.concurrency)))
-        attributes = _attributes(info, plan, options)
+        attributes = _attributes(info, plan, options, backend, device)
         ann = AnnotationWriter(annotation_path, name=f"Nuclei ({info.name} {info.version})",
                                description="Nuclei segmented and classified by "
                                            f"{info.name} {info.version}",
@@ -256,9 +258,18 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
 
 
 def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) -> TileNuclei:
+    """Instances, ownership, outlines and features of one tile's maps.
+
+    The maps may live on a GPU (CuPy, from a device backend): instances, classes, centroids
+    and the per-pixel feature work then run there; what comes back to the host is the label
+    tile (outlines and the features' label geometry are traced on the CPU) and per-nucleus
+    values.
+    """
     info = ctx.info
+    xp = array_module(fg)
     inst = extract_instances(fg, dist, cls, fg_threshold=info.fg_threshold,
-                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px)
+                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px,
+                             xp=xp)
     labels = inst.labels
     n = int(labels.max()) if labels.size else 0
     if n == 0:
@@ -266,11 +277,11 @@ def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) ->
     # centroids (for ownership) from the nucleus pixels only: the same exact integer sums as
     # the features' Identifier.Centroid*, without tile-sized index images
     flat = labels.ravel()
-    inside = np.flatnonzero(flat)
+    inside = xp.flatnonzero(flat)
     lab = flat[inside]
-    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
-    cy = np.bincount(lab, inside // labels.shape[1], minlength=n + 1)[1:] / area
-    cx = np.bincount(lab, inside % labels.shape[1], minlength=n + 1)[1:] / area
+    area = xp.bincount(lab, minlength=n + 1)[1:].astype(xp.float64)
+    cy = to_host(xp.bincount(lab, inside // labels.shape[1], minlength=n + 1)[1:] / area)
+    cx = to_host(xp.bincount(lab, inside % labels.shape[1], minlength=n + 1)[1:] / area)
     base_x, base_y = tile.to_base(cx, cy)
     own = keep_owned(base_x, base_y, tile, margin_px=SEAM_MARGIN_PX * tile.base_per_px,
                      region=ctx.region)
@@ -279,18 +290,21 @@ def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) ->
     # Relabel the owned nuclei 1..m, in their original order.
     remap = np.zeros(n + 1, dtype=np.int32)
     remap[1:][own] = np.arange(1, int(own.sum()) + 1)
-    owned = remap[labels]
+    owned = xp.asarray(remap)[labels]
+    owned_host = to_host(owned)
     contours = [np.column_stack(tile.to_base(pts[:, 0], pts[:, 1]))
-                for pts in trace_outlines(owned)]
-    feats = compute_features(owned, image)
+                for pts in trace_outlines(owned_host)]
+    feats = compute_features(owned, xp.asarray(image), xp=xp)
     # bounding boxes as the features measured them (tile pixels, max exclusive)
     x0, y0 = tile.edges_to_base(feats["Identifier.Xmin"].to_numpy(np.float64),
                                 feats["Identifier.Ymin"].to_numpy(np.float64))
     x1, y1 = tile.edges_to_base(feats["Identifier.Xmax"].to_numpy(np.float64),
                                 feats["Identifier.Ymax"].to_numpy(np.float64))
     return TileNuclei(tile_index=tile.index, centroid_x=base_x[own], centroid_y=base_y[own],
-                      bbox=np.column_stack([x0, y0, x1, y1]), class_index=inst.class_index[own],
-                      class_prob=inst.class_prob[own], contours=contours, features=feats)
+                      bbox=np.column_stack([x0, y0, x1, y1]),
+                      class_index=to_host(inst.class_index)[own],
+                      class_prob=to_host(inst.class_prob)[own], contours=contours,
+                      features=feats)
 
 
 def _empty_nuclei(index: int) -> TileNuclei:
@@ -333,11 +347,14 @@ def _table_rows(ids: np.ndarray, nuc: TileNuclei, groups: list[str], predicted: 
     return frame[list(columns)]
 
 
-def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions) -> dict:
+def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions, backend,
+                device: str) -> dict:
     params = {k: v for k, v in asdict(options).items()
               if k in ("region", "slide_mpp", "batch_size", "tile_size_px", "overlap_px",
                        "stain_normalize", "min_tissue_fraction")}
-    params["backend"] = "triton" if options.triton_url else "onnxruntime"
+    params["backend"] = {"TritonBackend": "triton", "TorchBackend": "pytorch"}.get(
+        type(backend).__name__, "onnxruntime")
+    params["device"] = device
     return {"model": {"name": info.name, "version": info.version, "mpp": info.mpp,
                       "classes": list(info.classes), "class_colors": list(info.class_colors),
                       "uncertain_below": info.uncertain_below,
@@ -368,7 +385,8 @@ def _worker_context(key: tuple) -> _Context:
             slide, source = open_slide(slide_path, slide_mpp)
             backend = backends.open_backend(options.triton_url,
                                             options.model_dir or DEFAULT_MODEL_DIR,
-                                            options.model_name)
+                                            options.model_name,
+                                            backends.resolve_device(options.device))
             ctx = _Context(slide=slide, source=source, backend=backend, info=backend.info,
                            options=options, region=region,
                            infer_gate=threading.Semaphore(max(1, backend.concurrency)))

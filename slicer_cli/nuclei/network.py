@@ -1,8 +1,15 @@
-"""A small fully-convolutional U-Net honouring the model contract (slicer_cli.nuclei.model).
+"""The network itself, in PyTorch: one definition for training and for the PyTorch backend.
 
-Input uint8 ``[N, H, W, 3]`` RGB (H, W multiples of 32); normalisation happens in the graph.
-Outputs ``FOREGROUND`` (sigmoid) ``[N, H, W]``, ``DISTANCE`` (sigmoid) ``[N, H, W]`` and
+A small fully-convolutional U-Net honouring the model contract (:mod:`.model`). Input uint8
+``[N, H, W, 3]`` RGB (H, W multiples of 32); normalisation happens in the graph. Outputs
+``FOREGROUND`` (sigmoid) ``[N, H, W]``, ``DISTANCE`` (sigmoid) ``[N, H, W]`` and
 ``CLASS_PROB`` (softmax over C classes) ``[N, H, W, C]``.
+
+The ONNX file (``<version>/model.onnx``) is the source of truth that Triton and ONNX Runtime
+serve; ``<version>/model.pt`` holds the same network for the PyTorch backend as plain
+weights plus the architecture's arguments (:func:`save_weights`, :func:`load_exported`),
+read with ``torch.load(weights_only=True)``: no pickled code, and no TorchScript format that
+ties it to one torch version. Only the PyTorch backend and training import this module.
 """
 from __future__ import annotations
 
@@ -73,6 +80,9 @@ class UNet(nn.Module):
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
                  stem: bool = False, antialias: bool = False, head_width: int | None = None):
         super().__init__()
+        #: the constructor's arguments (saved with the weights)
+        self.arch = {"width": width, "n_classes": n_classes, "max_mult": max_mult,
+                     "stem": stem, "antialias": antialias, "head_width": head_width}
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
         self.blur = Blur(3) if antialias else None
@@ -135,3 +145,33 @@ class Exported(nn.Module):
         e = torch.exp(cls - cls.amax(dim=1, keepdim=True))
         prob = e / e.sum(dim=1, keepdim=True)
         return torch.sigmoid(fg[:, 0]), torch.sigmoid(dist[:, 0]), prob.permute(0, 2, 3, 1)
+
+
+#: format tag of ``model.pt``
+WEIGHTS_FORMAT = "nucleus_unet-weights-1"
+
+
+def save_weights(net: UNet, path, temperature: float = 1.0) -> None:
+    """Write ``net``'s weights, architecture and class temperature to ``path`` (model.pt)."""
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    torch.save({"format": WEIGHTS_FORMAT, "arch": dict(net.arch),
+                "temperature": float(temperature), "state_dict": state}, str(path))
+
+
+def load_exported(path, device: str = "cpu") -> Exported:
+    """The contract's graph (uint8 NHWC in, probabilities out) from ``model.pt``, in eval mode.
+
+    Raises
+    ------
+    ValueError
+        When the file is not a weights file of this format.
+    """
+    saved = torch.load(str(path), map_location=device, weights_only=True)
+    if not isinstance(saved, dict) or saved.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a {WEIGHTS_FORMAT} file")
+    net = UNet(**saved["arch"])
+    net.load_state_dict(saved["state_dict"])
+    model = Exported(net, saved.get("temperature", 1.0)).to(device).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
