@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,15 @@ def rasterise(doc: dict, shape: tuple[int, int]) -> np.ndarray:
         rr, cc = draw_polygon(pts[:, 1], pts[:, 0], shape)
         lab[rr, cc] = el["user"]["id"]
     return lab
+
+
+class _NumpyTwin(types.ModuleType):
+    """NumPy posing as a device array module: ``xp is np`` is false for it, so a stage takes
+    its GPU branch, written with functions NumPy and CuPy share, and runs it on the CPU."""
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+
+#: the GPU code paths, run on the CPU (slicer_cli/nuclei/arrays.py)
+NUMPY_TWIN = _NumpyTwin("numpy_twin")

@@ -115,3 +115,31 @@ def test_cupy_matches_numpy():
         np.testing.assert_array_equal(cp.asnumpy(gpu.labels), ref.labels)
         np.testing.assert_array_equal(cp.asnumpy(gpu.class_index), ref.class_index)
         np.testing.assert_allclose(cp.asnumpy(gpu.class_prob), ref.class_prob, rtol=1e-5)
+
+
+def test_gpu_code_path_on_the_numpy_twin_gives_identical_labels(hgsc_labels):
+    """extract_instances written against xp: the NumPy twin (the GPU's code) equals NumPy."""
+    from slicer_cli.nuclei.instances import extract_instances
+
+    from .conftest import NUMPY_TWIN
+
+    rng = np.random.default_rng(0)
+    truth = hgsc_labels[:384, :384]
+    fg = (truth > 0).astype(np.float32) * 0.8 + rng.uniform(0, 0.2, truth.shape).astype(
+        np.float32)
+    dist = np.zeros(truth.shape, np.float32)
+    from scipy import ndimage as ndi
+
+    for k, sl in enumerate(ndi.find_objects(truth), start=1):
+        if sl is not None:
+            d = ndi.distance_transform_edt(truth[sl] == k)
+            dist[sl][truth[sl] == k] = (d / d.max())[truth[sl] == k]
+    cls = np.stack([fg, 1 - fg, np.full_like(fg, 0.5)], axis=-1)
+    cls = cls / cls.sum(-1, keepdims=True)
+    ref = extract_instances(fg, dist, cls, fg_threshold=0.5, seed_threshold=0.5)
+    twin = extract_instances(fg, dist, cls, fg_threshold=0.5, seed_threshold=0.5,
+                             xp=NUMPY_TWIN)
+    assert int(ref.labels.max()) > 50
+    np.testing.assert_array_equal(twin.labels, ref.labels)
+    np.testing.assert_array_equal(twin.class_index, ref.class_index)
+    np.testing.assert_array_equal(twin.class_prob, ref.class_prob)

@@ -1,9 +1,10 @@
 """One array-module helper for every stage: NumPy on the host, CuPy on a GPU.
 
 A stage is written once against ``xp`` (``numpy`` or ``cupy``); these helpers pick the module
-of its inputs, the matching ``ndimage``, and bring results to the host. Passing ``numpy``
-explicitly runs the very code a GPU runs, which is how the CPU tests exercise the GPU
-branches.
+of its inputs, the matching ``ndimage``, and bring results to the host. Where a stage must
+branch (``xp is np``: a NumPy-only shortcut), the other branch is written with functions
+CuPy and NumPy share, so that a NumPy twin passed as ``xp`` (``tests/conftest.py``) runs the
+very code a GPU runs: that is how the CPU tests exercise the GPU branches.
 """
 from __future__ import annotations
 
@@ -28,11 +29,11 @@ def array_module(*arrays: Any) -> ModuleType:
 
 
 def ndimage_of(xp: ModuleType) -> ModuleType:
-    """``scipy.ndimage`` for NumPy, ``cupyx.scipy.ndimage`` for CuPy."""
-    if xp is np:
-        from scipy import ndimage
-    else:
+    """``cupyx.scipy.ndimage`` for CuPy, ``scipy.ndimage`` for NumPy (and NumPy twins)."""
+    if getattr(xp, "__name__", "").split(".")[0] == "cupy":
         from cupyx.scipy import ndimage
+    else:
+        from scipy import ndimage
     return ndimage
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..arrays import ndimage_of
 from .pixels import Pixels
 
 #: Bins of the intensity and gradient histograms (energy, entropy).
@@ -78,8 +79,7 @@ def lerp(xp: ModuleType, a: Any, b: Any, t: Any) -> Any:
 def segment_min_max(xp: ModuleType, values: Any, px: Pixels) -> tuple[Any, Any]:
     if xp is np:
         return (np.minimum.reduceat(values, px.starts), np.maximum.reduceat(values, px.starts))
-    from cupyx.scipy import ndimage as cndi
-
+    cndi = ndimage_of(xp)
     lab = xp.asarray(px.lid + 1)
     index = xp.arange(1, px.n + 1)
     return cndi.minimum(values, lab, index), cndi.maximum(values, lab, index)
