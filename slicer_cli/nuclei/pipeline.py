@@ -52,6 +52,9 @@ class AnalysisResult:
     inference_s: float
     outputs: list[str] = field(default_factory=list)
     model: dict = field(default_factory=dict)
+    #: seconds spent per stage, summed over the worker threads (local runs): read, stain,
+    #: network, instances, outlines, features, write
+    timings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +70,11 @@ class _Context:
     infer_gate: threading.Semaphore
     inference_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    timings: dict = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        with self.lock:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
 
 def run_analysis(slide_path: str, annotation_path: str, table_path: str,
@@ -145,7 +153,8 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
                       if c != UNCERTAIN or info.uncertain_below > 0},
         tiles=len(plan.tiles), skipped_tiles=plan.skipped_tiles, tissue_mpx=tissue_mpx,
         wall_s=time.perf_counter() - t0, inference_s=inference_s, outputs=outputs,
-        model={"name": info.name, "version": info.version})
+        model={"name": info.name, "version": info.version},
+        timings={k: round(v, 3) for k, v in ctx.timings.items()})
 
 
 def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
@@ -167,6 +176,7 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
 
     def emit(results: list[TileNuclei]) -> None:
         nonlocal next_id
+        started = time.perf_counter()
         for nuc in results:
             nuc = nuc.take(seams.drop_duplicates(nuc, plan.tiles[nuc.tile_index]))
             n = len(nuc)
@@ -184,6 +194,7 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
             table.write(_table_rows(ids, nuc, groups, [info.classes[c] for c in
                                                        nuc.class_index], empty.columns))
             np.add.at(counts, group_index, 1)
+        ctx.add_time("write", time.perf_counter() - started)
 
     def on_result(index: int, results: list[TileNuclei]) -> None:
         nonlocal done
@@ -237,9 +248,13 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
 
     Tiles fitted to the tissue differ in size: each size goes to the network as one batch.
     """
+    t0 = time.perf_counter()
     images = [read_tile(ctx.source, ctx.slide, t) for t in tiles]
+    ctx.add_time("read", time.perf_counter() - t0)
     if ctx.options.stain_normalize:
+        t0 = time.perf_counter()
         images = [normalize_stain(im) for im in images]
+        ctx.add_time("stain", time.perf_counter() - t0)
     results: list = [None] * len(tiles)
     shapes: dict[tuple, list[int]] = {}
     for k, im in enumerate(images):
@@ -251,6 +266,7 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
             dt = time.perf_counter() - t0
         with ctx.lock:
             ctx.inference_s += dt
+        ctx.add_time("network", dt)
         for j, k in enumerate(group):
             results[k] = _tile_nuclei(ctx, tiles[k], images[k], maps["FOREGROUND"][j],
                                       maps["DISTANCE"][j], maps["CLASS_PROB"][j])
@@ -267,11 +283,13 @@ def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) ->
     """
     info = ctx.info
     xp = array_module(fg)
+    t0 = time.perf_counter()
     inst = extract_instances(fg, dist, cls, fg_threshold=info.fg_threshold,
                              seed_threshold=info.seed_threshold, min_area_px=info.min_area_px,
                              xp=xp)
     labels = inst.labels
     n = int(labels.max()) if labels.size else 0
+    ctx.add_time("instances", time.perf_counter() - t0)
     if n == 0:
         return _empty_nuclei(tile.index)
     # centroids (for ownership) from the nucleus pixels only: the same exact integer sums as
@@ -291,10 +309,14 @@ def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) ->
     remap = np.zeros(n + 1, dtype=np.int32)
     remap[1:][own] = np.arange(1, int(own.sum()) + 1)
     owned = xp.asarray(remap)[labels]
+    t0 = time.perf_counter()
     owned_host = to_host(owned)
     contours = [np.column_stack(tile.to_base(pts[:, 0], pts[:, 1]))
                 for pts in trace_outlines(owned_host)]
+    t1 = time.perf_counter()
+    ctx.add_time("outlines", t1 - t0)
     feats = compute_features(owned, xp.asarray(image), xp=xp)
+    ctx.add_time("features", time.perf_counter() - t1)
     # bounding boxes as the features measured them (tile pixels, max exclusive)
     x0, y0 = tile.edges_to_base(feats["Identifier.Xmin"].to_numpy(np.float64),
                                 feats["Identifier.Ymin"].to_numpy(np.float64))

@@ -102,7 +102,10 @@ class TorchBackend:
         with torch.inference_mode(), torch.autocast(device_type=self.device.type,
                                                     dtype=torch.float16, enabled=self.half):
             maps = self._model(x)
-        return {name: self._out(m.float().contiguous()) for name, m in zip(OUTPUT_NAMES, maps)}
+            out = {name: self._out(m.float().contiguous()) for name, m in zip(OUTPUT_NAMES, maps)}
+        if self.on_device:  # the maps are ready when infer returns (honest stage timings)
+            torch.cuda.current_stream(self.device).synchronize()
+        return out
 
     def _out(self, tensor):
         if not self.on_device:
