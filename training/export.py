@@ -47,6 +47,11 @@ def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_thr
                  temperature: float = 1.0) -> Path:
     """Write ``<model_dir>/config.pbtxt`` (Triton layout; metadata in ``parameters``).
 
+    The serving part is for a GPU (the reasoning is in MODEL.md, "Serving on a GPU"): ONNX
+    Runtime with the TensorRT execution accelerator in FP16 (engines cached), two instances
+    per GPU so that one copies while the other computes, preferred batches of 4 and 8 tiles.
+    The CPU development server (``scripts/serve_triton.py``) drops the accelerator.
+
     ``uncertain_below``: nuclei whose class probability is below it are shown as
     ``uncertain`` (0 never); ``temperature``: the calibration baked into the graph (recorded).
     """
@@ -83,10 +88,22 @@ output [
   {{ name: "CLASS_PROB" data_type: TYPE_FP32 dims: [ -1, -1, {len(CLASSES)} ] }}
 ]
 dynamic_batching {{
+  preferred_batch_size: [ 4, 8 ]
   max_queue_delay_microseconds: 2000
   default_queue_policy {{ max_queue_size: 64 }}
 }}
-instance_group [ {{ count: 1 kind: KIND_GPU }} ]
+instance_group [ {{ count: 2 kind: KIND_GPU }} ]
+optimization {{
+  execution_accelerators {{
+    gpu_execution_accelerator: [ {{
+      name: "tensorrt"
+      parameters {{ key: "precision_mode" value: "FP16" }}
+      parameters {{ key: "max_workspace_size_bytes" value: "4294967296" }}
+      parameters {{ key: "trt_engine_cache_enable" value: "1" }}
+      parameters {{ key: "trt_engine_cache_path" value: "/tmp/nucleus_unet_trt" }}
+    }} ]
+  }}
+}}
 {body}
 """
     path = model_dir / "config.pbtxt"
