@@ -32,6 +32,9 @@ echo "== python venv ./.venv"
 echo "== data"
 .venv/bin/python scripts/fetch_data.py 2>&1 | grep -v "^WARNING: Location" || true
 
+echo "== wheels the GPU machine lacks (docs/GPU.md)"
+bash scripts/fetch_gpu_wheels.sh
+
 for extra in scripts/setup_triton_env.sh scripts/setup_girder.sh; do
   if [ -f "$extra" ]; then
     echo "== $extra"

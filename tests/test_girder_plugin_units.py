@@ -151,3 +151,28 @@ def test_shims_refuse_other_versions():
     shims.check_versions(dict(shims.PINNED))
     with pytest.raises(shims.ShimVersionError, match="found mongomock==5.0.0"):
         shims.check_versions({"mongomock": "5.0.0", "girder": "3.2.18"})
+
+
+def test_cursor_shim_returns_the_same_documents_in_linear_time():
+    import time
+
+    import mongomock
+
+    collection = mongomock.MongoClient().db.things
+    collection.insert_many([{"i": i} for i in range(8_000)])
+    expected = [d["i"] for d in collection.find({}, sort=[("i", -1)], skip=5, limit=6_000)]
+    original = mongomock.collection.Cursor.__next__
+    try:
+        mongomock.collection.Cursor.__next__ = shims._cursor_next
+        cursor = collection.find({}, sort=[("i", -1)], skip=5, limit=6_000)
+        got = [d["i"] for d in cursor]
+        assert got == expected == list(range(7_994, 1_994, -1))
+        assert [d["i"] for d in collection.find({"i": {"$lt": 3}})] == [0, 1, 2]
+        assert list(collection.find({"i": -1})) == []
+        started = time.perf_counter()
+        for _ in collection.find({}):
+            pass
+        per_doc = (time.perf_counter() - started) / 8_000
+    finally:
+        mongomock.collection.Cursor.__next__ = original
+    print(f"\n8k documents read at {per_doc * 1e6:.1f} us each")

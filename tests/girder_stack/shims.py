@@ -1,4 +1,8 @@
-"""Run Girder 3.2.18 on mongomock 4.3.0: the three shims of docs/DESIGN.md section 5.
+"""Run Girder 3.2.18 on mongomock 4.3.0: the shims of docs/DESIGN.md section 5.
+
+Three make Girder work at all; the fourth (:func:`_cursor_next`) makes reading N documents
+O(N) instead of O(N^2), so that scale tests measure the plugin and the viewer, not the
+stand-in database.
 
 FOR TESTS AND THE DEV STACK ONLY, never for production (production uses a real MongoDB; see
 docker/docker-compose.yml). The shims were written for exactly these versions and refuse to
@@ -50,6 +54,21 @@ def _cursor_count(self, with_limit_and_skip: bool = False) -> int:
     return self.collection.count_documents(self._spec or {}, **params)
 
 
+def _cursor_next(self):
+    """mongomock's ``Cursor.__next__`` without its per-document copy of the result list.
+
+    mongomock 4.3 slices ``results[skip:][:limit]`` for every document it returns: 9 us per
+    document at 5k results, 100 us at 40k (a 274k-element annotation streamed at 130-190
+    elements/s). The same documents, in the same order, by index into the cached list.
+    """
+    results = self._compute_results(with_limit_and_skip=False)
+    index = (self._skip or 0) + self._emitted
+    if (self._limit and self._emitted >= abs(self._limit)) or index >= len(results):
+        raise StopIteration()
+    self._emitted += 1
+    return results[index]
+
+
 def apply() -> None:
     """Patch pymongo/Girder/mongomock so Girder runs on an in-process mongomock database.
 
@@ -68,6 +87,9 @@ def apply() -> None:
 
     # 1. Cursor.count(), used all over Girder
     mongomock.collection.Cursor.count = _cursor_count
+    # 4. O(1) per document read (see _cursor_next)
+    mongomock.collection.Cursor.__next__ = _cursor_next
+    mongomock.collection.Cursor.next = _cursor_next
     # 2. list endpoints filter mongomock cursors like pymongo ones
     if mongomock.collection.Cursor not in girder.api.rest._MONGO_CURSOR_TYPES:
         girder.api.rest._MONGO_CURSOR_TYPES = (
