@@ -183,3 +183,45 @@ def test_terminal_run_on_slide_without_resolution_given_mpp(tmp_path, hgsc_image
     proc = cli(hgsc_image, ann, csv, "--slide-mpp", "0.5", "--region", "0,0,600,600")
     assert proc.returncode == 0, proc.stderr
     assert np.isfinite(pd.read_csv(csv)["Size.Area"]).all()
+
+
+def test_plot_table_and_qupath_geojson(tmp_path, cmu_svs):
+    """QuPath's GeoJSON read back with a GeoJSON reader, and the plottable table, agree with
+    the feature table and the annotation nucleus by nucleus."""
+    import gzip
+    import json
+
+    from shapely.geometry import shape
+
+    ann, csv = tmp_path / "n.anot", tmp_path / "f.csv"
+    plot, geo = tmp_path / "plot.csv", tmp_path / "nuclei.geojson.gz"
+    proc = cli(cmu_svs, ann, csv, "--region", "600,1200,700,500", "--plot-table", plot,
+               "--qupath-file", geo)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(csv)
+    doc = load_annotation(ann)
+    collection = json.loads(gzip.decompress(geo.read_bytes()))
+    assert collection["type"] == "FeatureCollection"
+    features = collection["features"]
+    assert len(features) == len(table) == len(doc["elements"]) > 0
+    for feature, (_, row), element in zip(features, table.iterrows(), doc["elements"]):
+        props = feature["properties"]
+        assert props["objectType"] == "detection" and props["nucleus_id"] == row["nucleus_id"]
+        assert props["classification"]["name"] == row["class"] == element["group"]
+        rgb = props["classification"]["color"]
+        assert element["lineColor"] == f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
+        polygon = shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area > 0
+        assert abs(polygon.centroid.x - row["Identifier.CentroidX"]) < 3
+        for name in ("Size.Area", "Shape.Circularity", "Nucleus.Intensity.Mean"):
+            # the CSV holds float32 text, the GeoJSON the float64 value
+            assert props["measurements"][name] == pytest.approx(row[name], rel=1e-6)
+    plot_table = pd.read_csv(plot)
+    from slicer_cli.nuclei.writers import PLOT_COLUMNS
+
+    assert list(plot_table.columns) == PLOT_COLUMNS
+    assert plot_table["nucleus_id"].tolist() == table["nucleus_id"].tolist()
+    pts = [np.asarray(e["points"])[:, :2] for e in doc["elements"]]
+    # the bounding box is the outline's own (HistomicsUI joins rows to elements within 2 px)
+    np.testing.assert_allclose(plot_table["min_x"], [p[:, 0].min() for p in pts], atol=0.06)
+    np.testing.assert_allclose(plot_table["max_y"], [p[:, 1].max() for p in pts], atol=0.06)

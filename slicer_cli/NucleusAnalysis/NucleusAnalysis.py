@@ -71,6 +71,23 @@ def add_deployment_flags(parser) -> None:
                            help=text + (f" [environment: {env}]" if env else ""))
 
 
+#: outputs beyond the XML's (chosen by whoever runs the CLI: a person, or the Girder worker)
+EXTRA_OUTPUTS = {
+    "--plot-table": "also write the plottable table (CSV: min_x/min_y/max_x/max_y, class "
+                    "and the features worth plotting, as HistomicsUI's Metadata Plot reads)",
+    "--qupath-file": "also write the nuclei as a QuPath GeoJSON (detections with class and "
+                     "measurements; a .gz name compresses it)",
+}
+
+
+def add_output_flags(parser) -> None:
+    """The command-line-only extra outputs."""
+    group = parser.add_argument_group("extra outputs (command line only)")
+    for flag, text in EXTRA_OUTPUTS.items():
+        group.add_argument(flag, dest=flag.lstrip("-").replace("-", "_"), default=None,
+                           metavar="<file>", help=text)
+
+
 def options_from_args(args):
     """The engine's options from parsed arguments.
 
@@ -118,7 +135,8 @@ def main(args) -> int:
     progress = _Progress()
     try:
         result = run_analysis(args.inputImageFile, args.outputNucleiAnnotationFile,
-                              args.outputFeatureFile, options, progress)
+                              args.outputFeatureFile, options, progress,
+                              plot_table_path=args.plot_table, qupath_path=args.qupath_file)
     except AnalysisError as e:
         progress.close()
         print(f"error: {e}", file=sys.stderr)
@@ -152,6 +170,7 @@ def console_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     parser = CLIArgumentParser(XML)
     add_deployment_flags(parser)
+    add_output_flags(parser)
 
     def error(message: str) -> None:  # one line, no usage dump
         print(f"error: {message} (see --help)", file=sys.stderr)

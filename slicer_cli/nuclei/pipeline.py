@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import backends
 from .arrays import array_module, to_host
-from .errors import AnalysisError, BackendError
+from .errors import BackendError
 from .features import compute_features
 from .instances import extract_instances
 from .model import DEFAULT_MODEL_DIR, UNCERTAIN, ModelInfo
@@ -34,7 +34,13 @@ from .slide import Slide, open_slide, read_thumbnail, read_tile
 from .stain import normalize_stain
 from .tiling import plan_tiles
 from .tissue import detect_tissue
-from .writers import AnnotationWriter, FeatureTableWriter
+from .writers import (
+    PLOT_COLUMNS,
+    AnnotationWriter,
+    FeatureTableWriter,
+    GeoJSONWriter,
+    plot_rows,
+)
 
 THUMBNAIL_PX = 2048
 
@@ -77,9 +83,32 @@ class _Context:
             self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
 
+@dataclass
+class _Outputs:
+    """The writers of one run: committed together, or all aborted."""
+
+    ann: AnnotationWriter | None = None
+    table: FeatureTableWriter | None = None
+    plot: FeatureTableWriter | None = None
+    geo: GeoJSONWriter | None = None
+
+    def commit(self) -> list[str]:
+        done = [str(self.ann.commit())] + [str(p) for p in self.table.commit()]
+        done += [str(p) for p in self.plot.commit()] if self.plot else []
+        done += [str(self.geo.commit())] if self.geo else []
+        return done
+
+    def abort(self) -> None:
+        for writer in (self.ann, self.table, self.plot, self.geo):
+            if writer is not None:
+                writer.abort()
+
+
 def run_analysis(slide_path: str, annotation_path: str, table_path: str,
                  options: AnalysisOptions | None = None,
-                 progress: Callable[[float, str], None] | None = None) -> AnalysisResult:
+                 progress: Callable[[float, str], None] | None = None, *,
+                 plot_table_path: str | None = None,
+                 qupath_path: str | None = None) -> AnalysisResult:
     """Analyse every nucleus of a slide and write the annotation and feature table.
 
     Parameters
@@ -93,6 +122,11 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
         ``options.parquet`` is false.
     options : AnalysisOptions, optional
         Default: every option at its default.
+    plot_table_path : str, optional
+        Also write the plottable table (CSV: bounding box as ``min_x``... , class and the
+        features worth plotting; :data:`~slicer_cli.nuclei.writers.PLOT_COLUMNS`).
+    qupath_path : str, optional
+        Also write a QuPath GeoJSON of the nuclei (``.gz``: compressed).
     progress : callable, optional
         Called with ``(fraction, message)`` as batches complete.
 
@@ -127,22 +161,21 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
                        region=plan.region,
                        infer_gate=threading.Semaphore(max(1, backend.concurrency)))
         attributes = _attributes(info, plan, options, backend, device)
-        ann = AnnotationWriter(annotation_path, name=f"Nuclei ({info.name} {info.version})",
-                               description="Nuclei segmented and classified by "
-                                           f"{info.name} {info.version}",
-                               attributes=attributes)
+        out = _Outputs()
         try:
+            out.ann = AnnotationWriter(annotation_path,
+                                       name=f"Nuclei ({info.name} {info.version})",
+                                       description="Nuclei segmented and classified by "
+                                                   f"{info.name} {info.version}",
+                                       attributes=attributes)
             parquet = Path(table_path).with_suffix(".parquet") if options.parquet else None
-            table = FeatureTableWriter(table_path, parquet)
-        except AnalysisError:
-            ann.abort()
-            raise
-        try:
-            counts, inference_s = _run_batches(ctx, plan, ann, table, report)
-            outputs = [str(ann.commit())] + [str(p) for p in table.commit()]
+            out.table = FeatureTableWriter(table_path, parquet)
+            out.plot = FeatureTableWriter(plot_table_path) if plot_table_path else None
+            out.geo = GeoJSONWriter(qupath_path) if qupath_path else None
+            counts, inference_s = _run_batches(ctx, plan, out, report)
+            outputs = out.commit()
         except BaseException:
-            ann.abort()
-            table.abort()
+            out.abort()
             raise
     tissue_mpx = plan.tissue_fraction * plan.region[2] * plan.region[3] * (
         slide.mpp / info.mpp) ** 2 / 1e6
@@ -157,8 +190,8 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
         timings={k: round(v, 3) for k, v in ctx.timings.items()})
 
 
-def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
-                 table: FeatureTableWriter, report) -> tuple[np.ndarray, float]:
+def _run_batches(ctx: _Context, plan: TilePlan, out: _Outputs, report
+                 ) -> tuple[np.ndarray, float]:
     """Run every batch and write results in tile order; return class counts, inference s."""
     info = ctx.info
     batches = [plan.tiles[i:i + ctx.options.batch_size]
@@ -169,7 +202,11 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
     pending: dict[int, list[TileNuclei]] = {}
     done = 0
     empty = _empty_table(info)
-    table.write(empty)
+    out.table.write(empty)
+    if out.plot is not None:
+        out.plot.write(pd.DataFrame({c: pd.Series(dtype="object" if c == "class" else
+                                                  "int64" if c == "nucleus_id" else "float64")
+                                     for c in PLOT_COLUMNS}))
     # a nucleus near a seam may be kept by two tiles (ownership margin): write it once
     seams = SeamIndex(reach_px=(plan.overlap_px + SEAM_MARGIN_PX) * plan.model_mpp
                       / plan.slide_mpp)
@@ -190,9 +227,15 @@ def _run_batches(ctx: _Context, plan: TilePlan, ann: AnnotationWriter,
                                                           nuc.class_prob.tolist())]
             colors = [info.color_of(c, p) for c, p in zip(nuc.class_index.tolist(),
                                                           nuc.class_prob.tolist())]
-            ann.write(ids, nuc.contours, groups, colors, nuc.class_prob)
-            table.write(_table_rows(ids, nuc, groups, [info.classes[c] for c in
-                                                       nuc.class_index], empty.columns))
+            out.ann.write(ids, nuc.contours, groups, colors, nuc.class_prob)
+            rows = _table_rows(ids, nuc, groups, [info.classes[c] for c in nuc.class_index],
+                               empty.columns)
+            out.table.write(rows)
+            if out.plot is not None:
+                out.plot.write(plot_rows(ids, nuc.contours, groups, rows))
+            if out.geo is not None:
+                out.geo.write(ids, nuc.contours, groups, colors,
+                              rows[_feature_columns(nuc.features)])
             np.add.at(counts, group_index, 1)
         ctx.add_time("write", time.perf_counter() - started)
 

@@ -1,4 +1,5 @@
-"""Writers: the DSA annotation (JSON) and the per-nucleus feature table (CSV + Parquet).
+"""Writers: the DSA annotation (JSON), the per-nucleus feature table (CSV + Parquet), a
+plottable table (the columns HistomicsUI's Metadata Plot reads) and a QuPath GeoJSON.
 
 Both stream: nuclei are appended batch by batch and never all sit in memory.  Both write to
 ``<final>.part`` and rename only on :meth:`commit`, so a failed run leaves no final-named file
@@ -78,6 +79,120 @@ class AnnotationWriter:
         """Drop the partial file."""
         self._fh.close()
         self._part.unlink(missing_ok=True)
+
+
+class GeoJSONWriter:
+    """Stream a GeoJSON FeatureCollection for QuPath: one ``detection`` per nucleus.
+
+    Each feature is the nucleus outline (a closed ``Polygon`` in base pixels) with
+    ``properties`` ``objectType: "detection"``, ``classification: {name, color: [r, g, b]}``
+    and ``measurements`` (every feature of the table by its HistomicsTK name; NaN left out),
+    plus ``nucleus_id``. QuPath's *File > Import objects* reads it as is; a ``.gz`` name
+    writes it gzip-compressed.
+    """
+
+    def __init__(self, path: str | Path):
+        import gzip
+
+        self.path = Path(path)
+        self._part, fh = _open_part(self.path, "wb")
+        self._fh = gzip.GzipFile(fileobj=fh, mode="wb") if self.path.suffix == ".gz" else fh
+        self._raw = fh
+        self._first = True
+        self._fh.write(b'{"type": "FeatureCollection", "features": [\n')
+
+    def write(self, ids: np.ndarray, contours: list[np.ndarray], groups: list[str],
+              colors: list[str], measurements) -> None:
+        """Append nuclei (``measurements``: a DataFrame of feature columns, one row each)."""
+        names = [c for c in measurements.columns]
+        values = measurements.to_numpy(np.float64)
+        parts = []
+        for k, (nid, pts, group, color) in enumerate(zip(ids.tolist(), contours, groups,
+                                                         colors)):
+            ring = _valid_ring(np.round(pts, 2))
+            rgb = [int(v) for v in color[4:-1].split(",")]
+            row = values[k]
+            measured = {n: float(v) for n, v in zip(names, row.tolist()) if v == v}
+            parts.append(json.dumps({
+                "type": "Feature", "id": str(nid),
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "detection", "nucleus_id": nid,
+                               "classification": {"name": group, "color": rgb},
+                               "measurements": measured}}, separators=(",", ":")))
+        if not parts:
+            return
+        text = ",\n".join(parts).encode("utf-8")
+        self._fh.write(text if self._first else b",\n" + text)
+        self._first = False
+
+    def commit(self) -> Path:
+        """Close the collection and move it to its final name."""
+        self._fh.write(b"\n]}\n")
+        self._fh.close()
+        self._raw.close()
+        os.replace(self._part, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        self._fh.close()
+        self._raw.close()
+        self._part.unlink(missing_ok=True)
+
+
+def _valid_ring(pts: np.ndarray) -> list:
+    """A closed, valid exterior ring for ``pts`` (QuPath's geometry library wants valid ones).
+
+    A nucleus narrower than two pixels somewhere is traced there out and back along the same
+    pixel centres, which makes a self-touching ring: its polygonal part is kept; a nucleus
+    that is nothing but such a line becomes the line widened by half a pixel.
+    """
+    import shapely
+    from shapely.geometry import LineString, Polygon
+
+    ring = pts.tolist()
+    if len(ring) >= 3:
+        polygon = Polygon(ring)
+        if polygon.is_valid and polygon.area > 0:
+            return ring + [ring[0]]
+        parts = [g for g in getattr(shapely.make_valid(polygon), "geoms",
+                                    [shapely.make_valid(polygon)])
+                 if g.geom_type == "Polygon" and g.area > 0]
+        if parts:
+            # (not rounded again: rounding could make a repaired ring touch itself)
+            return np.asarray(max(parts, key=lambda g: g.area).exterior.coords).tolist()
+    line = LineString(ring if len(ring) >= 2 else ring * 2)
+    return np.asarray(line.buffer(0.5).exterior.coords).tolist()
+
+
+#: the plottable table: what HistomicsUI's Metadata Plot reads from a CSV in the slide's item
+#: (the bounding box under names it recognises joins a row to its outline) and the features
+#: most worth plotting; the full table is the Parquet file
+PLOT_FEATURES = ["Size.Area", "Size.Perimeter", "Size.MajorAxisLength", "Size.MinorAxisLength",
+                 "Shape.Circularity", "Shape.Eccentricity", "Shape.Solidity",
+                 "Shape.FractalDimension", "Nucleus.Intensity.Mean", "Nucleus.Intensity.Std",
+                 "Nucleus.Gradient.Mag.Mean", "Nucleus.Haralick.Contrast.Mean",
+                 "Nucleus.Haralick.Entropy.Mean"]
+PLOT_COLUMNS = ["nucleus_id", "class", "class_probability", "min_x", "min_y", "max_x",
+                "max_y", "centroid_x", "centroid_y", *PLOT_FEATURES]
+
+
+def plot_rows(ids: np.ndarray, contours: list[np.ndarray], groups: list[str], table):
+    """The plottable rows of a batch: its outline's bounding box (the element's own, so the
+    join is exact), class, centroid and :data:`PLOT_FEATURES` of ``table``."""
+    import pandas as pd
+
+    lo = np.array([c.min(axis=0) for c in contours]) if contours else np.zeros((0, 2))
+    hi = np.array([c.max(axis=0) for c in contours]) if contours else np.zeros((0, 2))
+    frame = pd.DataFrame({
+        "nucleus_id": ids.astype(np.int64), "class": groups,
+        "class_probability": table["class_probability"].to_numpy(np.float64),
+        "min_x": lo[:, 0], "min_y": lo[:, 1], "max_x": hi[:, 0], "max_y": hi[:, 1],
+        "centroid_x": table["Identifier.CentroidX"].to_numpy(np.float64),
+        "centroid_y": table["Identifier.CentroidY"].to_numpy(np.float64)})
+    for name in PLOT_FEATURES:
+        frame[name] = table[name].to_numpy(np.float64)
+    return frame
 
 
 class FeatureTableWriter:
