@@ -1,6 +1,6 @@
 import _ from 'underscore';
 
-import View from '@girder/core/views/View';
+import Panel from '@girder/slicer_cli_web/views/Panel';
 import eventStream from '@girder/core/utilities/EventStream';
 import {getApiRoot, restRequest} from '@girder/core/rest';
 
@@ -10,7 +10,7 @@ const PREVIEW_BYTES = 65536;
 const PREVIEW_ROWS = 10;
 
 const STYLE = `
-.h-nucleus-legend .h-nl-title { font-weight: bold; margin-bottom: 4px; }
+.h-nucleus-legend .h-nl-status { font-size: 11px; color: #a60; }
 .h-nucleus-legend .h-nl-model { color: #777; font-size: 11px; }
 .h-nucleus-legend .h-nl-scope { color: #777; font-size: 11px; margin: 2px 0 4px; }
 .h-nucleus-legend .h-nl-row { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
@@ -76,15 +76,19 @@ function ensureStyle() {
 }
 
 /**
- * The "Nuclei" panel: legend of classes with counts, per-class show/hide, drawn outline
- * count, and the feature table of the last Nucleus Analysis of the slide.
+ * The "Nuclei" panel: a collapsible HistomicsUI panel (slicer_cli_web's Panel, as the other
+ * panels of the slide view) with the legend of classes and their counts, per-class show/hide,
+ * how many outlines are drawn of how many shown (and whether they are still loading), and the
+ * feature table of the last Nucleus Analysis of the slide.
  */
-const NucleusLegend = View.extend({
-    events: {
+const NucleusLegend = Panel.extend({
+    events: _.extend({}, Panel.prototype.events, {
         'change .h-nl-toggle': '_toggleClass',
         'click .h-nl-show-all': '_showAll',
-        'click .h-nl-preview-toggle': '_togglePreview'
-    },
+        'click .h-nl-preview-toggle': '_togglePreview',
+        'shown.bs.collapse': '_remember',
+        'hidden.bs.collapse': '_remember'
+    }),
 
     initialize(settings) {
         this.imageView = settings.imageView;
@@ -99,7 +103,22 @@ const NucleusLegend = View.extend({
 
     destroy() {
         window.clearInterval(this._timer);
-        View.prototype.destroy.apply(this, arguments);
+        Panel.prototype.destroy.apply(this, arguments);
+    },
+
+    _remember() {
+        this._collapsed = !this.$('.s-panel-content').hasClass('in');
+    },
+
+    /* The panel frame of HistomicsUI's panels: a title bar that collapses the content. */
+    _frame(title, content) {
+        const collapsed = !!this._collapsed;
+        this.$el.html(
+            '<div class="s-panel-title-container">' +
+            `<span class="s-panel-title h-panel-title"><span class="icon-circle-empty"></span> ${title}</span>` +
+            `<span class="s-panel-controls"><i class="${collapsed ? 'icon-down-open' : 'icon-up-open'}"></i></span></div>` +
+            `<div class="s-panel-content collapse${collapsed ? '' : ' in'}">${content}</div>`);
+        this.$('.s-panel-content').collapse({toggle: false});
     },
 
     setItem(item) {
@@ -133,7 +152,7 @@ const NucleusLegend = View.extend({
 
     render() {
         if (!this.summary) {
-            this.$el.html('<div class="h-nl-title">Nuclei</div>' +
+            this._frame('Nuclei',
                 '<div class="h-nl-empty">No nucleus analysis yet: Analyses &rarr; Nuclei &rarr; Nucleus Analysis.</div>');
             this.$el.attr('data-nuclei', 0);
             return this;
@@ -154,12 +173,13 @@ const NucleusLegend = View.extend({
                 `title="${text(f.name)}" download>${text(kind)}</a>`;
         }).join(' &middot; ');
         this.$el.attr('data-nuclei', s.nuclei);
-        this.$el.html(
-            `<div class="h-nl-title">Nuclei <span class="h-nl-total">${s.nuclei.toLocaleString()}</span></div>` +
+        this._frame(`Nuclei <span class="h-nl-total">${s.nuclei.toLocaleString()}</span>`,
             `<div class="h-nl-model">${text(s.model)} ${text(s.modelVersion)}</div>` +
             `<div class="h-nl-classes">${rows}</div>` +
             (s.classScope ? `<div class="h-nl-scope">${text(s.classScope)}</div>` : '') +
-            '<div class="h-nl-drawn">Outlines drawn: <span class="h-nl-drawn-count" data-drawn-count="0">0</span> ' +
+            '<div class="h-nl-drawn">Outlines drawn: <span class="h-nl-drawn-count" data-drawn-count="0">0</span>' +
+            ' of <span class="h-nl-shown-count" data-shown-count="0">0</span> shown ' +
+            '<span class="h-nl-status" data-loading="false"></span> ' +
             '<a class="h-nl-show-all" href="#">show all</a></div>' +
             (files ? `<div class="h-nl-files">Feature table: ${files} &middot; <a class="h-nl-preview-toggle" href="#">preview</a></div>` : '') +
             '<div class="h-nl-preview"></div>');
@@ -198,19 +218,31 @@ const NucleusLegend = View.extend({
     _countDrawn() {
         const viewer = this.imageView.viewerWidget;
         let drawn = 0;
-        if (viewer && viewer._annotations && this.summary) {
+        let shown = 0;
+        let loading = false;
+        if (this.summary) {
             this.summary.classes.forEach((c) => {
-                const entry = viewer._annotations[c.annotationId];
                 const annotation = this._annotation(c.annotationId);
-                if (entry && annotation && annotation.get('displayed')) {
+                if (!annotation || !annotation.get('displayed')) {
+                    return;
+                }
+                shown += c.count;
+                loading = loading || !!annotation._inFetch;
+                const entry = viewer && viewer._annotations ? viewer._annotations[c.annotationId] : null;
+                if (entry) {
                     (entry.features || []).forEach((feature) => {
                         drawn += (feature.data() || []).length;
                     });
+                } else {
+                    loading = true;
                 }
             });
         }
         this._drawn = drawn;
         this.$('.h-nl-drawn-count').attr('data-drawn-count', drawn).text(drawn.toLocaleString());
+        this.$('.h-nl-shown-count').attr('data-shown-count', shown).text(shown.toLocaleString());
+        this.$('.h-nl-status').attr('data-loading', loading ? 'true' : 'false')
+            .text(loading ? '(loading\u2026)' : (drawn < shown ? '(the viewer draws the outlines in view)' : ''));
         // HistomicsUI swaps its annotation collection when an image opens, so the listener of
         // initialize() may watch an old one: keep the checkboxes true to what is displayed
         this._syncToggles();

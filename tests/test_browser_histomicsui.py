@@ -138,6 +138,8 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
             pass  # the assertion below says how many were drawn
         drawn = int(page.get_attribute(".h-nl-drawn-count", "data-drawn-count"))
         assert drawn == summary["nuclei"], (drawn, summary["nuclei"])
+        assert int(page.get_attribute(".h-nl-shown-count", "data-shown-count")) == drawn
+        assert page.get_attribute(".h-nl-status", "data-loading") == "false"
         shot = _shot(page, "histomicsui_nuclei.png")
         # per-class hide: unchecking the largest class removes its outlines
         largest = max(summary["classes"], key=lambda c: c["count"])
@@ -149,7 +151,13 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
         # the feature table is reachable from the slide
         links = page.locator("#h-nucleus-legend-panel a.h-nl-file")
         assert sorted(links.nth(i).get_attribute("data-kind")
-                      for i in range(links.count())) == ["CSV", "PARQUET"]
+                      for i in range(links.count())) == ["CSV", "GEOJSON", "PARQUET"]
+        # its own collapsible panel: the title bar hides and shows the content
+        assert page.inner_text("#h-nucleus-legend-panel .s-panel-title").startswith("Nuclei")
+        page.click("#h-nucleus-legend-panel .s-panel-title-container")
+        page.wait_for_selector("#h-nucleus-legend-panel .s-panel-content", state="hidden")
+        page.click("#h-nucleus-legend-panel .s-panel-title-container")
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
         page.click("#h-nucleus-legend-panel .h-nl-preview-toggle")
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-preview table")
         assert "nucleus_id" in page.inner_text("#h-nucleus-legend-panel .h-nl-preview")

@@ -106,11 +106,17 @@ def test_rest_job_on_real_slide_posts_results(stack, full_run):
     assert "id" in element["user"]
     # feature table attached to the slide item, one CSV row per nucleus
     names = sorted(f["name"] for f in _files(stack.admin, item_id))
-    assert names == ["cmu_small_region-nuclei.csv", "cmu_small_region-nuclei.parquet",
-                     "cmu_small_region.svs"]
+    assert names == ["cmu_small_region-nuclei.csv", "cmu_small_region-nuclei.geojson",
+                     "cmu_small_region-nuclei.parquet", "cmu_small_region.svs"]
     csv = next(f for f in meta["files"] if f["name"].endswith(".csv"))
     text = stack.admin.get(f"file/{csv['_id']}/download", jsonResp=False).text
     assert len(text.strip().splitlines()) - 1 == meta["nuclei"]
+    # the item's CSV is the plottable one (bounding box names HistomicsUI joins on)
+    assert text.split("\n", 1)[0].startswith("nucleus_id,class,class_probability,min_x,")
+    # per-class statistics for comparing slides (keys without dots: Girder metadata)
+    for c in meta["classes"]:
+        stats = meta["statistics"][c["name"]]
+        assert stats["count"] == c["count"] and stats["Size_Area"]["mean"] > 0
     # progress and log streamed from the CLI
     assert full_run["progress"]["current"] == pytest.approx(1.0)
     assert "batch" in _log(full_run) and "Posted" in _log(full_run)

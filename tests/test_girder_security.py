@@ -433,7 +433,8 @@ def test_submit_twice_then_rerun_keeps_a_pathologists_edit(stack, cli_id):
     ours = _ours(stack.admin, item["_id"])
     assert sorted(a["_id"] for a in ours) == sorted(meta["annotationIds"])
     names = sorted(f["name"] for f in stack.admin.get(f"item/{item['_id']}/files"))
-    assert names == ["twice-nuclei.csv", "twice-nuclei.parquet", "twice.svs"]
+    assert names == ["twice-nuclei.csv", "twice-nuclei.geojson", "twice-nuclei.parquet",
+                     "twice.svs"]
     # a pathologist edits one class's annotation (HistomicsUI saves the whole document)
     edited = stack.admin.get(f"annotation/{ours[0]['_id']}")
     document = edited["annotation"]

@@ -413,6 +413,22 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
     return summary
 
 
+def _statistics(value) -> dict:
+    """The CLI's per-class statistics, kept only as a JSON-sized dict of numbers (keys
+    without dots, which Girder's metadata refuses: ``Size.Area`` -> ``Size_Area``)."""
+    if not isinstance(value, dict):
+        return {}
+    out = {}
+    for group, stats in list(value.items())[:64]:
+        if isinstance(group, str) and isinstance(stats, dict):
+            out[group[:100].replace(".", "_").lstrip("$")] = {
+                k[:100].replace(".", "_").lstrip("$"): v for k, v in stats.items()
+                if isinstance(k, str) and (
+                isinstance(v, (int, float)) or (isinstance(v, dict) and all(
+                    isinstance(x, (int, float)) for x in v.values())))}
+    return out
+
+
 def _swap(item: dict, job: dict, staged: list[dict], files: list[dict], summary: dict) -> dict:
     """Make the staged result the item's result; remove the previous one (not edits)."""
     item = Item().load(item["_id"], force=True)
@@ -503,6 +519,9 @@ def _summarise(job: dict, documents: list[dict], created: list[dict], tables: li
     return {
         "model": model.get("name"), "modelVersion": model.get("version"),
         "classScope": str(model.get("class_scope") or "")[:500],
+        # per class: count, mean/std/min/max of area, circularity, eccentricity, intensity
+        # and class probability (what the CLI measured), for comparing folders of slides
+        "statistics": _statistics((doc.get("attributes") or {}).get("statistics")),
         "jobId": str(job["_id"]),
         "parameters": job.get(ATTR_KEY, {}).get("parameters", {}),
         "nuclei": sum(c["count"] for c in classes), "classes": classes,

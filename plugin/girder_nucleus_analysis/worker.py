@@ -215,17 +215,21 @@ def _post_results(view: _JobView, item_id: str, outdir: Path, stem: str) -> dict
     """
     gc = view.client
     anot = outdir / f"{stem}-nuclei.anot"
-    tables = [p for p in (outdir / f"{stem}-nuclei.csv", outdir / f"{stem}-nuclei.parquet")
-              if p.is_file()]
+    # into the item: the plottable CSV (what HistomicsUI's Metadata Plot reads; the full
+    # table is the Parquet file) and the QuPath GeoJSON; the full CSV stays behind
+    outputs = [(outdir / f"{stem}-nuclei-plot.csv", f"{stem}-nuclei.csv", "text/csv"),
+               (outdir / f"{stem}-nuclei.parquet", f"{stem}-nuclei.parquet",
+                "application/vnd.apache.parquet"),
+               (outdir / f"{stem}-nuclei.geojson", f"{stem}-nuclei.geojson",
+                "application/geo+json")]
     if not anot.is_file():
         raise AnalysisFailed(f"{CLI_NAME} exited 0 but wrote no annotation file")
+    files = [(anot, anot.name, "application/json")] + [o for o in outputs if o[0].is_file()]
     uploaded = []
     try:
-        for path, mime in [(anot, "application/json")] + [
-                (p, "text/csv" if p.suffix == ".csv" else "application/vnd.apache.parquet")
-                for p in tables]:
+        for path, name, mime in files:
             with open(path, "rb") as stream:
-                file = gc.uploadFile(item_id, stream, f"{path.name}{PENDING}{view.job_id}",
+                file = gc.uploadFile(item_id, stream, f"{name}{PENDING}{view.job_id}",
                                      path.stat().st_size, parentType="item", mimeType=mime)
             uploaded.append(file["_id"])
     except Exception as e:
@@ -301,7 +305,9 @@ def run_nucleus_analysis(self, item_id: str, file_id: str, slide_name: str, cli_
             outdir.mkdir()
             stem = Path(slide_name).stem or "slide"
             cmd = [*cli_command(), cli_name, slide, str(outdir / f"{stem}-nuclei.anot"),
-                   str(outdir / f"{stem}-nuclei.csv"), *cli_args]
+                   str(outdir / f"{stem}-nuclei.csv"), *cli_args,
+                   f"--plot-table={outdir / f'{stem}-nuclei-plot.csv'}",
+                   f"--qupath-file={outdir / f'{stem}-nuclei.geojson'}"]
             view.log("Running " + " ".join([cli_name, *cli_args]))
             view.log(deployment_summary())
             run_cli(cmd, view, workdir)

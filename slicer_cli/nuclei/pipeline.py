@@ -83,6 +83,49 @@ class _Context:
             self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
 
+#: columns summarised per class in the annotation's attributes (and the item's metadata)
+SUMMARY_COLUMNS = ("Size.Area", "Shape.Circularity", "Shape.Eccentricity",
+                   "Nucleus.Intensity.Mean", "class_probability")
+
+
+class _Summary:
+    """Per class: count, mean, standard deviation, min and max of :data:`SUMMARY_COLUMNS`,
+    accumulated batch by batch (so folders of slides can be compared from metadata)."""
+
+    def __init__(self) -> None:
+        self.acc: dict[str, dict[str, list[float]]] = {}
+
+    def add(self, rows: pd.DataFrame) -> None:
+        for group, part in rows.groupby("class", sort=False):
+            entry = self.acc.setdefault(str(group), {})
+            entry.setdefault("n", [0.0])[0] += len(part)
+            for column in SUMMARY_COLUMNS:
+                v = part[column].to_numpy(np.float64)
+                v = v[np.isfinite(v)]
+                s = entry.setdefault(column, [0.0, 0.0, 0.0, np.inf, -np.inf])
+                s[0] += len(v)
+                s[1] += float(v.sum())
+                s[2] += float((v * v).sum())
+                if len(v):
+                    s[3], s[4] = min(s[3], float(v.min())), max(s[4], float(v.max()))
+
+    def result(self, mpp: float) -> dict:
+        out = {}
+        for group, entry in self.acc.items():
+            stats: dict = {"count": int(entry["n"][0])}
+            for column in SUMMARY_COLUMNS:
+                n, total, squares, lo, hi = entry[column]
+                if n:
+                    mean = total / n
+                    std = float(np.sqrt(max(squares / n - mean * mean, 0.0)))
+                    stats[column] = {"mean": round(mean, 6), "std": round(std, 6),
+                                     "min": round(lo, 6), "max": round(hi, 6)}
+            if "Size.Area" in stats:
+                stats["area_um2_mean"] = round(stats["Size.Area"]["mean"] * mpp * mpp, 4)
+            out[group] = stats
+        return out
+
+
 @dataclass
 class _Outputs:
     """The writers of one run: committed together, or all aborted."""
@@ -92,8 +135,8 @@ class _Outputs:
     plot: FeatureTableWriter | None = None
     geo: GeoJSONWriter | None = None
 
-    def commit(self) -> list[str]:
-        done = [str(self.ann.commit())] + [str(p) for p in self.table.commit()]
+    def commit(self, **attributes) -> list[str]:
+        done = [str(self.ann.commit(**attributes))] + [str(p) for p in self.table.commit()]
         done += [str(p) for p in self.plot.commit()] if self.plot else []
         done += [str(self.geo.commit())] if self.geo else []
         return done
@@ -172,8 +215,9 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
             out.table = FeatureTableWriter(table_path, parquet)
             out.plot = FeatureTableWriter(plot_table_path) if plot_table_path else None
             out.geo = GeoJSONWriter(qupath_path) if qupath_path else None
-            counts, inference_s = _run_batches(ctx, plan, out, report)
-            outputs = out.commit()
+            summary = _Summary()
+            counts, inference_s = _run_batches(ctx, plan, out, report, summary)
+            outputs = out.commit(statistics=summary.result(info.mpp))
         except BaseException:
             out.abort()
             raise
@@ -190,7 +234,7 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
         timings={k: round(v, 3) for k, v in ctx.timings.items()})
 
 
-def _run_batches(ctx: _Context, plan: TilePlan, out: _Outputs, report
+def _run_batches(ctx: _Context, plan: TilePlan, out: _Outputs, report, summary: _Summary
                  ) -> tuple[np.ndarray, float]:
     """Run every batch and write results in tile order; return class counts, inference s."""
     info = ctx.info
@@ -231,6 +275,7 @@ def _run_batches(ctx: _Context, plan: TilePlan, out: _Outputs, report
             rows = _table_rows(ids, nuc, groups, [info.classes[c] for c in nuc.class_index],
                                empty.columns)
             out.table.write(rows)
+            summary.add(rows)
             if out.plot is not None:
                 out.plot.write(plot_rows(ids, nuc.contours, groups, rows))
             if out.geo is not None:

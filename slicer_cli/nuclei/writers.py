@@ -40,15 +40,18 @@ class AnnotationWriter:
     name, description : str
         Annotation name and description as HistomicsUI lists them.
     attributes : dict
-        Model, version and parameters of the run (never a token).
+        Model, version and parameters of the run (never a token). Written after the
+        elements, on :meth:`commit`, with what the run measured added (JSON objects have no
+        order).
     """
 
     def __init__(self, path: str | Path, name: str, description: str, attributes: dict):
         self.path = Path(path)
         self._part, self._fh = _open_part(self.path)
         self._first = True
+        self.attributes = dict(attributes)
         head = json.dumps({"name": name, "description": description,
-                           "attributes": attributes, "display": {"visible": True}})
+                           "display": {"visible": True}})
         self._fh.write(head[:-1] + ', "elements": [\n')
 
     def write(self, ids: np.ndarray, contours: list[np.ndarray], groups: list[str],
@@ -68,9 +71,11 @@ class AnnotationWriter:
         self._fh.write(text if self._first else ",\n" + text)
         self._first = False
 
-    def commit(self) -> Path:
-        """Close the document and move it to its final name."""
-        self._fh.write("\n]}\n")
+    def commit(self, **more_attributes) -> Path:
+        """Close the document (attributes last, ``more_attributes`` added) and move it to its
+        final name."""
+        attributes = {**self.attributes, **more_attributes}
+        self._fh.write(f"\n], \"attributes\": {json.dumps(attributes)}}}\n")
         self._fh.close()
         os.replace(self._part, self.path)
         return self.path
