@@ -29,6 +29,8 @@ EXTRAS = {
         "girder-large-image==1.35.6",
         "girder-large-image-annotation==1.35.6",
         "histomicsui==1.8.1",
+        # the result ingest parses the annotation as a stream (bounded memory)
+        "ijson>=3.2",
     ],
     "train": ["torch==2.13.0", "onnx>=1.15"],
     "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.5", "jsonschema>=4"],

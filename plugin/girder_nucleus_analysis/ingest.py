@@ -33,11 +33,9 @@ superseded, 500 (with the error's type) for anything else.
 from __future__ import annotations
 
 import datetime
-import math
 import threading
 
 import jsonschema
-import orjson
 from girder import logger
 from girder.api.rest import RestException
 from girder.constants import AccessType
@@ -50,6 +48,7 @@ from girder.models.user import User
 from girder_jobs.models.job import Job
 from girder_large_image_annotation.models.annotation import Annotation
 
+from .annotation_stream import ElementValidator, StagedClass, Stager, stage_file
 from .constants import (
     ATTR_KEY,
     JOB_TYPE,
@@ -95,36 +94,6 @@ def _order(job: dict) -> str:
     return f"{created:%Y%m%dT%H%M%S.%f}-{job['_id']}"
 
 
-def _read_document(file: dict) -> dict:
-    limit = max_annotation_bytes()
-    if file["size"] > limit:
-        raise ValidationException(f"annotation file is {file['size']} bytes, more than this "
-                                  f"server reads ({limit}, large_image's "
-                                  "max_annotation_input_file_length)")
-    chunks = []
-    with File().open(file) as handle:
-        while chunk := handle.read(16 * 1024 ** 2):
-            chunks.append(chunk)
-    try:
-        doc = orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError as e:
-        raise ValidationException(f"annotation file is not JSON: {e}") from e
-    if isinstance(doc, dict) and "annotation" in doc:
-        doc = doc["annotation"]
-    if not isinstance(doc, dict) or not isinstance(doc.get("elements"), list):
-        raise ValidationException("annotation file must hold ONE annotation document "
-                                  "(an object with an 'elements' list)")
-    return doc
-
-
-def _points_ok(points) -> bool:
-    try:
-        return len(points) >= 2 and all(
-            len(p) == 3 and math.isfinite(p[0] + p[1] + p[2]) for p in points)
-    except TypeError:
-        return False
-
-
 def _why(error: jsonschema.ValidationError) -> str:
     """The most relevant schema complaint, short enough to read in a job log.
 
@@ -145,62 +114,6 @@ def _why(error: jsonschema.ValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
-def _signature(element: dict) -> tuple:
-    """What must match for two polylines to pass or fail large_image's schema alike."""
-    user = element.get("user")
-    user_sig = tuple(sorted((k, type(v).__name__) for k, v in user.items())) \
-        if isinstance(user, dict) else type(user).__name__
-    return (tuple(sorted(element)), element.get("type"), element.get("closed"),
-            element.get("group"), element.get("lineColor"), element.get("lineWidth"),
-            element.get("label") if isinstance(element.get("label"), str) else None, user_sig)
-
-
-def validate_document(doc: dict) -> None:
-    """Validate one annotation document against large_image's schema, fast for many nuclei.
-
-    large_image validates every element with jsonschema unless consecutive elements look
-    alike, and an integer ``user.id`` (our nucleus id) defeats its look-alike test: 12 ms per
-    nucleus. Here each distinct polyline *signature* (keys, type, closed, group, colours,
-    width, ``user`` keys and types) is validated once with large_image's own element schema,
-    and every element's points are checked to be finite ``[x, y, z]`` triples (what the schema
-    asks of them); elements of other types are validated one by one.
-
-    Raises
-    ------
-    ValidationException
-        Naming the first offending element.
-    """
-    model = Annotation()
-    top = {k: v for k, v in doc.items() if k != "elements"}
-    try:
-        model.validatorAnnotation.validate({**top, "elements": []})
-    except jsonschema.ValidationError as e:
-        raise ValidationException(f"annotation: {_why(e)}") from e
-    seen: set = set()
-    ids = set()
-    for index, element in enumerate(doc["elements"]):
-        if not isinstance(element, dict):
-            raise ValidationException(f"element {index} is not an object")
-        if any(key.startswith("_") for key in element):
-            raise ValidationException(f"element {index} has a key starting with '_'")
-        if "id" in element:
-            if element["id"] in ids:
-                raise ValidationException(f"element {index}: duplicate id {element['id']}")
-            ids.add(element["id"])
-        polyline = element.get("type") == "polyline" and "id" not in element
-        if polyline and not _points_ok(element.get("points")):
-            raise ValidationException(f"element {index}: points must be two or more "
-                                      "finite [x, y, z] triples")
-        signature = _signature(element) if polyline else None
-        if signature is None or signature not in seen:
-            try:
-                model.validatorAnnotationElement.validate(element)
-            except jsonschema.ValidationError as e:
-                raise ValidationException(f"element {index}: {_why(e)}") from e
-            if signature is not None:
-                seen.add(signature)
-
-
 def _stage(item: dict, user: dict, document: dict) -> dict:
     """large_image's ``createAnnotation`` without its per-element re-validation, attached to
     no item yet (readers of the item do not see it until :func:`_swap`)."""
@@ -215,43 +128,26 @@ def _stage(item: dict, user: dict, document: dict) -> dict:
     return model.save(doc, validate=False)
 
 
-def split_by_class(doc: dict, job_id: str) -> list[dict]:
-    """One annotation document per element ``group`` (class), in first-seen class order.
+def _staged(staged: list[dict], annotation: dict) -> dict:
+    staged.append(annotation)
+    return annotation
 
-    Parameters
-    ----------
-    doc : dict
-        The CLI's annotation document.
-    job_id : str
-        Recorded in each document's ``attributes.nucleusAnalysis``.
 
-    Returns
-    -------
-    list of dict
-        Documents named ``"<name>: <class>"``; one document with no elements if none.
-    """
-    by_class: dict[str, list] = {}
-    for element in doc["elements"]:
-        group = element.get("group") if isinstance(element, dict) else None
-        by_class.setdefault(group if isinstance(group, str) and group else "unclassified",
-                            []).append(element)
-    base = str(doc.get("name") or "Nuclei")
-    attributes = dict(doc.get("attributes") or {})
-    if not by_class:
-        return [{**doc, "attributes": {**attributes, ATTR_KEY: {
-            "jobId": job_id, "class": None, "count": 0}}}]
-    out = []
-    for name, elements in by_class.items():
-        color = elements[0].get("lineColor") if isinstance(elements[0], dict) else None
-        out.append({
-            "name": f"{base}: {name}",
-            "description": doc.get("description", ""),
-            "attributes": {**attributes, ATTR_KEY: {
-                "jobId": job_id, "class": name, "count": len(elements), "color": color}},
-            "display": doc.get("display", {"visible": True}),
-            "elements": elements,
-        })
-    return out
+def _describe(classes: list[StagedClass], header: dict, job_id: str) -> None:
+    """Name, describe and count each staged class annotation (raw updates: still staged)."""
+    base = str(header.get("name") or "Nuclei")
+    attributes = dict(header.get("attributes") or {}) if isinstance(
+        header.get("attributes"), dict) else {}
+    for staged in classes:
+        marker = {"jobId": job_id, "class": staged.name, "count": staged.count,
+                  "color": staged.color}
+        Annotation().update({"_id": staged.annotation["_id"]}, {"$set": {
+            "annotation.name": f"{base}: {staged.name}" if staged.name else base,
+            "annotation.description": str(header.get("description") or ""),
+            "annotation.attributes": {**attributes, ATTR_KEY: marker},
+            "annotation.display": header.get("display") or {"visible": True},
+            "_elementCount": staged.count, "_detailsCount": staged.details,
+            "groups": [staged.name] if staged.name else []}}, multi=False)
 
 
 def _remove_files(files: list[dict]) -> None:
@@ -263,9 +159,13 @@ def _remove_files(files: list[dict]) -> None:
 
 
 def _remove_annotations(annotations: list[dict]) -> None:
+    """Delete staged annotations and their elements for good (never shown, no history)."""
+    from girder_large_image_annotation.models.annotationelement import Annotationelement
+
     for annotation in annotations:
         try:
-            Annotation().remove(annotation)
+            Annotationelement().removeElements(annotation)
+            Annotation().collection.delete_one({"_id": annotation["_id"]})
         except Exception:
             logger.exception("Nucleus Analysis: could not remove annotation %s",
                              annotation.get("_id"))
@@ -380,13 +280,20 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
         _check_pending(files, job_id)
         with _item_lock(item["_id"]):
             _claim(item, job)
-            doc = _read_document(files[0])
-            documents = split_by_class(doc, job_id)
-            for document in documents:  # validate all before creating anything
-                validate_document(document)
-            for document in documents:
-                staged.append(_stage(item, user, document))
-            summary = _summarise(job, documents, staged, files[1:], doc)
+            stager = Stager(lambda document: _staged(staged, _stage(item, user, document)))
+            header = stage_file(files[0], ElementValidator(Annotation(), _why), stager,
+                                max_annotation_bytes())
+            try:
+                Annotation().validatorAnnotation.validate({**header, "elements": []})
+            except jsonschema.ValidationError as e:
+                raise ValidationException(f"annotation: {_why(e)}") from e
+            classes = stager.finish()
+            if not classes:  # no nucleus: one empty annotation says so
+                classes = [StagedClass("unclassified", _staged(staged, _stage(
+                    item, user, {"name": "Nuclei", "elements": []})))]
+                classes[0].name = None
+            _describe(classes, header, job_id)
+            summary = _summarise(job, classes, files[1:], header)
             if not _still_claimed(item, job):
                 raise Superseded("a newer Nucleus Analysis of this item claimed it meanwhile")
             summary = _swap(item, job, staged, files, summary)
@@ -397,7 +304,7 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
         _remove_files([f for f in files if _is_pending(f, job_id)])
         if job is not None and not isinstance(e, Superseded):
             _release(item, job)
-        if isinstance(e, (ValidationException, orjson.JSONDecodeError)):
+        if isinstance(e, ValidationException):
             raise RestException(f"Nucleus Analysis results rejected: {e}") from e
         if isinstance(e, Superseded):
             raise RestException(f"Nucleus Analysis results discarded: {e}", 409) from e
@@ -507,21 +414,18 @@ def _retire_previous(item: dict, keep: set) -> list[str]:
     return kept
 
 
-def _summarise(job: dict, documents: list[dict], created: list[dict], tables: list[dict],
-               doc: dict) -> dict:
-    model = (doc.get("attributes") or {}).get("model") or {}
-    classes = []
-    for document, annotation in zip(documents, created, strict=True):
-        info = document["attributes"][ATTR_KEY]
-        if info["class"] is not None:
-            classes.append({"name": info["class"], "count": info["count"],
-                            "color": info.get("color"), "annotationId": str(annotation["_id"])})
+def _summarise(job: dict, staged: list[StagedClass], tables: list[dict], header: dict) -> dict:
+    attributes = header.get("attributes") if isinstance(header.get("attributes"), dict) else {}
+    model = attributes.get("model") if isinstance(attributes.get("model"), dict) else {}
+    classes = [{"name": c.name, "count": c.count, "color": c.color,
+                "annotationId": str(c.annotation["_id"])} for c in staged if c.name]
+    created = [c.annotation for c in staged]
     return {
         "model": model.get("name"), "modelVersion": model.get("version"),
         "classScope": str(model.get("class_scope") or "")[:500],
         # per class: count, mean/std/min/max of area, circularity, eccentricity, intensity
         # and class probability (what the CLI measured), for comparing folders of slides
-        "statistics": _statistics((doc.get("attributes") or {}).get("statistics")),
+        "statistics": _statistics(attributes.get("statistics")),
         "jobId": str(job["_id"]),
         "parameters": job.get(ATTR_KEY, {}).get("parameters", {}),
         "nuclei": sum(c["count"] for c in classes), "classes": classes,
