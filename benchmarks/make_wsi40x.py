@@ -81,8 +81,9 @@ def _level_tiles(patch: np.ndarray, downsample: int) -> tuple[list[bytes], int]:
 
 
 def make_wsi(out: Path, width: int = 86016, height: int = 65536,
-             source: Path | None = None) -> dict:
-    """Write the slide; return its facts (size, levels, tiles, file bytes)."""
+             source: Path | None = None, mpp: float = MPP) -> dict:
+    """Write the slide (base resolution ``mpp``); return its facts (size, levels, tiles,
+    file bytes)."""
     patch = tissue_patch(source)
     levels = _levels(width, height)
     blobs: list[bytes] = []
@@ -104,7 +105,7 @@ def make_wsi(out: Path, width: int = 86016, height: int = 65536,
             fh.write(blob)
         ifd_link = 8                                      # where the next IFD offset goes
         for k, (w, h, d, index) in enumerate(pages):
-            res = 1e4 / (MPP * d)                         # pixels per centimetre
+            res = 1e4 / (mpp * d)                         # pixels per centimetre
             tile_offsets = np.array([offsets[i] for i in index], dtype="<u8")
             tile_counts = np.array([len(blobs[i]) for i in index], dtype="<u8")
             arrays = {324: tile_offsets.tobytes(), 325: tile_counts.tobytes()}
@@ -145,7 +146,7 @@ def make_wsi(out: Path, width: int = 86016, height: int = 65536,
             fh.seek(0, 2)
             ifd_link = next_link
     part.replace(out)
-    return {"width": width, "height": height, "mpp": MPP, "levels": len(pages),
+    return {"width": width, "height": height, "mpp": mpp, "levels": len(pages),
             "base_tiles": len(pages[0][3]), "distinct_tiles": len(blobs),
             "gigapixels": round(width * height / 1e9, 3), "bytes": out.stat().st_size}
 

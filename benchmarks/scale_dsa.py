@@ -1,0 +1,221 @@
+"""A real whole slide's nuclei inside the DSA: ingest, annotation GETs and the viewer.
+
+The fixture is histolytics' ``hgsc_nuclei_wsi.parquet`` (592,349 nucleus polygons with their
+classes, from one whole-slide image; no image), laid on a generated slide of the same size
+at 0.5 um/px (``make_wsi40x.make_wsi``: real tissue tiles sharing their bytes). The nuclei
+are written through the project's own writers (annotation, Parquet table, plottable CSV),
+posted through the plugin's real result path on the dev stack (real Girder over HTTP, real
+broker; the job is queued while no worker runs, so nothing else computes), then read back as
+HistomicsUI reads them, and optionally drawn by HistomicsUI in Chromium.
+
+Prints (and writes as JSON with ``--json``): ingest wall seconds, the Girder process's RSS
+before and its peak during the ingest, the centroid GET of the largest class (what the viewer
+asks at whole-slide zoom), a 1 mm field's region GET (what it asks zoomed in), and with
+``--browser`` the seconds to the first outline drawn at whole-slide zoom and until every
+nucleus is drawn there.
+
+Usage: ``python -m benchmarks.scale_dsa [--nuclei 50000] [--browser] [--json out.json]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "data" / "hgsc_nuclei_wsi.parquet"
+MPP = 0.5
+COLORS = {"neoplastic": "rgb(220,20,60)", "connective": "rgb(0,160,0)",
+          "inflammatory": "rgb(255,200,0)", "macrophage_cell": "rgb(0,120,255)",
+          "dead": "rgb(90,90,90)", "macrophage_nucleus": "rgb(150,0,200)"}
+
+
+def load_nuclei(n: int | None = None):
+    """``(contours, classes)`` of the fixture; ``n`` keeps an evenly spread subset."""
+    import pyarrow.parquet as pq
+    import shapely
+
+    table = pq.read_table(FIXTURE)
+    keep = np.arange(table.num_rows)
+    if n and n < table.num_rows:
+        keep = np.linspace(0, table.num_rows - 1, n).astype(np.int64)
+    geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)[keep])
+    classes = np.asarray(table.column("class_name").to_pylist(), dtype=object)[keep]
+    contours = [np.asarray(g.exterior.coords)[:-1] if g.geom_type == "Polygon"
+                else np.asarray(max(g.geoms, key=lambda p: p.area).exterior.coords)[:-1]
+                for g in geoms]
+    return contours, classes
+
+
+def write_outputs(contours, classes, workdir: Path, stem: str) -> dict:
+    """The annotation, Parquet table and plottable CSV, through the project's writers."""
+    import pandas as pd
+    import shapely
+
+    from slicer_cli.nuclei.writers import AnnotationWriter, FeatureTableWriter
+
+    names = sorted(set(classes))
+    t0 = time.perf_counter()
+    ann = AnnotationWriter(workdir / f"{stem}-nuclei.anot", name="Nuclei (hgsc_nuclei_wsi)",
+                           description="histolytics 0.3.0 hgsc_nuclei_wsi.parquet",
+                           attributes={"model": {"name": "hgsc_nuclei_wsi fixture",
+                                                 "version": "histolytics-0.3.0",
+                                                 "classes": names}})
+    table = FeatureTableWriter(workdir / f"{stem}-nuclei-full.csv",
+                               workdir / f"{stem}-nuclei.parquet")
+    plot = FeatureTableWriter(workdir / f"{stem}-nuclei-plot.csv")
+    step = 20_000
+    for lo in range(0, len(contours), step):
+        part = contours[lo:lo + step]
+        groups = [str(c) for c in classes[lo:lo + step]]
+        ids = np.arange(lo + 1, lo + len(part) + 1)
+        ann.write(ids, part, groups, [COLORS.get(g, "rgb(0,0,0)") for g in groups],
+                  np.ones(len(part)))
+        polys = np.array([shapely.Polygon(p) for p in part], dtype=object)
+        lo_xy = np.array([p.min(axis=0) for p in part])
+        hi_xy = np.array([p.max(axis=0) for p in part])
+        cent = shapely.get_coordinates(shapely.centroid(polys))
+        frame = pd.DataFrame({"nucleus_id": ids, "class": groups,
+                              "min_x": lo_xy[:, 0], "min_y": lo_xy[:, 1], "max_x": hi_xy[:, 0],
+                              "max_y": hi_xy[:, 1], "centroid_x": cent[:, 0],
+                              "centroid_y": cent[:, 1], "Size.Area": shapely.area(polys),
+                              "Size.Perimeter": shapely.length(polys)})
+        table.write(frame)
+        plot.write(frame)
+    ann.commit()
+    table.commit()
+    plot.commit()
+    return {"write_s": round(time.perf_counter() - t0, 1),
+            "annotation_bytes": (workdir / f"{stem}-nuclei.anot").stat().st_size}
+
+
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """``(VmRSS, VmHWM)`` of a process in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def run(n: int | None, browser: bool, workdir: Path) -> dict:
+    """Write, ingest, read back (and draw); the figures."""
+    import requests
+
+    from benchmarks.make_wsi40x import make_wsi
+    from tests.girder_stack import Stack
+
+    contours, classes = load_nuclei(n)
+    report: dict = {"nuclei": len(contours)}
+    hi = np.max([c.max(axis=0) for c in contours], axis=0)
+    width, height = (int(-(-(v + 1) // 512) * 512) for v in hi)
+    stem = "hgsc_wsi"
+    report["slide"] = make_wsi(workdir / f"{stem}.tiff", width, height, mpp=MPP)
+    report["writers"] = write_outputs(contours, classes, workdir, stem)
+    with Stack(workdir / "stack") as stack:
+        stack.provision()
+        item = stack.upload_slide(workdir / f"{stem}.tiff")
+        gc = stack.admin
+        stack.stop_worker()  # the job stays queued: only the ingest runs
+        job = gc.post(f"nucleus_analysis/item/{item['_id']}/run", json={})
+        uploads = []
+        for local, name in ((f"{stem}-nuclei.anot", f"{stem}-nuclei.anot"),
+                            (f"{stem}-nuclei-plot.csv", f"{stem}-nuclei.csv"),
+                            (f"{stem}-nuclei.parquet", f"{stem}-nuclei.parquet")):
+            path = workdir / local
+            with open(path, "rb") as stream:
+                uploads.append(gc.uploadFile(item["_id"], stream,
+                                             f"{name}.pending-{job['_id']}",
+                                             path.stat().st_size)["_id"])
+        girder_pid = stack.services[1].proc.pid
+        rss0, _ = _rss_kib(girder_pid)
+        t0 = time.perf_counter()
+        summary = gc.post(f"nucleus_analysis/item/{item['_id']}/result", parameters={
+            "jobId": job["_id"], "annotationFileId": uploads[0],
+            "tableFileIds": json.dumps(uploads[1:])})
+        report["ingest_s"] = round(time.perf_counter() - t0, 1)
+        rss1, peak = _rss_kib(girder_pid)
+        report["girder_rss_mib"] = {"before": rss0 // 1024, "after": rss1 // 1024,
+                                    "peak_ever": peak // 1024}
+        report["stored"] = {c["name"]: c["count"] for c in summary["classes"]}
+        largest = max(summary["classes"], key=lambda c: c["count"])
+        headers = {"Girder-Token": gc.token}
+        t0 = time.perf_counter()
+        r = requests.get(f"{stack.api_url}/annotation/{largest['annotationId']}",
+                         params={"centroids": "true"}, headers=headers, timeout=1800)
+        r.raise_for_status()
+        report["centroids_get"] = {"class": largest["name"], "elements": largest["count"],
+                                   "seconds": round(time.perf_counter() - t0, 2),
+                                   "bytes": len(r.content)}
+        cx, cy = width / 2, height / 2
+        field = 1000.0 / MPP / 2  # half a millimetre
+        t0 = time.perf_counter()
+        r = requests.get(f"{stack.api_url}/annotation/{largest['annotationId']}", params={
+            "left": cx - field, "top": cy - field, "right": cx + field, "bottom": cy + field},
+            headers=headers, timeout=1800)
+        r.raise_for_status()
+        report["field_1mm_get"] = {"seconds": round(time.perf_counter() - t0, 2),
+                                   "elements": len(r.json()["annotation"]["elements"])}
+        if browser:
+            report["browser"] = _browser(stack, item, summary)
+        stack.start_worker()
+        gc.put(f"job/{job['_id']}/cancel")
+    return report
+
+
+def _browser(stack, item, summary) -> dict:
+    """Open the slide in HistomicsUI; seconds to the first and to every nucleus drawn."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser_histomicsui import CHROMIUM, FLAGS, _login
+
+    root = stack.api_url.rsplit("/api/v1", 1)[0]
+    total = summary["nuclei"]
+    out: dict = {"nuclei": total}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+        page.set_default_timeout(600_000)
+        _login(page, root)
+        t0 = time.perf_counter()
+        page.goto(f"{root}/histomics#?image={item['_id']}")
+        page.reload()
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-show-all")
+        page.click("#h-nucleus-legend-panel .h-nl-show-all")
+        count = "() => Number(document.querySelector('.h-nl-drawn-count')" \
+                ".getAttribute('data-drawn-count'))"
+        page.wait_for_function(f"() => ({count})() > 0")
+        out["first_draw_s"] = round(time.perf_counter() - t0, 1)
+        try:
+            page.wait_for_function(f"() => ({count})() >= {total}", timeout=300_000)
+            out["all_drawn_s"] = round(time.perf_counter() - t0, 1)
+        except Exception:
+            out["all_drawn_s"] = None
+        out["drawn"] = page.evaluate(count)
+        t1 = time.perf_counter()
+        page.evaluate("() => 1")  # the page answers (responsive)
+        out["page_answer_s"] = round(time.perf_counter() - t1, 3)
+        browser.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nuclei", type=int, default=None, help="a spread subset (default all)")
+    p.add_argument("--browser", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="scale_dsa_") as tmp:
+        report = run(args.nuclei, args.browser, Path(tmp))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
