@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slicer_cli.nuclei.network import UNet, normalise
+from slicer_cli.nuclei.network import UNet, normalise, save_weights
 
 from .augment import photometric
 from .calibrate import calibrate
@@ -270,6 +270,8 @@ def train(args: argparse.Namespace) -> dict:
         temperature = settings["temperature"]
         log(f"thresholds {tuned} and temperature {temperature} from {args.settings_from}")
     onnx_file = export_onnx(teacher, onnx_path, temperature)
+    # the same network for the PyTorch backend (weights + architecture, no pickled code)
+    save_weights(teacher, onnx_path.with_name("model.pt"), temperature)
     write_config(args.model_dir, version=args.version, fg_threshold=tuned["fg_threshold"],
                  seed_threshold=tuned["seed_threshold"], min_area_px=tuned["min_area_px"],
                  uncertain_below=UNCERTAIN_BELOW, temperature=temperature)

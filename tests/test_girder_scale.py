@@ -1,0 +1,27 @@
+"""50,000 real nuclei (an evenly spread subset of histolytics' 592,349) through the DSA:
+written by the project's writers, ingested by the plugin's result path, read back as
+HistomicsUI reads them, and every one drawn at whole-slide zoom in Chromium.
+
+The full-size run is ``python -m benchmarks.scale_dsa --browser`` (BENCHMARKS.md)."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.scale_dsa import FIXTURE, run
+
+pytestmark = [pytest.mark.girder, pytest.mark.browser, pytest.mark.slow]
+
+
+def test_50k_real_nuclei_are_stored_and_all_drawn(tmp_path):
+    if not FIXTURE.is_file():
+        pytest.fail(f"{FIXTURE} is missing: run scripts/fetch_data.py")
+    report = run(50_000, browser=True, workdir=tmp_path)
+    print(f"\n{report}")
+    assert sum(report["stored"].values()) == 50_000
+    assert set(report["stored"]) == {"neoplastic", "connective", "inflammatory",
+                                     "macrophage_cell", "dead", "macrophage_nucleus"}
+    largest = report["centroids_get"]
+    # large_image's binary centroids: a fixed header and 28 bytes per element
+    assert largest["bytes"] >= 28 * largest["elements"]
+    assert report["field_1mm_get"]["elements"] > 0
+    assert report["browser"]["drawn"] >= 50_000, report["browser"]
