@@ -1,7 +1,7 @@
 """Augmentations for what real slides do to a tile: geometry and image degradations.
 
-Geometry (one ``cv2.remap`` per crop, applied alike to the image and its labels): any
-rotation, a flip, scale 0.7-1.4 around the training resolution (0.5 um/px), a sub-pixel
+Geometry (one ``cv2.remap`` per crop, applied alike to the image and its labels): a
+quarter turn plus up to 15 degrees, a flip, scale 0.7-1.4 around the training resolution (0.5 um/px), a sub-pixel
 position (the crop centre is continuous), and a smooth elastic deformation.
 
 Image (the labels are untouched): H&E stain jitter in optical-density space (Tellez et al.
@@ -18,7 +18,7 @@ import numpy as np
 
 SCALE_RANGE = (0.7, 1.4)
 #: elastic deformation: displacement amplitude (px) and control-point spacing (px)
-ELASTIC_PX = 3.0
+ELASTIC_PX = 2.0
 ELASTIC_GRID_PX = 48
 JPEG_QUALITY = (40, 95)
 
@@ -62,7 +62,9 @@ def random_warp(size: int, centre: tuple[float, float], rng: np.random.Generator
     ``s`` is source pixels per output pixel, log-uniform in ``scale_range``.
     """
     s = float(np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))))
-    theta = rng.uniform(0, 2 * np.pi) if rotate else 0.0
+    # a quarter turn plus up to 15 degrees: every orientation, mostly near the pixel grid
+    theta = (int(rng.integers(4)) * np.pi / 2 + rng.uniform(-np.pi / 12, np.pi / 12)
+             if rotate else 0.0)
     flip = -1.0 if (rotate and rng.integers(2)) else 1.0
     c, si = np.cos(theta) * s, np.sin(theta) * s
     v, u = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -126,10 +128,10 @@ def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     image = hed_jitter(image, rng)
     if rng.random() < 0.5:
         image = hsv_jitter(image, rng)
-    if rng.random() < 0.3:
+    if rng.random() < 0.25:
         image = blur(image, rng.uniform(0.3, 1.2))
-    if rng.random() < 0.3:
+    if rng.random() < 0.25:
         image = noise(image, rng.uniform(1.0, 8.0), rng)
-    if rng.random() < 0.6:
+    if rng.random() < 0.5:
         image = jpeg(image, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
     return image

@@ -67,9 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stride-2 stem, no 3x3 convolution at full resolution (3.0.0)")
     p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=True,
                    help="low-pass the input before the stride-2 stem (4.0.0)")
-    p.add_argument("--head-width", type=int, default=8,
-                   help="channels of the full-resolution head (4.0.0: 8, paying for the "
-                        "low-pass; 3.0.0 had the first level's 12)")
+    p.add_argument("--head-width", type=int, default=None,
+                   help="channels of a transposed-convolution head (3.0.0: the first "
+                        "level's 12)")
+    p.add_argument("--blur-pools", type=int, default=2,
+                   help="anti-aliased max-poolings, from the first (4.0.0: 2)")
+    p.add_argument("--bilinear-head", action=argparse.BooleanOptionalAction, default=True,
+                   help="half-resolution logits, bilinear to full resolution (4.0.0)")
     p.add_argument("--split", choices=("heldout", "all"), default="heldout",
                    help="heldout: keep the held-out quadrant and validation block out (the "
                         "measured run); all: train on every labelled pixel (the shipped run)")
@@ -79,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--consistency", type=int, default=4,
                    help="consistency crop pairs per iteration (0: supervised only)")
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
-    p.add_argument("--w-cons", type=float, default=2.0)
+    p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -179,7 +183,8 @@ def train(args: argparse.Namespace) -> dict:
 
         pool = UnlabelledPool()
     net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
-               stem=args.stem, antialias=args.antialias, head_width=args.head_width)
+               stem=args.stem, antialias=args.antialias, head_width=args.head_width,
+               blur_pools=args.blur_pools, bilinear_head=args.bilinear_head)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)

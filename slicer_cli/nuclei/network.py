@@ -70,19 +70,28 @@ class UNet(nn.Module):
     antialias : bool
         Low-pass the input (:class:`Blur`) before the stride-2 stem (model 4.0.0).
     head_width : int, optional
-        Channels of the full-resolution head (default: the first level's); fewer channels
-        there pay for the low-pass (model 4.0.0: 8).
+        Channels of the full-resolution head (default: the first level's).
+    blur_pools : int
+        The first ``blur_pools`` max-poolings become anti-aliased (max over 2 x 2 at stride
+        1, then :class:`Blur` and subsampling: "MaxBlurPool", Zhang 2019).
+    bilinear_head : bool
+        With the stem: the logits are computed at half resolution and brought to full
+        resolution by bilinear interpolation, instead of a 2 x 2 stride-2 transposed
+        convolution whose even and odd output pixels come from different weights (an input
+        shifted by one pixel then meets other weights everywhere).
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
     """
 
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
-                 stem: bool = False, antialias: bool = False, head_width: int | None = None):
+                 stem: bool = False, antialias: bool = False, head_width: int | None = None,
+                 blur_pools: int = 0, bilinear_head: bool = False):
         super().__init__()
         #: the constructor's arguments (saved with the weights)
         self.arch = {"width": width, "n_classes": n_classes, "max_mult": max_mult,
-                     "stem": stem, "antialias": antialias, "head_width": head_width}
+                     "stem": stem, "antialias": antialias, "head_width": head_width,
+                     "blur_pools": blur_pools, "bilinear_head": bilinear_head}
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
         self.blur = Blur(3) if antialias else None
@@ -95,12 +104,25 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([
             nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in range(levels - 1)])
         self.dec = nn.ModuleList([_block(2 * chans[k], chans[k]) for k in range(levels - 1)])
-        # with the stem, the head's first layer brings half resolution back to full
-        head = head_width or chans[0]
-        to_full = (nn.ConvTranspose2d(chans[0], head, 2, stride=2) if stem
-                   else nn.Conv2d(chans[0], head, 3, padding=1))
-        self.head = nn.Sequential(to_full, nn.ReLU(inplace=True),
-                                  nn.Conv2d(head, 2 + n_classes, 1))
+        self.pool_blurs = nn.ModuleList([Blur(chans[k]) for k in range(min(blur_pools,
+                                                                             levels - 1))])
+        self.bilinear_head = bool(bilinear_head and stem)
+        if self.bilinear_head:
+            self.head = nn.Conv2d(chans[0], 2 + n_classes, 1)
+        else:
+            # with the stem, the head's first layer brings half resolution back to full
+            head = head_width or chans[0]
+            to_full = (nn.ConvTranspose2d(chans[0], head, 2, stride=2) if stem
+                       else nn.Conv2d(chans[0], head, 3, padding=1))
+            self.head = nn.Sequential(to_full, nn.ReLU(inplace=True),
+                                      nn.Conv2d(head, 2 + n_classes, 1))
+
+    def _pool(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """The k-th 2x downsampling (k = 0 first): max-pool, anti-aliased for the first few."""
+        if k < len(self.pool_blurs):
+            x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
+            return self.pool_blurs[k](x)[:, :, ::2, ::2]
+        return F.max_pool2d(x, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.blur is not None:
@@ -109,12 +131,14 @@ class UNet(nn.Module):
             x = self.stem(x)
         skips = []
         for k, block in enumerate(self.down):
-            x = block(x if k == 0 else F.max_pool2d(x, 2))
+            x = block(x if k == 0 else self._pool(k - 1, x))
             skips.append(x)
         x = skips.pop()
         for k in reversed(range(len(self.down) - 1)):
             x = self.dec[k](torch.cat([self.up[k](x), skips[k]], dim=1))
         out = self.head(x)
+        if self.bilinear_head:
+            out = F.interpolate(out, scale_factor=2.0, mode="bilinear", align_corners=False)
         return out[:, :1], out[:, 1:2], out[:, 2:]
 
 
