@@ -174,11 +174,22 @@ def load_model_info(model_dir: str | Path = DEFAULT_MODEL_DIR) -> ModelInfo:
     return info_from_config(read_config(model_dir))
 
 
-def onnx_path(model_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
-    """Path of the newest version's ``model.onnx`` in a Triton model directory."""
+def version_file(model_dir: str | Path, name: str) -> Path:
+    """Path of ``<newest version holding it>/<name>`` in a Triton model directory.
+
+    Raises
+    ------
+    ModelError
+        When no version holds ``name``.
+    """
     versions = sorted((p for p in Path(model_dir).iterdir() if p.name.isdigit()),
                       key=lambda p: int(p.name)) if Path(model_dir).is_dir() else []
     for version in reversed(versions):
-        if (version / "model.onnx").is_file():
-            return version / "model.onnx"
-    raise ModelError(f"no <version>/model.onnx under {model_dir}")
+        if (version / name).is_file():
+            return version / name
+    raise ModelError(f"no <version>/{name} under {model_dir}")
+
+
+def onnx_path(model_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
+    """Path of the newest version's ``model.onnx`` in a Triton model directory."""
+    return version_file(model_dir, "model.onnx")

@@ -13,26 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError, ModelError
-from ..model import DEFAULT_MODEL_DIR, OUTPUT_NAMES, load_model_info
+from ..model import DEFAULT_MODEL_DIR, OUTPUT_NAMES, load_model_info, version_file
 
 WEIGHTS_NAME = "model.pt"
 
 
 def weights_path(model_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
-    """Path of the newest version's ``model.pt`` in a Triton model directory.
+    """Path of the newest version's ``model.pt`` (the PyTorch backend's weights).
 
     Raises
     ------
     ModelError
         When no version holds one.
     """
-    versions = sorted((p for p in Path(model_dir).iterdir() if p.name.isdigit()),
-                      key=lambda p: int(p.name)) if Path(model_dir).is_dir() else []
-    for version in reversed(versions):
-        if (version / WEIGHTS_NAME).is_file():
-            return version / WEIGHTS_NAME
-    raise ModelError(f"no <version>/{WEIGHTS_NAME} under {model_dir} (the PyTorch backend's "
-                     "weights)")
+    return version_file(model_dir, WEIGHTS_NAME)
 
 
 class TorchBackend:
