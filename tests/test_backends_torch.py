@@ -75,7 +75,7 @@ def test_bad_inputs_and_weights_are_refused(tmp_path, tiles):
     model = tmp_path / "nucleus_unet"
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text((DEFAULT_MODEL_DIR / "config.pbtxt").read_text())
-    with pytest.raises(ModelError, match="no <version>/model.pt"):
+    with pytest.raises(ModelError, match="no <version>/model.pt under"):
         TorchBackend(model, device="cpu")
     torch.save({"something": "else"}, str(model / "1" / "model.pt"))
     with pytest.raises(ModelError, match="is not a nucleus_unet-weights-1 file"):

@@ -1,8 +1,9 @@
 """Augmentations for what real slides do to a tile: geometry and image degradations.
 
 Geometry (one ``cv2.remap`` per crop, applied alike to the image and its labels): a
-quarter turn plus up to 15 degrees, a flip, scale 0.7-1.4 around the training resolution (0.5 um/px), a sub-pixel
-position (the crop centre is continuous), and a smooth elastic deformation.
+quarter turn plus up to 15 degrees, a flip, scale 0.7-1.4 around the training resolution
+(0.5 um/px), a sub-pixel position (the crop centre is continuous), and a smooth elastic
+deformation.
 
 Image (the labels are untouched): H&E stain jitter in optical-density space (Tellez et al.
 2018), brightness / contrast / saturation / hue, Gaussian blur (focus), Gaussian noise
