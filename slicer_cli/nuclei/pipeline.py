@@ -248,8 +248,9 @@ def _run_batches(ctx: _Context, plan: TilePlan, out: _Outputs, report, summary: 
     empty = _empty_table(info)
     out.table.write(empty)
     if out.plot is not None:
+        ints = ("nucleus_id", "min_x", "min_y", "max_x", "max_y")
         out.plot.write(pd.DataFrame({c: pd.Series(dtype="object" if c == "class" else
-                                                  "int64" if c == "nucleus_id" else "float64")
+                                                  "int64" if c in ints else "float64")
                                      for c in PLOT_COLUMNS}))
     # a nucleus near a seam may be kept by two tiles (ownership margin): write it once
     seams = SeamIndex(reach_px=(plan.overlap_px + SEAM_MARGIN_PX) * plan.model_mpp

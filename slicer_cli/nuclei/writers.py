@@ -183,12 +183,16 @@ PLOT_COLUMNS = ["nucleus_id", "class", "class_probability", "min_x", "min_y", "m
 
 
 def plot_rows(ids: np.ndarray, contours: list[np.ndarray], groups: list[str], table):
-    """The plottable rows of a batch: its outline's bounding box (the element's own, so the
-    join is exact), class, centroid and :data:`PLOT_FEATURES` of ``table``."""
+    """The plottable rows of a batch: its outline's bounding box (the element's own, to the
+    pixel, so HistomicsUI joins the row to the outline), class, centroid and
+    :data:`PLOT_FEATURES` of ``table``."""
     import pandas as pd
 
     lo = np.array([c.min(axis=0) for c in contours]) if contours else np.zeros((0, 2))
     hi = np.array([c.max(axis=0) for c in contours]) if contours else np.zeros((0, 2))
+    # whole pixels, outward (within 1 px of the outline's box): large_image 1.35.6 looks the
+    # row's low corner up by integer keys, so a fractional min_y never matches an element
+    lo, hi = np.floor(lo).astype(np.int64), np.ceil(hi).astype(np.int64)
     frame = pd.DataFrame({
         "nucleus_id": ids.astype(np.int64), "class": groups,
         "class_probability": table["class_probability"].to_numpy(np.float64),
