@@ -36,7 +36,7 @@ def test_dry_run_on_the_cpu(tmp_path):
     fp32 = report["parity"]["fp32"]
     assert max(fp32["max_abs_diff"].values()) <= 2e-4 and fp32["instance_agreement_pq"] >= 0.99
     run = report["whole_slide"]
-    assert run["nuclei"] > 0 and run["tiles"] > 0 and run["slide"]["gigapixels"] > 0.05
+    assert run["nuclei"] > 0 and run["tiles"] > 0 and run["slide"]["gigapixels"] >= 0.05
     assert {"read", "network", "instances", "features"} <= set(
         run["stage_seconds_summed_over_threads"])
     assert (tmp_path / "report.txt").is_file() and (tmp_path / "pytest_gpu.log").is_file()
