@@ -63,6 +63,12 @@ def _variant(repo: Path, name: str, edit) -> None:
             (repo / name / version.name).symlink_to(version.resolve())
 
 
+def _max_batch_2(config: dict) -> None:
+    config["max_batch_size"] = 2
+    # a preferred batch above the maximum is an invalid config
+    config.get("dynamic_batching", {})["preferred_batch_size"] = [2]
+
+
 def _rename_foreground(config: dict) -> None:
     for out in config["output"]:
         if out["name"] == "FOREGROUND":
@@ -83,7 +89,7 @@ def triton_repo(tmp_path_factory, hold_file) -> Path:
     _variant(repo, BAD_OUTPUT, _rename_foreground)
     _variant(repo, NO_BATCH, lambda c: (c.__setitem__("max_batch_size", 0),
                                         c.pop("dynamic_batching", None)))
-    _variant(repo, BATCH2, lambda c: c.__setitem__("max_batch_size", 2))
+    _variant(repo, BATCH2, _max_batch_2)
     _variant(repo, HOLD, lambda c: c["parameters"].__setitem__(
         "test_hold_while_exists", {"string_value": str(hold_file)}))
     return repo
