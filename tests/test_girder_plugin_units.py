@@ -176,3 +176,75 @@ def test_cursor_shim_returns_the_same_documents_in_linear_time():
     finally:
         mongomock.collection.Cursor.__next__ = original
     print(f"\n8k documents read at {per_doc * 1e6:.1f} us each")
+
+
+def test_density_counts_every_nucleus_once_in_a_valid_griddata_element():
+    from girder_large_image_annotation.models.annotation import Annotation
+    from girder_nucleus_analysis.annotation_stream import Density
+
+    density = Density(1000, 300)        # long side 1000 px -> 64 px cells (the minimum)
+    assert (density.cell, density.width, density.height) == (64, 16, 5)
+    square = [[10, 10, 0], [20, 10, 0], [20, 20, 0], [10, 20, 0]]          # mean (15, 15)
+    far = [[990, 290, 0], [1200, 400, 0]]                                # off the slide
+    for _ in range(3):
+        density.add("a", square)
+    density.add("a", far)
+    density.add("b", [[100, 70, 0], [110, 80, 0]])                       # mean (105, 75)
+    a = density.element("a", "rgb(0,160,0)")
+    assert sum(a["values"]) == 4 and a["user"]["nuclei"] == 4
+    assert len(a["values"]) == 16 * 5 and a["gridWidth"] == 16
+    assert a["values"][0] == 3 and a["values"][-1] == 1  # clipped into the last cell
+    b = density.element("b", "#0078ff")
+    assert b["values"][1 * 16 + 1] == 1 and sum(b["values"]) == 1
+    assert b["colorRange"] == ["rgba(0, 120, 255, 0)", "rgba(0, 120, 255, 0.85)"]
+    for element in (a, b):
+        Annotation.validatorAnnotationElement.validate(element)
+    big = Density(66560, 47104)
+    assert big.cell == 260 and big.width == 256 and big.height == 182
+
+
+def test_element_index_shim_answers_exactly_what_a_scan_answers():
+    import mongomock
+    import numpy as np
+
+    def elements(collection):
+        rng = np.random.default_rng(7)
+        docs = []
+        for i in range(3_000):
+            x, y = rng.uniform(0, 10_000, 2)
+            w, h = rng.uniform(5, 40, 2)
+            docs.append({"annotationId": f"a{i % 3}", "_version": i % 2, "n": i,
+                         "bbox": {"lowx": x, "highx": x + w, "lowy": y, "highy": y + h}})
+        docs.append({"annotationId": "a0", "_version": 0, "n": -1})       # no bbox at all
+        collection.insert_many(docs)
+
+    queries = [
+        {"annotationId": "a1", "_version": 1},
+        {"annotationId": "a0", "_version": 0, "bbox.highx": {"$gte": 2000.0},
+         "bbox.lowx": {"$lt": 3000.0}, "bbox.highy": {"$gte": 4000.0},
+         "bbox.lowy": {"$lt": 6500.0}},
+        {"annotationId": "a2", "bbox.lowx": {"$lt": 100.0}},
+        {"annotationId": "a0", "bbox.highx": {"$gte": 1e9}},
+        {"annotationId": "zz"},
+        {"annotationId": {"$in": ["a0", "a2"]}, "bbox.lowy": {"$lt": 500.0}},   # not indexed
+        {"n": {"$lt": 10}},
+    ]
+    plain = mongomock.MongoClient().db.annotationelement
+    elements(plain)
+    expected = [[d["n"] for d in plain.find(q)] for q in queries]
+    assert len(expected[1]) >= 5 and expected[3] == [] and expected[4] == []
+    shims._patch_element_index(mongomock)
+    indexed = mongomock.MongoClient().db.annotationelement
+    elements(indexed)
+    assert [[d["n"] for d in indexed.find(q)] for q in queries] == expected
+    # it follows deletes and inserts, and a dropped collection
+    indexed.delete_many({"annotationId": "a0", "bbox.lowx": {"$lt": 5000.0}})
+    plain.delete_many({"annotationId": "a0", "bbox.lowx": {"$lt": 5000.0}})
+    indexed.insert_one({"annotationId": "a0", "n": 99_999, "bbox": {
+        "lowx": 2500.0, "highx": 2600.0, "lowy": 5000.0, "highy": 5100.0}})
+    plain.insert_one({"annotationId": "a0", "n": 99_999, "bbox": {
+        "lowx": 2500.0, "highx": 2600.0, "lowy": 5000.0, "highy": 5100.0}})
+    assert [[d["n"] for d in indexed.find(q)] for q in queries] == \
+        [[d["n"] for d in plain.find(q)] for q in queries]
+    indexed.drop()
+    assert list(indexed.find({"annotationId": "a1"})) == []

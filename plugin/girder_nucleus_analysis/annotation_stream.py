@@ -7,6 +7,10 @@ annotation of its class, and written to large_image's element collection in chun
 :data:`CHUNK` elements with large_image's own chunk writer. Nothing is visible to readers:
 the staged annotations belong to no item until the ingest swaps them in, and a failure
 anywhere removes them (``ingest.py``).
+
+Alongside, each class's nuclei are counted on a coarse grid of the slide (:class:`Density`):
+what the viewer draws at whole-slide zoom instead of fetching every element (``ingest.py``
+stages it as one ``griddata`` heatmap annotation per class).
 """
 from __future__ import annotations
 
@@ -21,6 +25,73 @@ from girder.models.file import File
 
 #: elements buffered per class before they are written (large_image's own chunk size)
 CHUNK = 10_000
+#: cells along the slide's long side of the density grid (at most this squared per class)
+DENSITY_CELLS = 256
+#: smallest density cell, base pixels
+DENSITY_MIN_CELL = 64
+
+
+class Density:
+    """Nuclei per cell of a coarse grid over the slide, per class.
+
+    The grid covers ``[0, size_x) x [0, size_y)`` in cells of ``cell`` base pixels (the long
+    side in at most :data:`DENSITY_CELLS` cells); a nucleus counts in the cell of the mean of
+    its outline points, clipped to the grid, so every nucleus is counted exactly once. Memory
+    is the grid, whatever the number of nuclei.
+    """
+
+    def __init__(self, size_x: int, size_y: int) -> None:
+        import numpy as np
+
+        self.size_x, self.size_y = max(1, int(size_x)), max(1, int(size_y))
+        self.cell = max(DENSITY_MIN_CELL, math.ceil(max(self.size_x, self.size_y)
+                                                    / DENSITY_CELLS))
+        self.width = math.ceil(self.size_x / self.cell)
+        self.height = math.ceil(self.size_y / self.cell)
+        self._np = np
+        self.counts: dict[str, object] = {}
+
+    def add(self, name: str, points) -> None:
+        n = len(points)
+        x = sum(p[0] for p in points) / n
+        y = sum(p[1] for p in points) / n
+        ix = min(self.width - 1, max(0, int(x // self.cell)))
+        iy = min(self.height - 1, max(0, int(y // self.cell)))
+        grid = self.counts.get(name)
+        if grid is None:
+            grid = self.counts[name] = self._np.zeros((self.height, self.width), self._np.int64)
+        grid[iy, ix] += 1
+
+    def element(self, name: str, color: str | None) -> dict:
+        """The class's counts as a large_image ``griddata`` heatmap element (cell centres)."""
+        grid = self.counts[name]
+        nonzero = grid[grid > 0]
+        top = float(self._np.percentile(nonzero, 95)) if nonzero.size else 1.0
+        r, g, b = _rgb(color)
+        return {
+            "type": "griddata", "interpretation": "heatmap", "group": name,
+            "label": {"value": f"{name}: nuclei per {self.cell} px cell"},
+            "origin": [self.cell / 2, self.cell / 2, 0], "dx": self.cell, "dy": self.cell,
+            "gridWidth": self.width, "values": grid.ravel().tolist(),
+            "radius": self.cell * 0.75, "scaleWithZoom": True,
+            "colorRange": [f"rgba({r}, {g}, {b}, 0)", f"rgba({r}, {g}, {b}, 0.85)"],
+            "rangeValues": [0, max(1.0, top)],
+            "user": {"nuclei": int(grid.sum()), "cell": self.cell},
+        }
+
+
+def _rgb(color) -> tuple[int, int, int]:
+    """``(r, g, b)`` of an ``rgb(...)``/``rgba(...)``/``#rrggbb`` colour; grey otherwise."""
+    import re
+
+    text = color.strip() if isinstance(color, str) else ""
+    m = re.fullmatch(r"rgba?\(\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*(,[^)]*)?\)", text)
+    if m:
+        return tuple(min(255, int(v)) for v in m.groups()[:3])
+    m = re.fullmatch(r"#([0-9a-fA-F]{2})([0-9a-fA-F]{2})([0-9a-fA-F]{2})([0-9a-fA-F]{2})?", text)
+    if m:
+        return tuple(int(v, 16) for v in m.groups()[:3])
+    return (128, 128, 128)
 
 
 @dataclass
@@ -33,6 +104,8 @@ class StagedClass:
     count: int = 0
     details: int = 0
     buffer: list = field(default_factory=list)
+    #: its ``Nuclei density`` annotation, when the result has one
+    density_id: str | None = None
 
 
 def _points_ok(points) -> bool:
@@ -171,10 +244,12 @@ _DEPTH = {"start_map": 1, "start_array": 1, "end_map": -1, "end_array": -1}
 class Stager:
     """Route validated elements to one staged annotation per class; write them in chunks."""
 
-    def __init__(self, stage, base_name: str = "Nuclei") -> None:
+    def __init__(self, stage, base_name: str = "Nuclei", density: Density | None = None
+                 ) -> None:
         from girder_large_image_annotation.models.annotationelement import Annotationelement
 
         self._stage = stage            # document -> staged annotation (ingest._stage)
+        self.density = density
         self._elements = Annotationelement()
         self._lock = threading.Lock()
         self._now = datetime.datetime.now(datetime.timezone.utc)
@@ -190,6 +265,8 @@ class Stager:
             staged = self.classes[name] = StagedClass(name, annotation,
                                                       color=element.get("lineColor"))
         staged.buffer.append(element)
+        if self.density is not None and element.get("type") == "polyline":
+            self.density.add(name, element["points"])
         if len(staged.buffer) >= CHUNK:
             self._flush(staged)
 

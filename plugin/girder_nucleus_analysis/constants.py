@@ -12,6 +12,11 @@ JOB_TYPE = "nucleus_analysis"
 META_KEY = "nucleusAnalysis"
 #: key in annotation ``attributes`` (and on the tag folder) marking what this plugin owns
 ATTR_KEY = "nucleusAnalysis"
+#: a result with more nuclei than this gets per-class density annotations, and its outline
+#: annotations are not shown by default: the Nuclei panel (``client/NucleusLegend.js``, same
+#: number) draws the density while the view holds more nuclei than this, the outlines in view
+#: below it
+DETAIL_LIMIT = 20_000
 #: celery task name of the worker side
 TASK_NAME = "girder_nucleus_analysis.worker.run_nucleus_analysis"
 #: slicer_cli_web's setting holding the folder that CLI images are registered in

@@ -48,9 +48,10 @@ from girder.models.user import User
 from girder_jobs.models.job import Job
 from girder_large_image_annotation.models.annotation import Annotation
 
-from .annotation_stream import ElementValidator, StagedClass, Stager, stage_file
+from .annotation_stream import Density, ElementValidator, StagedClass, Stager, stage_file
 from .constants import (
     ATTR_KEY,
+    DETAIL_LIMIT,
     JOB_TYPE,
     META_KEY,
     STATUS_CANCELED,
@@ -133,11 +134,56 @@ def _staged(staged: list[dict], annotation: dict) -> dict:
     return annotation
 
 
-def _describe(classes: list[StagedClass], header: dict, job_id: str) -> None:
-    """Name, describe and count each staged class annotation (raw updates: still staged)."""
+def _slide_size(item: dict) -> tuple[int, int] | None:
+    """``(width, height)`` in base pixels of the item's large image, if it has one."""
+    if not item.get("largeImage"):
+        return None
+    try:
+        from girder_large_image.models.image_item import ImageItem
+
+        meta = ImageItem().getMetadata(item)
+        return int(meta["sizeX"]), int(meta["sizeY"])
+    except Exception:  # no readable image: the density grid follows the nuclei instead
+        logger.info("Nucleus Analysis: no image size for item %s", item["_id"])
+        return None
+
+
+def _stage_density(item: dict, user: dict, staged: list[dict], classes: list[StagedClass],
+                   density: Density, header: dict, job_id: str) -> None:
+    """One ``griddata`` heatmap annotation per class (``Nuclei density: <class>``), shown by
+    default; the outline annotations of a result this large are not (``DETAIL_LIMIT``)."""
+    from girder_large_image_annotation.models.annotationelement import Annotationelement
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    lock = threading.Lock()
+    base = str(header.get("name") or "Nuclei")
+    for cls in classes:
+        if not cls.name or cls.name not in density.counts:
+            continue
+        annotation = _staged(staged, _stage(item, user, {
+            "name": f"{base} density: {cls.name}", "elements": []}))
+        element = density.element(cls.name, cls.color)
+        Annotationelement().updateElementChunk([element], 0, 1, annotation, now, lock)
+        marker = {"jobId": job_id, "class": cls.name, "density": True,
+                  "count": element["user"]["nuclei"], "cell": density.cell}
+        Annotation().update({"_id": annotation["_id"]}, {"$set": {
+            "annotation.description": f"nuclei of class {cls.name} per {density.cell} px cell",
+            "annotation.attributes": {ATTR_KEY: marker},
+            "annotation.display": {"visible": True},
+            "_elementCount": 1, "_detailsCount": len(element["values"]),
+            "groups": [cls.name]}}, multi=False)
+        cls.density_id = str(annotation["_id"])
+
+
+def _describe(classes: list[StagedClass], header: dict, job_id: str,
+              shown: bool = True) -> None:
+    """Name, describe and count each staged class annotation (raw updates: still staged);
+    ``shown`` False keeps HistomicsUI from drawing the outlines when the slide opens."""
     base = str(header.get("name") or "Nuclei")
     attributes = dict(header.get("attributes") or {}) if isinstance(
         header.get("attributes"), dict) else {}
+    display = header.get("display") if isinstance(header.get("display"), dict) else {}
+    display = {**display, "visible": bool(display.get("visible", True)) and shown}
     for staged in classes:
         marker = {"jobId": job_id, "class": staged.name, "count": staged.count,
                   "color": staged.color}
@@ -145,7 +191,7 @@ def _describe(classes: list[StagedClass], header: dict, job_id: str) -> None:
             "annotation.name": f"{base}: {staged.name}" if staged.name else base,
             "annotation.description": str(header.get("description") or ""),
             "annotation.attributes": {**attributes, ATTR_KEY: marker},
-            "annotation.display": header.get("display") or {"visible": True},
+            "annotation.display": display,
             "_elementCount": staged.count, "_detailsCount": staged.details,
             "groups": [staged.name] if staged.name else []}}, multi=False)
 
@@ -280,7 +326,10 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
         _check_pending(files, job_id)
         with _item_lock(item["_id"]):
             _claim(item, job)
-            stager = Stager(lambda document: _staged(staged, _stage(item, user, document)))
+            size = _slide_size(item)
+            density = Density(*size) if size else None
+            stager = Stager(lambda document: _staged(staged, _stage(item, user, document)),
+                            density=density)
             header = stage_file(files[0], ElementValidator(Annotation(), _why), stager,
                                 max_annotation_bytes())
             try:
@@ -292,8 +341,11 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
                 classes = [StagedClass("unclassified", _staged(staged, _stage(
                     item, user, {"name": "Nuclei", "elements": []})))]
                 classes[0].name = None
-            _describe(classes, header, job_id)
-            summary = _summarise(job, classes, files[1:], header)
+            large = sum(c.count for c in classes) > DETAIL_LIMIT and density is not None
+            if large:
+                _stage_density(item, user, staged, classes, density, header, job_id)
+            _describe(classes, header, job_id, shown=not large)
+            summary = _summarise(job, classes, staged, files[1:], header)
             if not _still_claimed(item, job):
                 raise Superseded("a newer Nucleus Analysis of this item claimed it meanwhile")
             summary = _swap(item, job, staged, files, summary)
@@ -414,12 +466,14 @@ def _retire_previous(item: dict, keep: set) -> list[str]:
     return kept
 
 
-def _summarise(job: dict, staged: list[StagedClass], tables: list[dict], header: dict) -> dict:
+def _summarise(job: dict, staged: list[StagedClass], created: list[dict], tables: list[dict],
+               header: dict) -> dict:
     attributes = header.get("attributes") if isinstance(header.get("attributes"), dict) else {}
     model = attributes.get("model") if isinstance(attributes.get("model"), dict) else {}
     classes = [{"name": c.name, "count": c.count, "color": c.color,
-                "annotationId": str(c.annotation["_id"])} for c in staged if c.name]
-    created = [c.annotation for c in staged]
+                "annotationId": str(c.annotation["_id"]),
+                **({"densityAnnotationId": c.density_id} if c.density_id else {})}
+               for c in staged if c.name]
     return {
         "model": model.get("name"), "modelVersion": model.get("version"),
         "classScope": str(model.get("class_scope") or "")[:500],
@@ -429,6 +483,8 @@ def _summarise(job: dict, staged: list[StagedClass], tables: list[dict], header:
         "jobId": str(job["_id"]),
         "parameters": job.get(ATTR_KEY, {}).get("parameters", {}),
         "nuclei": sum(c["count"] for c in classes), "classes": classes,
+        # above this many nuclei in view the Nuclei panel draws the density annotations
+        "detailLimit": DETAIL_LIMIT,
         "annotationIds": [str(a["_id"]) for a in created],
         "files": [{"_id": str(f["_id"]), "name": f["name"], "size": f["size"]} for f in tables],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),

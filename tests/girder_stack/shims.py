@@ -1,8 +1,11 @@
 """Run Girder 3.2.18 on mongomock 4.3.0: the shims of docs/DESIGN.md section 5.
 
 Three make Girder work at all; the fourth (:func:`_cursor_next`) makes reading N documents
-O(N) instead of O(N^2), so that scale tests measure the plugin and the viewer, not the
-stand-in database.
+O(N) instead of O(N^2), and the fifth (:class:`ElementIndex`) gives large_image's element
+queries what MongoDB's indexes on ``annotationelement`` give a real DSA (the elements of one
+annotation, and of those the ones a bounding-box range can match, without scanning the
+collection), so that scale tests measure the plugin and the viewer, not the stand-in
+database.
 
 FOR TESTS AND THE DEV STACK ONLY, never for production (production uses a real MongoDB; see
 docker/docker-compose.yml). The shims were written for exactly these versions and refuse to
@@ -69,6 +72,146 @@ def _cursor_next(self):
     return results[index]
 
 
+#: the bounding-box bounds of large_image's region queries: field -> (operator, side)
+_BBOX_BOUNDS = {"bbox.highx": "$gte", "bbox.lowx": "$lt", "bbox.highy": "$gte",
+                "bbox.lowy": "$lt"}
+
+
+class ElementIndex:
+    """Index of a mongomock ``annotationelement`` store: documents by ``annotationId``, and
+    per annotation (built when first asked, dropped when its documents change) arrays of the
+    four bounding-box fields.
+
+    It only narrows the candidates: mongomock still applies the whole filter to each of them,
+    so a query returns exactly what a scan returns, in the store's order for one annotation's
+    documents (what large_image asks: its element queries always name one annotation).
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.by_annotation: dict = {}   # annotationId -> {key: document} (insertion order)
+        self.annotation_of: dict = {}   # key -> annotationId
+        self.arrays: dict = {}          # annotationId -> (documents, {bbox field: array})
+
+    def set(self, key, document) -> None:
+        with self.lock:
+            self._drop(key)
+            annotation = document.get("annotationId") if isinstance(document, dict) else None
+            if annotation is not None:
+                self.by_annotation.setdefault(annotation, {})[key] = document
+                self.annotation_of[key] = annotation
+                self.arrays.pop(annotation, None)
+
+    def delete(self, key) -> None:
+        with self.lock:
+            self._drop(key)
+
+    def _drop(self, key) -> None:
+        annotation = self.annotation_of.pop(key, None)
+        if annotation is not None:
+            self.by_annotation[annotation].pop(key, None)
+            self.arrays.pop(annotation, None)
+
+    def candidates(self, filter: dict):
+        """The documents ``filter`` can match, or None when the index cannot tell."""
+        import numpy as np
+
+        annotation = filter.get("annotationId")
+        if annotation is None or isinstance(annotation, dict):
+            return None
+        try:
+            hash(annotation)
+        except TypeError:
+            return None
+        bounds = {}
+        for field, op in _BBOX_BOUNDS.items():
+            cond = filter.get(field)
+            if isinstance(cond, dict) and set(cond) == {op} and isinstance(
+                    cond[op], (int, float)):
+                bounds[field] = float(cond[op])
+        with self.lock:
+            docs = self.by_annotation.get(annotation)
+            if not docs:
+                return []
+            if not bounds:
+                return list(docs.values())
+            built = self.arrays.get(annotation)
+            if built is None:
+                documents = list(docs.values())
+                values = {field: np.array([_bbox_value(d, field) for d in documents])
+                          for field in _BBOX_BOUNDS}
+                built = self.arrays[annotation] = (documents, values)
+        documents, values = built
+        keep = np.ones(len(documents), bool)
+        for field, bound in bounds.items():
+            with np.errstate(invalid="ignore"):
+                keep &= (values[field] >= bound) if _BBOX_BOUNDS[field] == "$gte" else (
+                    values[field] < bound)
+        return [documents[i] for i in np.flatnonzero(keep)]
+
+
+def _bbox_value(document: dict, field: str) -> float:
+    """A bounding-box field as a float; NaN (matches no bound) when absent or not a number."""
+    value = (document.get("bbox") or {}).get(field.split(".", 1)[1])
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def _index_of(store) -> ElementIndex | None:
+    return getattr(store, "_shim_element_index", None)
+
+
+def _patch_element_index(mongomock) -> None:
+    """Shim 5: keep an :class:`ElementIndex` on every ``annotationelement`` store and answer
+    that collection's queries from its candidates."""
+    from mongomock import filtering, store
+
+    cls = store.CollectionStore
+    if getattr(cls, "_shim_element_index_patched", False):
+        return
+    cls._shim_element_index_patched = True
+    set_item, del_item, drop = cls.__setitem__, cls.__delitem__, cls.drop
+
+    def index(self) -> ElementIndex | None:
+        if self.name != "annotationelement":
+            return None
+        if _index_of(self) is None:
+            built = ElementIndex()
+            for key, document in list(self._documents.items()):
+                built.set(key, document)
+            self._shim_element_index = built
+        return self._shim_element_index
+
+    def __setitem__(self, key, val):
+        set_item(self, key, val)
+        found = index(self)
+        if found is not None:
+            found.set(key, val)
+
+    def __delitem__(self, key):
+        del_item(self, key)
+        found = index(self)
+        if found is not None:
+            found.delete(key)
+
+    def drop_(self):
+        drop(self)
+        self._shim_element_index = None
+
+    cls.__setitem__, cls.__delitem__, cls.drop = __setitem__, __delitem__, drop_
+    original = mongomock.collection.Collection._iter_documents
+
+    def _iter_documents(self, filter):
+        found = index(self._store) if isinstance(filter, dict) else None
+        candidates = found.candidates(filter) if found is not None else None
+        if candidates is None:
+            return original(self, filter)
+        return (d for d in candidates if filtering.filter_applies(filter, d))
+
+    mongomock.collection.Collection._iter_documents = _iter_documents
+
+
 def apply() -> None:
     """Patch pymongo/Girder/mongomock so Girder runs on an in-process mongomock database.
 
@@ -90,6 +233,8 @@ def apply() -> None:
     # 4. O(1) per document read (see _cursor_next)
     mongomock.collection.Cursor.__next__ = _cursor_next
     mongomock.collection.Cursor.next = _cursor_next
+    # 5. large_image's element queries from an index, as MongoDB answers them
+    _patch_element_index(mongomock)
     # 2. list endpoints filter mongomock cursors like pymongo ones
     if mongomock.collection.Cursor not in girder.api.rest._MONGO_CURSOR_TYPES:
         girder.api.rest._MONGO_CURSOR_TYPES = (
