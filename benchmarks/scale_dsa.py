@@ -11,8 +11,9 @@ HistomicsUI reads them, and optionally drawn by HistomicsUI in Chromium.
 Prints (and writes as JSON with ``--json``): ingest wall seconds, the Girder process's RSS
 before and its peak during the ingest, the centroid GET of the largest class (what the viewer
 asks at whole-slide zoom), a 1 mm field's region GET (what it asks zoomed in), and with
-``--browser`` the seconds to the first outline drawn at whole-slide zoom and until every
-nucleus is drawn there.
+``--browser`` the seconds to the first drawing at whole-slide zoom and until every nucleus is
+represented there (the per-class density layers), then on the densest 1 mm field the
+seconds until the outlines of every nucleus in view are drawn.
 
 Usage: ``python -m benchmarks.scale_dsa [--nuclei 50000] [--browser] [--json out.json]``
 """
@@ -101,7 +102,7 @@ def _rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-def run(n: int | None, browser: bool, workdir: Path) -> dict:
+def run(n: int | None, browser: bool, workdir: Path, shots: Path | None = None) -> dict:
     """Write, ingest, read back (and draw); the figures."""
     import requests
 
@@ -160,14 +161,58 @@ def run(n: int | None, browser: bool, workdir: Path) -> dict:
         report["field_1mm_get"] = {"seconds": round(time.perf_counter() - t0, 2),
                                    "elements": len(r.json()["annotation"]["elements"])}
         if browser:
-            report["browser"] = _browser(stack, item, summary)
+            report["browser"] = _browser(stack, item, summary, contours, shots)
         stack.start_worker()
         gc.put(f"job/{job['_id']}/cancel")
     return report
 
 
-def _browser(stack, item, summary) -> dict:
-    """Open the slide in HistomicsUI; seconds to the first and to every nucleus drawn."""
+#: the Nuclei panel's figures, read in the page
+_PANEL = """() => {
+    const q = (s) => document.querySelector('#h-nucleus-legend-panel ' + s);
+    const a = (s, name) => (q(s) ? q(s).getAttribute(name) : null);
+    return {mode: a('.h-nl-density', 'data-mode'),
+            density: Number(a('.h-nl-density', 'data-density-nuclei') || 0),
+            drawn: Number(a('.h-nl-drawn-count', 'data-drawn-count') || 0),
+            loading: a('.h-nl-status', 'data-loading')};
+}"""
+#: the visible bounds (base pixels), as HistomicsUI keeps them in the URL after each pan
+_BOUNDS = """() => {
+    const m = /[?&]bounds=([^&]*)/.exec(decodeURIComponent(window.location.hash));
+    const b = m ? m[1].split(',').map(Number) : null;
+    return b ? {left: b[0], top: b[1], right: b[2], bottom: b[3]} : null;
+}"""
+
+
+def densest_field(contours, side: float) -> tuple[float, float]:
+    """Centre of the ``side``-wide square cell holding the most nuclei."""
+    c = np.array([p.mean(axis=0) for p in contours])
+    ij = np.floor(c / side).astype(np.int64)
+    keys, counts = np.unique(ij, axis=0, return_counts=True)
+    i, j = keys[np.argmax(counts)]
+    return (i + 0.5) * side, (j + 0.5) * side
+
+
+def in_view(lo_xy: np.ndarray, hi_xy: np.ndarray, bounds: dict) -> int:
+    """Nuclei whose bounding box meets ``bounds`` (what the viewer must draw there)."""
+    meets = ((hi_xy[:, 0] >= bounds["left"]) & (lo_xy[:, 0] < bounds["right"])
+             & (hi_xy[:, 1] >= bounds["top"]) & (lo_xy[:, 1] < bounds["bottom"]))
+    return int(np.count_nonzero(meets))
+
+
+def _until(page, condition: str, timeout_ms: float = 600_000) -> None:
+    """Wait until ``condition`` (JavaScript of ``p``, the panel's figures) holds."""
+    page.wait_for_function(f"() => {{ const p = ({_PANEL})(); return {condition}; }}",
+                           timeout=timeout_ms)
+
+
+def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
+    """Open the slide in HistomicsUI at whole-slide zoom, then on a 1 mm field.
+
+    Whole slide: seconds to the first drawing and until every nucleus is represented (the
+    density layers count them all, or every outline for a result without density), and how
+    long the page then takes to answer. Field: the densest 1 mm square, opened by URL; seconds
+    until the outlines of every nucleus in view are drawn."""
     from playwright.sync_api import sync_playwright
 
     from tests.test_browser_histomicsui import CHROMIUM, FLAGS, _login
@@ -175,6 +220,8 @@ def _browser(stack, item, summary) -> dict:
     root = stack.api_url.rsplit("/api/v1", 1)[0]
     total = summary["nuclei"]
     out: dict = {"nuclei": total}
+    lo_xy = np.array([p.min(axis=0) for p in contours])
+    hi_xy = np.array([p.max(axis=0) for p in contours])
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
@@ -184,20 +231,43 @@ def _browser(stack, item, summary) -> dict:
         page.goto(f"{root}/histomics#?image={item['_id']}")
         page.reload()
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-show-all")
-        page.click("#h-nucleus-legend-panel .h-nl-show-all")
-        count = "() => Number(document.querySelector('.h-nl-drawn-count')" \
-                ".getAttribute('data-drawn-count'))"
-        page.wait_for_function(f"() => ({count})() > 0")
+        _until(page, "p.density > 0 || p.drawn > 0")
         out["first_draw_s"] = round(time.perf_counter() - t0, 1)
         try:
-            page.wait_for_function(f"() => ({count})() >= {total}", timeout=300_000)
-            out["all_drawn_s"] = round(time.perf_counter() - t0, 1)
+            _until(page, f"p.density >= {total} || p.drawn >= {total}", 300_000)
+            out["all_shown_s"] = round(time.perf_counter() - t0, 1)
         except Exception:
-            out["all_drawn_s"] = None
-        out["drawn"] = page.evaluate(count)
+            out["all_shown_s"] = None
         t1 = time.perf_counter()
-        page.evaluate("() => 1")  # the page answers (responsive)
+        out["whole_slide"] = page.evaluate(_PANEL)
         out["page_answer_s"] = round(time.perf_counter() - t1, 3)
+        if shots:
+            page.screenshot(path=str(shots / "whole_slide.png"))
+        # a 1 mm field, where the nuclei are densest
+        side = 1000.0 / MPP
+        cx, cy = densest_field(contours, side)
+        bounds = ",".join(f"{v:.0f}" for v in (cx - side / 2, cy - side / 2, cx + side / 2,
+                                               cy + side / 2, 0))
+        t0 = time.perf_counter()
+        page.goto(f"{root}/histomics#?image={item['_id']}&bounds={bounds}")
+        page.reload()
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-show-all")
+        _until(page, "p.mode === 'detail'")
+        page.wait_for_timeout(1000)  # HistomicsUI writes the bounds it shows after a pan
+        view = page.evaluate(_BOUNDS)
+        expected = in_view(lo_xy, hi_xy, view)
+        try:
+            _until(page, f"p.loading === 'false' && p.drawn >= {expected}", 300_000)
+            out["field_drawn_s"] = round(time.perf_counter() - t0, 1)
+        except Exception:
+            out["field_drawn_s"] = None
+        out["field"] = {"bounds": {k: round(view[k]) for k in ("left", "top", "right", "bottom")},
+                        "nuclei_in_view": expected, **page.evaluate(_PANEL)}
+        t1 = time.perf_counter()
+        page.evaluate("() => 1")
+        out["field_page_answer_s"] = round(time.perf_counter() - t1, 3)
+        if shots:
+            page.screenshot(path=str(shots / "field_1mm.png"))
         browser.close()
     return out
 
@@ -207,9 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nuclei", type=int, default=None, help="a spread subset (default all)")
     p.add_argument("--browser", action="store_true")
     p.add_argument("--json", type=Path)
+    p.add_argument("--screenshots", type=Path, help="folder for the two browser views")
     args = p.parse_args(argv)
+    if args.screenshots:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="scale_dsa_") as tmp:
-        report = run(args.nuclei, args.browser, Path(tmp))
+        report = run(args.nuclei, args.browser, Path(tmp), args.screenshots)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

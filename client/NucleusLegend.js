@@ -8,6 +8,10 @@ const JOB_TYPE = 'nucleus_analysis';
 const JOB_SUCCESS = 3;
 const PREVIEW_BYTES = 65536;
 const PREVIEW_ROWS = 10;
+/* the plugin's constants.DETAIL_LIMIT, when the summary does not say */
+const DETAIL_LIMIT = 20000;
+/* large_image's default minElements: above it an outline annotation is fetched by region */
+const PAGE_ABOVE = 5000;
 
 const STYLE = `
 .h-nucleus-legend .h-nl-status { font-size: 11px; color: #a60; }
@@ -54,19 +58,56 @@ function sanitize(summary) {
         name: typeof c.name === 'string' ? c.name : '?',
         count: count(c.count),
         color: color(c.color),
-        annotationId: id(c.annotationId)
+        annotationId: id(c.annotationId),
+        densityAnnotationId: id(c.densityAnnotationId)
     }));
     const files = (Array.isArray(summary.files) ? summary.files : [])
         .filter((f) => f && id(f._id) && typeof f.name === 'string')
         .map((f) => ({_id: id(f._id), name: f.name}));
     return {
         nuclei: count(summary.nuclei),
+        detailLimit: count(summary.detailLimit) || DETAIL_LIMIT,
         model: summary.model,
         modelVersion: summary.modelVersion,
         classScope: summary.classScope,
         classes,
         files
     };
+}
+
+/** A density element as the panel uses it: a grid of finite non-negative counts, or null. */
+function grid(element) {
+    if (!element || element.type !== 'griddata' || !Array.isArray(element.values)) {
+        return null;
+    }
+    const width = count(element.gridWidth);
+    const dx = Number(element.dx);
+    const dy = Number(element.dy);
+    const origin = Array.isArray(element.origin) ? element.origin.map(Number) : [0, 0];
+    if (!width || !(dx > 0) || !(dy > 0) || !origin.slice(0, 2).every(Number.isFinite)) {
+        return null;
+    }
+    return {width, dx, dy, x0: origin[0], y0: origin[1], values: Float64Array.from(element.values, count)};
+}
+
+/** Nuclei a grid counts in cells whose centre lies in ``bounds`` (base pixels). */
+function inBounds(g, bounds) {
+    const left = Math.min(bounds.left, bounds.right);
+    const right = Math.max(bounds.left, bounds.right);
+    const top = Math.min(bounds.top, bounds.bottom);
+    const bottom = Math.max(bounds.top, bounds.bottom);
+    const rows = Math.ceil(g.values.length / g.width);
+    const i0 = Math.max(0, Math.ceil((left - g.x0 - g.dx / 2) / g.dx));
+    const i1 = Math.min(g.width - 1, Math.floor((right - g.x0 + g.dx / 2) / g.dx));
+    const j0 = Math.max(0, Math.ceil((top - g.y0 - g.dy / 2) / g.dy));
+    const j1 = Math.min(rows - 1, Math.floor((bottom - g.y0 + g.dy / 2) / g.dy));
+    let n = 0;
+    for (let j = j0; j <= j1; j += 1) {
+        for (let i = i0; i <= i1; i += 1) {
+            n += g.values[j * g.width + i] || 0;
+        }
+    }
+    return n;
 }
 
 function ensureStyle() {
@@ -80,6 +121,13 @@ function ensureStyle() {
  * panels of the slide view) with the legend of classes and their counts, per-class show/hide,
  * how many outlines are drawn of how many shown (and whether they are still loading), and the
  * feature table of the last Nucleus Analysis of the slide.
+ *
+ * Level of detail, for results with density annotations (more than ``detailLimit`` nuclei):
+ * while the view holds more than ``detailLimit`` nuclei of the shown classes (counted on the
+ * density grids), the panel shows each class's density heatmap (one small annotation per
+ * class, every nucleus counted) and hides its outlines; below that it hides the heatmaps and
+ * shows the outlines, fetched by region (large_image's paging, preset so that the viewer never
+ * fetches every centroid of a large class). The class checkboxes act on both.
  */
 const NucleusLegend = Panel.extend({
     events: _.extend({}, Panel.prototype.events, {
@@ -95,10 +143,14 @@ const NucleusLegend = Panel.extend({
         this.summary = null;
         this._drawn = 0;
         this._preview = null;
+        this._wanted = {};
+        this._grids = {};
+        this._applied = null;
+        this._mode = 'detail';
         ensureStyle();
         this.listenTo(eventStream, 'g:event.job_status', this._onJob);
         this.listenTo(this.imageView.annotations, 'sync reset update change:displayed', this._syncToggles);
-        this._timer = window.setInterval(() => this._countDrawn(), 1000);
+        this._timer = window.setInterval(() => this._tick(), 500);
     },
 
     destroy() {
@@ -126,6 +178,9 @@ const NucleusLegend = Panel.extend({
             this.item = item;
             this.summary = null;
             this._preview = null;
+            this._wanted = {};
+            this._grids = {};
+            this._applied = null;
             this.fetch();
         } else {
             this.render();
@@ -138,12 +193,121 @@ const NucleusLegend = Panel.extend({
         return restRequest({url: `nucleus_analysis/item/${itemId}`, error: null}).done((summary) => {
             if (this.item && this.item.id === itemId) {
                 this.summary = sanitize(summary);
+                this._applied = null;
+                this._fetchGrids(itemId);
                 this.render();
             }
         }).fail(() => {
             this.summary = null;
             this.render();
         });
+    },
+
+    /* The density grids of the classes (small: at most 256 x 256 counts each). */
+    _fetchGrids(itemId) {
+        (this.summary ? this.summary.classes : []).forEach((c) => {
+            if (!c.densityAnnotationId || this._grids[c.name]) {
+                return;
+            }
+            restRequest({url: `annotation/${c.densityAnnotationId}`, error: null}).done((resp) => {
+                if (this.item && this.item.id === itemId) {
+                    const elements = ((resp || {}).annotation || {}).elements || [];
+                    this._grids[c.name] = grid(elements[0]);
+                }
+            });
+        });
+    },
+
+    _hasDensity() {
+        return !!this.summary && this.summary.classes.some((c) => c.densityAnnotationId);
+    },
+
+    /* Nuclei of the shown classes in the current view: from the grids, else the class's
+     * count times the fraction of the slide in view. */
+    _inView(bounds) {
+        const map = this.imageView.viewerWidget;
+        const sizeX = (map && map.sizeX) || 1;
+        const sizeY = (map && map.sizeY) || 1;
+        const area = Math.abs((bounds.right - bounds.left) * (bounds.bottom - bounds.top));
+        const fraction = Math.min(1, area / (sizeX * sizeY));
+        let n = 0;
+        this.summary.classes.forEach((c) => {
+            if (this._wanted[c.name] === false) {
+                return;
+            }
+            const g = this._grids[c.name];
+            n += g ? inBounds(g, bounds) : c.count * fraction;
+        });
+        return n;
+    },
+
+    _bounds() {
+        const widget = this.imageView.viewerWidget;
+        const map = widget && widget.viewer;
+        return map && map.bounds ? map.bounds() : null;
+    },
+
+    /* Every half second: which level of detail the view needs, applied when it changes. */
+    _tick() {
+        if (this.summary) {
+            this._levelOfDetail();
+        }
+        this._countDrawn();
+    },
+
+    _levelOfDetail() {
+        const s = this.summary;
+        let mode = 'detail';
+        const bounds = this._bounds();
+        if (this._hasDensity()) {
+            mode = bounds && this._inView(bounds) <= s.detailLimit ? 'detail' : 'density';
+        }
+        const present = s.classes.map((c) => [
+            this._annotation(c.annotationId) ? 1 : 0,
+            this._annotation(c.densityAnnotationId) ? 1 : 0]).join();
+        const key = `${mode}|${present}`;
+        if (key === this._applied) {
+            // no change of level: what the user toggled elsewhere (HistomicsUI's annotation
+            // panel) becomes the panel's choice
+            s.classes.forEach((c) => {
+                const shown = this._annotation(mode === 'density' ? c.densityAnnotationId : c.annotationId);
+                if (shown) {
+                    this._wanted[c.name] = !!shown.get('displayed');
+                }
+            });
+            return;
+        }
+        this._applied = key;
+        this._mode = mode;
+        this._apply();
+    },
+
+    /* Show what the level of detail and the class choices ask for, hide the rest. */
+    _apply() {
+        (this.summary ? this.summary.classes : []).forEach((c) => {
+            const want = this._wanted[c.name] !== false;
+            const outlines = this._annotation(c.annotationId);
+            const density = this._annotation(c.densityAnnotationId);
+            const showOutlines = want && (this._mode === 'detail' || !density);
+            if (outlines) {
+                if (showOutlines && !outlines.get('displayed') &&
+                        outlines._pageElements === undefined &&
+                        (outlines.get('_elementCount') || 0) > PAGE_ABOVE) {
+                    // fetch what is in view only (large_image's paging), never every centroid
+                    outlines._pageElements = true;
+                }
+                if (!!outlines.get('displayed') !== showOutlines) {
+                    outlines.set('displayed', showOutlines);
+                }
+            }
+            if (density) {
+                const showDensity = want && this._mode === 'density';
+                if (!!density.get('displayed') !== showDensity) {
+                    density.set('displayed', showDensity);
+                }
+            }
+        });
+        this._syncToggles();
     },
 
     _annotation(id) {
@@ -159,8 +323,7 @@ const NucleusLegend = Panel.extend({
         }
         const s = this.summary;
         const rows = s.classes.map((c) => {
-            const annotation = this._annotation(c.annotationId);
-            const shown = annotation ? !!annotation.get('displayed') : false;
+            const shown = this._wanted[c.name] !== false;
             return `<label class="h-nl-row" data-class="${text(c.name)}" data-count="${c.count}">` +
                 `<input type="checkbox" class="h-nl-toggle" data-annotation-id="${c.annotationId}"${shown ? ' checked' : ''}>` +
                 `<span class="h-nl-swatch" style="border-color: ${text(c.color)}"></span>` +
@@ -181,6 +344,7 @@ const NucleusLegend = Panel.extend({
             ' of <span class="h-nl-shown-count" data-shown-count="0">0</span> shown ' +
             '<span class="h-nl-status" data-loading="false"></span> ' +
             '<a class="h-nl-show-all" href="#">show all</a></div>' +
+            '<div class="h-nl-density" data-mode="detail" data-density-nuclei="0"></div>' +
             (files ? `<div class="h-nl-files">Feature table: ${files} &middot; <a class="h-nl-preview-toggle" href="#">preview</a></div>` : '') +
             '<div class="h-nl-preview"></div>');
         this._countDrawn();
@@ -189,28 +353,27 @@ const NucleusLegend = Panel.extend({
     },
 
     _syncToggles() {
-        this.$('.h-nl-toggle').each((idx, el) => {
-            const annotation = this._annotation($(el).attr('data-annotation-id'));
-            $(el).prop('checked', annotation ? !!annotation.get('displayed') : false);
+        (this.summary ? this.summary.classes : []).forEach((c) => {
+            this.$(`.h-nl-toggle[data-annotation-id="${c.annotationId}"]`)
+                .prop('checked', this._wanted[c.name] !== false);
         });
     },
 
     _toggleClass(evt) {
-        const annotation = this._annotation($(evt.currentTarget).attr('data-annotation-id'));
-        if (annotation) {
-            annotation.set('displayed', $(evt.currentTarget).is(':checked'));
+        const annotationId = $(evt.currentTarget).attr('data-annotation-id');
+        const c = (this.summary ? this.summary.classes : []).find((k) => k.annotationId === annotationId);
+        if (c) {
+            this._wanted[c.name] = $(evt.currentTarget).is(':checked');
+            this._apply();
         }
     },
 
     _showAll(evt) {
         evt.preventDefault();
         (this.summary ? this.summary.classes : []).forEach((c) => {
-            const annotation = this._annotation(c.annotationId);
-            if (annotation) {
-                annotation.set('displayed', true);
-            }
+            this._wanted[c.name] = true;
         });
-        this._syncToggles();
+        this._apply();
     },
 
     /* Outlines GeoJS actually holds for our annotations (polygons, or centroids when the
@@ -220,8 +383,24 @@ const NucleusLegend = Panel.extend({
         let drawn = 0;
         let shown = 0;
         let loading = false;
+        let densityShown = 0;
+        let densityDrawn = 0;
         if (this.summary) {
             this.summary.classes.forEach((c) => {
+                const density = this._annotation(c.densityAnnotationId);
+                if (density && density.get('displayed')) {
+                    densityShown += c.count;
+                    const entry = viewer && viewer._annotations ? viewer._annotations[c.densityAnnotationId] : null;
+                    if (entry && (entry.features || []).length) {
+                        (entry.features || []).forEach((feature) => {
+                            (feature.data() || []).forEach((v) => {
+                                densityDrawn += count(v);
+                            });
+                        });
+                    } else {
+                        loading = true;
+                    }
+                }
                 const annotation = this._annotation(c.annotationId);
                 if (!annotation || !annotation.get('displayed')) {
                     return;
@@ -239,6 +418,11 @@ const NucleusLegend = Panel.extend({
             });
         }
         this._drawn = drawn;
+        const densityText = this._mode === 'density'
+            ? `Whole-slide view: the density of ${densityDrawn.toLocaleString()} of ${densityShown.toLocaleString()} nuclei; zoom in to draw their outlines.`
+            : '';
+        this.$('.h-nl-density').attr('data-mode', this._mode).attr('data-density-nuclei', densityDrawn)
+            .attr('data-density-shown', densityShown).text(densityText);
         this.$('.h-nl-drawn-count').attr('data-drawn-count', drawn).text(drawn.toLocaleString());
         this.$('.h-nl-shown-count').attr('data-shown-count', shown).text(shown.toLocaleString());
         this.$('.h-nl-status').attr('data-loading', loading ? 'true' : 'false')
