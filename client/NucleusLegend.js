@@ -20,7 +20,7 @@ const STYLE = `
 .h-nucleus-legend .h-nl-row { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
 .h-nucleus-legend .h-nl-swatch { width: 12px; height: 12px; border: 2px solid; display: inline-block; }
 .h-nucleus-legend .h-nl-count { margin-left: auto; font-variant-numeric: tabular-nums; }
-.h-nucleus-legend .h-nl-drawn, .h-nucleus-legend .h-nl-files { font-size: 11px; margin-top: 4px; }
+.h-nucleus-legend .h-nl-drawn, .h-nucleus-legend .h-nl-files, .h-nucleus-legend .h-nl-actions { font-size: 11px; margin-top: 4px; }
 .h-nucleus-legend .h-nl-preview { max-height: 240px; overflow: auto; font-size: 10px; }
 .h-nucleus-legend .h-nl-preview table { border-collapse: collapse; }
 .h-nucleus-legend .h-nl-preview td, .h-nucleus-legend .h-nl-preview th { border: 1px solid #ddd; padding: 1px 3px; white-space: nowrap; }
@@ -339,11 +339,11 @@ const NucleusLegend = Panel.extend({
         this._frame(`Nuclei <span class="h-nl-total">${s.nuclei.toLocaleString()}</span>`,
             `<div class="h-nl-model">${text(s.model)} ${text(s.modelVersion)}</div>` +
             `<div class="h-nl-classes">${rows}</div>` +
+            '<div class="h-nl-actions"><a class="h-nl-show-all" href="#">show all classes</a></div>' +
             (s.classScope ? `<div class="h-nl-scope">${text(s.classScope)}</div>` : '') +
             '<div class="h-nl-drawn">Outlines drawn: <span class="h-nl-drawn-count" data-drawn-count="0">0</span>' +
             ' of <span class="h-nl-shown-count" data-shown-count="0">0</span> shown ' +
-            '<span class="h-nl-status" data-loading="false"></span> ' +
-            '<a class="h-nl-show-all" href="#">show all</a></div>' +
+            '<span class="h-nl-status" data-loading="false"></span></div>' +
             '<div class="h-nl-density" data-mode="detail" data-density-nuclei="0"></div>' +
             (files ? `<div class="h-nl-files">Feature table: ${files} &middot; <a class="h-nl-preview-toggle" href="#">preview</a></div>` : '') +
             '<div class="h-nl-preview"></div>');
@@ -423,6 +423,8 @@ const NucleusLegend = Panel.extend({
             : '';
         this.$('.h-nl-density').attr('data-mode', this._mode).attr('data-density-nuclei', densityDrawn)
             .attr('data-density-shown', densityShown).text(densityText);
+        // at whole-slide zoom no outline is drawn by design: say what is shown instead
+        this.$('.h-nl-drawn').toggleClass('hidden', this._mode === 'density');
         this.$('.h-nl-drawn-count').attr('data-drawn-count', drawn).text(drawn.toLocaleString());
         this.$('.h-nl-shown-count').attr('data-shown-count', shown).text(shown.toLocaleString());
         this.$('.h-nl-status').attr('data-loading', loading ? 'true' : 'false')

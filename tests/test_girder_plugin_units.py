@@ -248,3 +248,29 @@ def test_element_index_shim_answers_exactly_what_a_scan_answers():
         [[d["n"] for d in plain.find(q)] for q in queries]
     indexed.drop()
     assert list(indexed.find({"annotationId": "a1"})) == []
+
+
+def test_datetime_shim_copies_documents_as_mongomock_does():
+    import collections
+    import datetime
+
+    import mongomock.helpers
+    from bson import ObjectId
+
+    original = (shims._ORIGINAL.get("patch")
+                or mongomock.helpers.patch_datetime_awareness_in_document)
+    aware = datetime.datetime(2026, 12, 2, 7, 0, 1, 123456,
+                              tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+    naive = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901)
+    points = [[1.5, 2.0, 0], [3, 4.25, 0]]
+    doc = {"_id": ObjectId(), "created": aware, "n": 3, "ok": True, "none": None,
+           "element": {"type": "polyline", "points": points, "user": {"id": 7, "when": naive}},
+           "tuple": (1, naive), "od": collections.OrderedDict([("a", aware), ("b", [1, 2])]),
+           "mixed": [1, "x", [naive, 2.5], {"k": aware}], "empty": [], "blob": b"\0"}
+    got = shims.patch_datetimes(doc, original)
+    assert got == original(doc)
+    assert type(got["od"]) is collections.OrderedDict and got["created"].tzinfo is None
+    assert got["created"] == datetime.datetime(2026, 12, 2, 5, 0, 1, 123000)
+    # a copy: changing what was inserted changes nothing stored
+    got["element"]["points"][0][0] = -1.0
+    assert points[0][0] == 1.5

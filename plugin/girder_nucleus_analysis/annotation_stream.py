@@ -73,7 +73,7 @@ class Density:
             "label": {"value": f"{name}: nuclei per {self.cell} px cell"},
             "origin": [self.cell / 2, self.cell / 2, 0], "dx": self.cell, "dy": self.cell,
             "gridWidth": self.width, "values": grid.ravel().tolist(),
-            "radius": self.cell * 0.75, "scaleWithZoom": True,
+            "radius": float(self.cell), "scaleWithZoom": True,
             "colorRange": [f"rgba({r}, {g}, {b}, 0)", f"rgba({r}, {g}, {b}, 0.85)"],
             "rangeValues": [0, max(1.0, top)],
             "user": {"nuclei": int(grid.sum()), "cell": self.cell},
