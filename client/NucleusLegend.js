@@ -9,9 +9,11 @@ const JOB_SUCCESS = 3;
 const PREVIEW_BYTES = 65536;
 const PREVIEW_ROWS = 10;
 /* the plugin's constants.DETAIL_LIMIT, when the summary does not say */
-const DETAIL_LIMIT = 20000;
+const DETAIL_LIMIT = 10000;
 /* large_image's default minElements: above it an outline annotation is fetched by region */
 const PAGE_ABOVE = 5000;
+/* the region fetched around the view, in views per side (large_image's default is 3) */
+const VIEW_AREA = 1.5;
 
 const STYLE = `
 .h-nucleus-legend .h-nl-status { font-size: 11px; color: #a60; }
@@ -259,8 +261,16 @@ const NucleusLegend = Panel.extend({
         const s = this.summary;
         let mode = 'detail';
         const bounds = this._bounds();
+        const where = bounds ? [bounds.left, bounds.top, bounds.right, bounds.bottom].join() : '';
+        const moving = where !== this._lastBounds;
+        this._lastBounds = where;
         if (this._hasDensity()) {
             mode = bounds && this._inView(bounds) <= s.detailLimit ? 'detail' : 'density';
+            if (mode === 'detail' && this._mode === 'density' && moving && this._applied) {
+                // while a zoom is under way, outlines fetched for each passing view would
+                // queue up: switch to them once the view holds still (half a second)
+                mode = 'density';
+            }
         }
         const present = s.classes.map((c) => [
             this._annotation(c.annotationId) ? 1 : 0,
@@ -268,11 +278,17 @@ const NucleusLegend = Panel.extend({
         const key = `${mode}|${present}`;
         if (key === this._applied) {
             // no change of level: what the user toggled elsewhere (HistomicsUI's annotation
-            // panel) becomes the panel's choice
+            // panel) becomes the panel's choice; the density layers stay hidden while the
+            // outlines are shown (HistomicsUI shows them when it lists the annotations, which
+            // can come after the panel applied its level)
             s.classes.forEach((c) => {
                 const shown = this._annotation(mode === 'density' ? c.densityAnnotationId : c.annotationId);
                 if (shown) {
                     this._wanted[c.name] = !!shown.get('displayed');
+                }
+                const density = this._annotation(c.densityAnnotationId);
+                if (mode === 'detail' && density && density.get('displayed')) {
+                    density.set('displayed', false);
                 }
             });
             return;
@@ -293,8 +309,10 @@ const NucleusLegend = Panel.extend({
                 if (showOutlines && !outlines.get('displayed') &&
                         outlines._pageElements === undefined &&
                         (outlines.get('_elementCount') || 0) > PAGE_ABOVE) {
-                    // fetch what is in view only (large_image's paging), never every centroid
+                    // fetch what is in view only (large_image's paging), never every centroid,
+                    // with a margin of a quarter view on each side (large_image: one view)
                     outlines._pageElements = true;
+                    outlines._viewArea = VIEW_AREA;
                 }
                 if (!!outlines.get('displayed') !== showOutlines) {
                     outlines.set('displayed', showOutlines);

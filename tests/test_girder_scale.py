@@ -32,6 +32,10 @@ def test_50k_real_nuclei_are_stored_and_shown_at_every_zoom(tmp_path):
     assert shown["whole_slide"]["drawn"] == 0, shown
     # 1 mm field: outlines, at least every nucleus meeting the view (the viewer fetches a
     # margin around it), no density
+    zoomed = shown["field_zoom"]
+    assert zoomed["drawn_s"] is not None, shown
+    assert zoomed["mode"] == "detail" and zoomed["density"] == 0, shown
+    assert zoomed["drawn"] >= zoomed["nuclei_in_view"] > 50, shown
     field = shown["field"]
     assert field["mode"] == "detail" and field["density"] == 0, shown
     assert field["nuclei_in_view"] > 50 and field["drawn"] >= field["nuclei_in_view"], shown

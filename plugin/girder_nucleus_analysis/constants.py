@@ -16,7 +16,7 @@ ATTR_KEY = "nucleusAnalysis"
 #: annotations are not shown by default: the Nuclei panel (``client/NucleusLegend.js``, same
 #: number) draws the density while the view holds more nuclei than this, the outlines in view
 #: below it
-DETAIL_LIMIT = 20_000
+DETAIL_LIMIT = 10_000
 #: celery task name of the worker side
 TASK_NAME = "girder_nucleus_analysis.worker.run_nucleus_analysis"
 #: slicer_cli_web's setting holding the folder that CLI images are registered in
