@@ -206,6 +206,26 @@ def _until(page, condition: str, timeout_ms: float = 600_000) -> None:
                            timeout=timeout_ms)
 
 
+def _seconds_until(page, condition: str, t0: float) -> float | None:
+    """Seconds from ``t0`` until ``condition`` holds (waiting at most 300 s), else None."""
+    try:
+        _until(page, condition, 300_000)
+    except Exception:
+        return None
+    return round(time.perf_counter() - t0, 1)
+
+
+def _box(view: dict) -> dict:
+    return {k: round(view[k]) for k in ("left", "top", "right", "bottom")}
+
+
+def _open(page, root: str, item_id: str, bounds: str = "") -> None:
+    """Open the slide in HistomicsUI (at ``bounds`` if given), from a fresh page load."""
+    page.goto(f"{root}/histomics#?image={item_id}" + (f"&bounds={bounds}" if bounds else ""))
+    page.reload()
+    page.wait_for_selector("#h-nucleus-legend-panel .h-nl-show-all")
+
+
 def _zoom_to(page, cx: float, cy: float, side: float, lo_xy, hi_xy) -> dict:
     """Wheel-zoom the viewer onto ``(cx, cy)`` until the view is at most ``side`` high; the
     seconds from the last wheel step until the outlines of every nucleus in view are drawn."""
@@ -233,15 +253,10 @@ def _zoom_to(page, cx: float, cy: float, side: float, lo_xy, hi_xy) -> dict:
     page.wait_for_timeout(500)  # the zoom animation settles and the URL has the bounds
     view = page.evaluate(_BOUNDS)
     expected = in_view(lo_xy, hi_xy, view)
-    try:
-        _until(page, f"p.mode === 'detail' && p.loading === 'false' && p.drawn >= {expected}",
-               300_000)
-        drawn_s = round(time.perf_counter() - t0, 1)
-    except Exception:
-        drawn_s = None
+    drawn_s = _seconds_until(
+        page, f"p.mode === 'detail' && p.loading === 'false' && p.drawn >= {expected}", t0)
     return {"drawn_s": drawn_s, "nuclei_in_view": expected, "view_heights": heights,
-            "bounds": {k: round(view[k]) for k in ("left", "top", "right", "bottom")},
-            **page.evaluate(_PANEL)}
+            "bounds": _box(view), **page.evaluate(_PANEL)}
 
 
 def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
@@ -266,16 +281,11 @@ def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
         page.set_default_timeout(600_000)
         _login(page, root)
         t0 = time.perf_counter()
-        page.goto(f"{root}/histomics#?image={item['_id']}")
-        page.reload()
-        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-show-all")
+        _open(page, root, item["_id"])
         _until(page, "p.density > 0 || p.drawn > 0")
         out["first_draw_s"] = round(time.perf_counter() - t0, 1)
-        try:
-            _until(page, f"p.density >= {total} || p.drawn >= {total}", 300_000)
-            out["all_shown_s"] = round(time.perf_counter() - t0, 1)
-        except Exception:
-            out["all_shown_s"] = None
+        out["all_shown_s"] = _seconds_until(
+            page, f"p.density >= {total} || p.drawn >= {total}", t0)
         t1 = time.perf_counter()
         out["whole_slide"] = page.evaluate(_PANEL)
         out["page_answer_s"] = round(time.perf_counter() - t1, 3)
@@ -291,21 +301,16 @@ def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
         bounds = ",".join(f"{v:.0f}" for v in (cx - side / 2, cy - side / 2, cx + side / 2,
                                                cy + side / 2, 0))
         t0 = time.perf_counter()
-        page.goto(f"{root}/histomics#?image={item['_id']}&bounds={bounds}")
-        page.reload()
-        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-show-all")
+        _open(page, root, item["_id"], bounds)
         _until(page, "p.mode === 'detail'")
         out["field_panel_ready_s"] = round(time.perf_counter() - t0, 1)
         page.wait_for_timeout(1000)  # HistomicsUI writes the bounds it shows after a pan
         view = page.evaluate(_BOUNDS)
         expected = in_view(lo_xy, hi_xy, view)
-        try:
-            _until(page, f"p.loading === 'false' && p.drawn >= {expected}", 300_000)
-            out["field_drawn_s"] = round(time.perf_counter() - t0, 1)
-        except Exception:
-            out["field_drawn_s"] = None
-        out["field"] = {"bounds": {k: round(view[k]) for k in ("left", "top", "right", "bottom")},
-                        "nuclei_in_view": expected, **page.evaluate(_PANEL)}
+        out["field_drawn_s"] = _seconds_until(
+            page, f"p.loading === 'false' && p.drawn >= {expected}", t0)
+        out["field"] = {"bounds": _box(view), "nuclei_in_view": expected,
+                        **page.evaluate(_PANEL)}
         t1 = time.perf_counter()
         page.evaluate("() => 1")
         out["field_page_answer_s"] = round(time.perf_counter() - t1, 3)
