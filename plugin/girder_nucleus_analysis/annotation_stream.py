@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 
 import jsonschema
+import numpy as np
 from girder.exceptions import ValidationException
 from girder.models.file import File
 
@@ -41,15 +42,12 @@ class Density:
     """
 
     def __init__(self, size_x: int, size_y: int) -> None:
-        import numpy as np
-
         self.size_x, self.size_y = max(1, int(size_x)), max(1, int(size_y))
         self.cell = max(DENSITY_MIN_CELL, math.ceil(max(self.size_x, self.size_y)
                                                     / DENSITY_CELLS))
         self.width = math.ceil(self.size_x / self.cell)
         self.height = math.ceil(self.size_y / self.cell)
-        self._np = np
-        self.counts: dict[str, object] = {}
+        self.counts: dict[str, np.ndarray] = {}
 
     def add(self, name: str, points) -> None:
         n = len(points)
@@ -59,14 +57,14 @@ class Density:
         iy = min(self.height - 1, max(0, int(y // self.cell)))
         grid = self.counts.get(name)
         if grid is None:
-            grid = self.counts[name] = self._np.zeros((self.height, self.width), self._np.int64)
+            grid = self.counts[name] = np.zeros((self.height, self.width), np.int64)
         grid[iy, ix] += 1
 
     def element(self, name: str, color: str | None) -> dict:
         """The class's counts as a large_image ``griddata`` heatmap element (cell centres)."""
         grid = self.counts[name]
         nonzero = grid[grid > 0]
-        top = float(self._np.percentile(nonzero, 95)) if nonzero.size else 1.0
+        top = float(np.percentile(nonzero, 95)) if nonzero.size else 1.0
         r, g, b = _rgb(color)
         return {
             "type": "griddata", "interpretation": "heatmap", "group": name,

@@ -144,7 +144,7 @@ def _slide_size(item: dict) -> tuple[int, int] | None:
 
         meta = ImageItem().getMetadata(item)
         return int(meta["sizeX"]), int(meta["sizeY"])
-    except Exception:  # no readable image: the density grid follows the nuclei instead
+    except Exception:  # no readable image: no density annotations, outlines shown as before
         logger.info("Nucleus Analysis: no image size for item %s", item["_id"])
         return None
 
@@ -352,7 +352,7 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
             if not _still_claimed(item, job):
                 raise Superseded("a newer Nucleus Analysis of this item claimed it meanwhile")
             summary = _swap(item, job, staged, files, summary)
-            took = {"staged": staged_s, "total": time.perf_counter() - started}
+            total_s = time.perf_counter() - started
     except BaseException as e:
         _remove_annotations(staged)
         # only this job's own uploads: a request naming any other file of the item (the
@@ -373,7 +373,7 @@ def ingest(user: dict, item: dict, job_id: str, annotation_file_id: str,
         raise
     logger.info("Nucleus Analysis: job %s posted %d nuclei on item %s (read, validated and "
                 "staged in %.1f s, %.1f s in all)", job_id, summary["nuclei"], item["_id"],
-                took["staged"], took["total"])
+                staged_s, total_s)
     return summary
 
 
