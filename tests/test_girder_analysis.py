@@ -350,7 +350,18 @@ def test_large_result_posts_in_chunks(stack, full_run):
     assert {c["name"]: c["count"] for c in summary["classes"]} == {
         "inflammatory": 33_334, "neoplastic": 66_666}
     ours = _ours(_annotations(stack.admin, stack.slide_item["_id"]))
-    assert sorted(a["_elementCount"] for a in ours) == [33_334, 66_666]
+    marker = "nucleusAnalysis"
+    outlines = [a for a in ours if not a["annotation"]["attributes"][marker].get("density")]
+    density = [a for a in ours if a["annotation"]["attributes"][marker].get("density")]
+    assert sorted(a["_elementCount"] for a in outlines) == [33_334, 66_666]
+    # above the detail limit the outlines are hidden and one heatmap per class is shown
+    assert not any(a["annotation"]["display"]["visible"] for a in outlines)
+    assert sorted((a["annotation"]["attributes"][marker]["class"], a["_elementCount"],
+                   a["annotation"]["attributes"][marker]["count"]) for a in density) == [
+        ("inflammatory", 1, 33_334), ("neoplastic", 1, 66_666)]
+    assert all(a["annotation"]["display"]["visible"] for a in density)
+    assert sorted(c["densityAnnotationId"] for c in summary["classes"]) == sorted(
+        a["_id"] for a in density)
     print(f"\n100k nuclei ({len(payload) / 1e6:.0f} MB) ingested in {took:.1f} s")
 
 
