@@ -58,6 +58,7 @@ def write_outputs(contours, classes, workdir: Path, stem: str) -> dict:
     import pandas as pd
     import shapely
 
+    from slicer_cli.nuclei.outlines import on_whole_pixels
     from slicer_cli.nuclei.writers import AnnotationWriter, FeatureTableWriter
 
     names = sorted(set(classes))
@@ -78,8 +79,10 @@ def write_outputs(contours, classes, workdir: Path, stem: str) -> dict:
         ann.write(ids, part, groups, [COLORS.get(g, "rgb(0,0,0)") for g in groups],
                   np.ones(len(part)))
         polys = np.array([shapely.Polygon(p) for p in part], dtype=object)
-        lo_xy = np.array([p.min(axis=0) for p in part])
-        hi_xy = np.array([p.max(axis=0) for p in part])
+        # the stored outline's own box (whole pixels), as the pipeline's plottable table has
+        stored = on_whole_pixels(part)
+        lo_xy = np.array([p.min(axis=0) for p in stored])
+        hi_xy = np.array([p.max(axis=0) for p in stored])
         cent = shapely.get_coordinates(shapely.centroid(polys))
         frame = pd.DataFrame({"nucleus_id": ids, "class": groups,
                               "min_x": lo_xy[:, 0], "min_y": lo_xy[:, 1], "max_x": hi_xy[:, 0],

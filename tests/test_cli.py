@@ -222,13 +222,11 @@ def test_plot_table_and_qupath_geojson(tmp_path, cmu_svs):
     assert list(plot_table.columns) == PLOT_COLUMNS
     assert plot_table["nucleus_id"].tolist() == table["nucleus_id"].tolist()
     pts = [np.asarray(e["points"])[:, :2] for e in doc["elements"]]
-    # the bounding box is the outline's, to the whole pixel outward (HistomicsUI joins rows
-    # to elements within 2 px, looking the low corner up by integer keys)
-    for column, values, side in (("min_x", [p[:, 0].min() for p in pts], -1),
-                                 ("min_y", [p[:, 1].min() for p in pts], -1),
-                                 ("max_x", [p[:, 0].max() for p in pts], 1),
-                                 ("max_y", [p[:, 1].max() for p in pts], 1)):
-        got = plot_table[column].to_numpy()
-        assert (got == np.round(got)).all()
-        gap = (got - np.asarray(values)) * side
-        assert ((gap >= 0) & (gap < 1.0 + 0.06)).all(), column
+    # outlines on whole base pixels and the row's box exactly the outline's: large_image
+    # joins a row to its element by the box, looking the low corner up by integer keys
+    assert all((p == np.round(p)).all() for p in pts)
+    for column, values in (("min_x", [p[:, 0].min() for p in pts]),
+                           ("min_y", [p[:, 1].min() for p in pts]),
+                           ("max_x", [p[:, 0].max() for p in pts]),
+                           ("max_y", [p[:, 1].max() for p in pts])):
+        assert plot_table[column].tolist() == values, column

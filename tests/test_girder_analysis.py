@@ -123,6 +123,31 @@ def test_rest_job_on_real_slide_posts_results(stack, full_run):
     print(f"\nwhole CMU slide: {meta['nuclei']} nuclei {counts} in {full_run['_wall_s']:.1f} s")
 
 
+def test_metadata_plot_joins_every_row_to_its_own_nucleus(stack, full_run, reader):
+    """The request HistomicsUI's Metadata Plot sends (two features, the bounding box and the
+    element ids), answered by large_image: one point per nucleus, each carrying the values
+    of that nucleus' row (its element's ``user.id`` equals the row's ``nucleus_id``)."""
+    item_id = stack.slide_item["_id"]
+    meta = stack.admin.getItem(item_id)["meta"]["nucleusAnalysis"]
+    x, y = "data.size.area", "data.shape.circularity"
+    keys = [x, y, "item.name", "item.id", "bbox.x0", "bbox.y0", "bbox.x1", "bbox.y1",
+            "annotation.id", "annotationelement.id", "data.id", "data.nucleus_id"]
+    listed = {c["key"] for c in reader.post(
+        f"annotation/item/{item_id}/plot/list", data={"annotations": json.dumps(["__all__"])})}
+    assert {x, y, "data.nucleus_id", "annotationelement.id"} <= listed
+    answer = reader.post(f"annotation/item/{item_id}/plot/data", data={
+        "annotations": json.dumps(["__all__"]), "keys": ",".join(keys),
+        "requiredKeys": f"{x},{y}"})
+    col = {c["key"]: c["index"] for c in answer["columns"]}
+    rows = answer["data"]
+    assert len(rows) == meta["nuclei"]
+    assert len({r[col["annotationelement.id"]] for r in rows}) == meta["nuclei"]
+    assert all(r[col["data.id"]] == r[col["data.nucleus_id"]] for r in rows)
+    assert {r[col["annotation.id"]] for r in rows} <= set(meta["annotationIds"])
+    # the values are the rows' own (not one row's values repeated)
+    assert len({r[col[x]] for r in rows}) > meta["nuclei"] // 20
+
+
 def test_no_token_in_job_logs_annotations_metadata_or_worker_log(stack, full_run, reader):
     known = {stack.admin.token, reader.token}
     item_id = stack.slide_item["_id"]

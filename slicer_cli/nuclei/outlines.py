@@ -60,3 +60,41 @@ def trace_outlines(labels: np.ndarray) -> list[np.ndarray]:
             x0, x1, y0, y1 = sx.start, sx.stop - 1, sy.start, sy.stop - 1
             best[i] = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
     return best[1:]
+
+
+def on_whole_pixels(contours: list[np.ndarray]) -> list[np.ndarray]:
+    """The outlines as the annotation stores them: vertices rounded to whole base pixels,
+    repeated neighbours dropped.
+
+    Whole pixels are what HistomicsUI's Metadata Plot needs to join a feature-table row to
+    its outline: large_image (1.35) looks an element's bounding-box corner up by integer
+    keys, so an outline whose lowest y is fractional never matches its row. A vertex moves
+    at most half a base pixel. An outline left with fewer than three vertices becomes its
+    whole-pixel bounding box (at least one pixel each way).
+
+    Parameters
+    ----------
+    contours : list of ndarray
+        ``(k, 2)`` float ``x, y`` vertices per nucleus, base pixels.
+
+    Returns
+    -------
+    list of ndarray
+        ``(k', 2)`` int64 vertices per nucleus, same order, ``k' >= 3``.
+    """
+    if not contours:
+        return []
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    points = np.concatenate(contours).astype(np.float64, copy=False)
+    whole = np.rint(points).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    prev = np.arange(len(whole)) - 1
+    prev[starts] = starts + lengths - 1                 # a ring's first vertex follows its last
+    keep = (whole != whole[prev]).any(axis=1)
+    kept = np.add.reduceat(keep.astype(np.int64), starts) if len(starts) else lengths
+    out = np.split(whole[keep], np.cumsum(kept)[:-1])
+    for i in np.flatnonzero(kept < 3).tolist():
+        lo = np.floor(contours[i].min(axis=0)).astype(np.int64)
+        hi = np.maximum(np.ceil(contours[i].max(axis=0)).astype(np.int64), lo + 1)
+        out[i] = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+    return out

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
+from .outlines import on_whole_pixels
 
 
 def _open_part(path: str | Path, mode: str = "w"):
@@ -56,11 +57,14 @@ class AnnotationWriter:
 
     def write(self, ids: np.ndarray, contours: list[np.ndarray], groups: list[str],
               colors: list[str], probs: np.ndarray) -> None:
-        """Append nuclei: ids, base-pixel ``(k, 2)`` contours, class names/colours, probs."""
+        """Append nuclei: ids, base-pixel ``(k, 2)`` contours, class names/colours, probs.
+
+        Vertices are stored on whole base pixels (:func:`~.outlines.on_whole_pixels`), so
+        HistomicsUI can join each outline to its row of the plottable table."""
         parts = []
-        for nid, pts, group, color, prob in zip(ids.tolist(), contours, groups, colors,
-                                                probs.tolist()):
-            coords = ",".join(f"[{x:.1f},{y:.1f},0]" for x, y in pts.tolist())
+        for nid, pts, group, color, prob in zip(ids.tolist(), on_whole_pixels(contours),
+                                                groups, colors, probs.tolist()):
+            coords = ",".join(f"[{x},{y},0]" for x, y in pts.tolist())
             parts.append(
                 f'{{"type":"polyline","closed":true,"points":[{coords}],'
                 f'"group":{json.dumps(group)},"lineColor":"{color}","lineWidth":1,'
@@ -183,16 +187,14 @@ PLOT_COLUMNS = ["nucleus_id", "class", "class_probability", "min_x", "min_y", "m
 
 
 def plot_rows(ids: np.ndarray, contours: list[np.ndarray], groups: list[str], table):
-    """The plottable rows of a batch: its outline's bounding box (the element's own, to the
-    pixel, so HistomicsUI joins the row to the outline), class, centroid and
-    :data:`PLOT_FEATURES` of ``table``."""
+    """The plottable rows of a batch: its outline's bounding box (exactly the stored
+    element's: whole pixels, so HistomicsUI joins the row to the outline), class, centroid
+    and :data:`PLOT_FEATURES` of ``table``."""
     import pandas as pd
 
-    lo = np.array([c.min(axis=0) for c in contours]) if contours else np.zeros((0, 2))
-    hi = np.array([c.max(axis=0) for c in contours]) if contours else np.zeros((0, 2))
-    # whole pixels, outward (within 1 px of the outline's box): large_image 1.35.6 looks the
-    # row's low corner up by integer keys, so a fractional min_y never matches an element
-    lo, hi = np.floor(lo).astype(np.int64), np.ceil(hi).astype(np.int64)
+    outlines = on_whole_pixels(contours)
+    lo = np.array([c.min(axis=0) for c in outlines]) if outlines else np.zeros((0, 2), int)
+    hi = np.array([c.max(axis=0) for c in outlines]) if outlines else np.zeros((0, 2), int)
     frame = pd.DataFrame({
         "nucleus_id": ids.astype(np.int64), "class": groups,
         "class_probability": table["class_probability"].to_numpy(np.float64),
