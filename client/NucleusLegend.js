@@ -22,7 +22,8 @@ const STYLE = `
 .h-nucleus-legend .h-nl-row { display: flex; align-items: center; gap: 6px; margin: 2px 0; }
 .h-nucleus-legend .h-nl-swatch { width: 12px; height: 12px; border: 2px solid; display: inline-block; }
 .h-nucleus-legend .h-nl-count { margin-left: auto; font-variant-numeric: tabular-nums; }
-.h-nucleus-legend .h-nl-drawn, .h-nucleus-legend .h-nl-files, .h-nucleus-legend .h-nl-actions { font-size: 11px; margin-top: 4px; }
+.h-nucleus-legend .h-nl-drawn, .h-nucleus-legend .h-nl-files, .h-nucleus-legend .h-nl-actions,
+.h-nucleus-legend .h-nl-selected { font-size: 11px; margin-top: 4px; }
 .h-nucleus-legend .h-nl-preview { max-height: 240px; overflow: auto; font-size: 10px; }
 .h-nucleus-legend .h-nl-preview table { border-collapse: collapse; }
 .h-nucleus-legend .h-nl-preview td, .h-nucleus-legend .h-nl-preview th { border: 1px solid #ddd; padding: 1px 3px; white-space: nowrap; }
@@ -255,6 +256,32 @@ const NucleusLegend = Panel.extend({
             this._levelOfDetail();
         }
         this._countDrawn();
+        this._showSelection();
+    },
+
+    /* The nuclei selected in the viewer (clicked, or points picked in Metadata Plot): their
+     * ids and classes, so a selection can be read and checked against the feature table. */
+    _showSelection() {
+        const ours = {};
+        (this.summary ? this.summary.classes : []).forEach((c) => {
+            ours[c.annotationId] = true;
+        });
+        const selected = this.imageView.selectedElements;
+        const nuclei = (selected && selected.models ? selected.models : []).filter((m) =>
+            m.originalAnnotation && ours[m.originalAnnotation.id]).map((m) => {
+            const user = m.get('user') || {};
+            return {element: id(m.id), nucleus: count(user.id), group: String(user.class || m.get('group') || '')};
+        });
+        const key = nuclei.map((n) => n.element).join();
+        if (key === this._selectedKey) {
+            return;
+        }
+        this._selectedKey = key;
+        // .text(): set as text, never parsed as HTML
+        const shown = nuclei.slice(0, 5).map((n) => `nucleus ${n.nucleus} (${n.group})`).join(', ');
+        this.$('.h-nl-selected').attr('data-nucleus-ids', nuclei.map((n) => n.nucleus).join())
+            .attr('data-element-ids', key)
+            .text(nuclei.length ? `Selected: ${shown}${nuclei.length > 5 ? ` and ${nuclei.length - 5} more` : ''}` : '');
     },
 
     _levelOfDetail() {
@@ -363,9 +390,12 @@ const NucleusLegend = Panel.extend({
             ' of <span class="h-nl-shown-count" data-shown-count="0">0</span> shown ' +
             '<span class="h-nl-status" data-loading="false"></span></div>' +
             '<div class="h-nl-density" data-mode="detail" data-density-nuclei="0"></div>' +
+            '<div class="h-nl-selected" data-nucleus-ids="" data-element-ids=""></div>' +
             (files ? `<div class="h-nl-files">Feature table: ${files} &middot; <a class="h-nl-preview-toggle" href="#">preview</a></div>` : '') +
             '<div class="h-nl-preview"></div>');
         this._countDrawn();
+        this._selectedKey = null;
+        this._showSelection();
         this._renderPreview();
         return this;
     },

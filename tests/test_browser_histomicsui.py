@@ -12,8 +12,10 @@ import os
 import shutil
 import sys
 import time
+from io import StringIO
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.girder_stack import ADMIN, SUCCESS, TERMINAL, Stack
@@ -181,6 +183,115 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
         for job in stack.admin.get("job", parameters={"limit": 0}):
             if job["status"] not in TERMINAL:
                 stack.admin.put(f"job/{job['_id']}/cancel")
+
+
+def _result(stack) -> dict:
+    """The slide's Nucleus Analysis summary; runs the analysis through REST if it has none."""
+    item = stack.slide_item
+    if "nucleusAnalysis" not in (stack.admin.getItem(item["_id"]).get("meta") or {}):
+        job = stack.admin.post(f"nucleus_analysis/item/{item['_id']}/run", json={})
+        assert stack.wait_job(job["_id"], timeout_s=900)["status"] == SUCCESS
+    return stack.admin.get(f"nucleus_analysis/item/{item['_id']}")
+
+
+#: in the page: the scatter's points in page pixels, and one with no other point within
+#: ``gap`` pixels (so a small box around it selects it alone)
+_ISOLATED_POINT = """gap => {
+    const gd = document.querySelector('#h-metadata-plot');
+    const trace = gd.data[0], L = gd._fullLayout, box = gd.getBoundingClientRect();
+    const px = (ax, v) => (ax.c2p ? ax.c2p(v) : ax.l2p(v));
+    const pts = trace.x.map((x, i) => [box.left + L._size.l + px(L.xaxis, x),
+                                       box.top + L._size.t + px(L.yaxis, trace.y[i])]);
+    const inside = ([u, v]) => u > box.left + L._size.l + gap && v > box.top + L._size.t + gap &&
+        u < box.left + L._size.l + L._size.w - gap && v < box.top + L._size.t + L._size.h - gap;
+    for (let i = 0; i < pts.length; i += 1) {
+        if (inside(pts[i]) && pts.every((q, j) => j === i ||
+                Math.hypot(q[0] - pts[i][0], q[1] - pts[i][1]) > gap)) {
+            return {index: i, x: trace.x[i], y: trace.y[i], u: pts[i][0], v: pts[i][1],
+                    n: pts.length, type: trace.type};
+        }
+    }
+    return {index: -1, n: pts.length, type: trace.type};
+}"""
+
+
+def test_metadata_plot_scatters_two_features_and_a_point_selects_its_nucleus(stack, page):
+    """Metadata Plot, as a user sets it: area against circularity, one point per nucleus; a
+    box drawn around one point selects that nucleus in the viewer (the Nuclei panel names
+    it), and the point's values are that nucleus' row of the item's feature table."""
+    root = stack.api_url.rsplit("/api/v1", 1)[0]
+    item = stack.slide_item
+    summary = _result(stack)
+    x, y = "data.size.area", "data.shape.circularity"
+    try:
+        _login(page, root)
+        page.goto(f"{root}/histomics#?image={item['_id']}")
+        page.reload()
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
+        page.click("#h-nucleus-legend-panel .h-nl-show-all")
+        page.wait_for_function(
+            "n => Number(document.querySelector('.h-nl-drawn-count')"
+            ".getAttribute('data-drawn-count')) === n", arg=summary["nuclei"], timeout=120_000)
+        panel = "#h-metadataplot-panel"
+        page.wait_for_selector(f"{panel} .g-widget-metadata-plot-settings")
+        page.click(f"{panel} .g-widget-metadata-plot-settings")
+        page.wait_for_selector(f'#h-plot-series-x option[value="{x}"]', state="attached")
+        page.select_option("#h-plot-series-x", x)
+        page.select_option("#h-plot-series-y", y)
+        page.uncheck("#h-plot-folder")  # this slide's nuclei only
+        page.click("#g-dialog-container .h-submit")
+        if not page.locator(f"{panel} .s-panel-content.in").count():
+            page.click(f"{panel} .s-panel-title-container")
+        page.wait_for_function(
+            "() => { const gd = document.querySelector('#h-metadata-plot');"
+            " return !!(gd && gd._fullLayout && gd.data && gd.data[0] && gd.data[0].x.length); }",
+            timeout=120_000)
+        page.wait_for_timeout(500)  # plotly lays the axes out after the first draw
+        point = page.evaluate(_ISOLATED_POINT, 8)
+        # a scatter of every nucleus (WebGL above 100 points, as HistomicsUI draws it)
+        assert point["n"] == summary["nuclei"] and point["type"] == "scattergl", point
+        assert point["index"] >= 0, "no point stands apart from the others"
+        _shot(page, "histomicsui_metadata_plot.png")
+        # box select: the plot's own tool, a small box around the point
+        page.locator(f'{panel} .modebar-btn[data-val="select"]').dispatch_event("click")
+        u, v = point["u"], point["v"]
+        page.mouse.move(u - 6, v - 6)
+        page.mouse.down()
+        page.mouse.move(u + 6, v + 6, steps=6)
+        page.mouse.up()
+        page.wait_for_function(
+            "() => !!document.querySelector('.h-nl-selected').getAttribute('data-nucleus-ids')",
+            timeout=30_000)
+        selected = page.locator("#h-nucleus-legend-panel .h-nl-selected")
+        nucleus = int(selected.get_attribute("data-nucleus-ids"))
+        element_id = selected.get_attribute("data-element-ids")
+        _shot(page, "histomicsui_metadata_plot_selected.png")
+        # that nucleus is the point's: its feature-table row holds the point's two values
+        csv = next(f for f in summary["files"] if f["name"].endswith(".csv"))
+        text = stack.admin.get(f"file/{csv['_id']}/download", jsonResp=False).text
+        table = pd.read_csv(StringIO(text)).set_index("nucleus_id")
+        row = table.loc[nucleus]
+        # (the CSV holds float32 text; plot/data reads the same text)
+        assert row["Size.Area"] == pytest.approx(point["x"], rel=1e-6)
+        assert row["Shape.Circularity"] == pytest.approx(point["y"], rel=1e-6)
+        # and the element selected is that nucleus' outline: its box is the row's
+        element = None
+        for c in summary["classes"]:
+            for e in stack.admin.get(f"annotation/{c['annotationId']}")["annotation"]["elements"]:
+                if e["id"] == element_id:
+                    element = e
+        assert element is not None and element["user"]["id"] == nucleus
+        pts = [p[:2] for p in element["points"]]
+        assert [min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts),
+                max(p[1] for p in pts)] == [row["min_x"], row["min_y"], row["max_x"],
+                                            row["max_y"]]
+        assert f"nucleus {nucleus} ({row['class']})" in selected.inner_text()
+        print(f"\nmetadata plot: {point['n']} points; point ({point['x']}, {point['y']}) "
+              f"selected nucleus {nucleus}")
+    except BaseException:
+        _shot(page, "histomicsui_plot_failure.png")
+        print("\n".join(page.console_messages[-30:]))
+        raise
 
 
 #: hostile item metadata: every field the Nuclei panel reads, each trying to run script
