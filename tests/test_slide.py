@@ -70,3 +70,38 @@ def test_read_tile_resamples_to_model_resolution(cmu_svs):
     arr = read_tile(source, slide, tile)
     assert arr.shape == (300, 400, 3)
     assert arr.std() > 10  # real tissue, not padding
+
+
+_CACHE_PROBE = """
+import sys
+from large_image.cache_util import getTileCache
+from slicer_cli.nuclei.records import Tile
+from slicer_cli.nuclei.slide import open_slide, read_tile
+slide, source = open_slide(sys.argv[1])
+for y in range(0, slide.size_y, 512):
+    for x in range(0, slide.size_x, 512):
+        read_tile(source, slide, Tile(0, x, y, 512, 512, x, y, x + 512, y + 512, 1.0,
+                                      512, 512, y))
+cache = getTileCache()[0]
+print(cache.maxsize, len(cache))
+"""
+
+
+@pytest.mark.parametrize("env, maxsize", [({}, "64"), ({"LARGE_IMAGE_CACHE_TILECACHE_MAXIMUM":
+                                                       "500"}, "500")])
+def test_tile_cache_is_bounded_unless_the_deployment_sets_it(cmu_svs, env, maxsize):
+    """A whole slide read once must not fill large_image's default cache (a 32nd of memory);
+    a deployment's own setting is kept. In a fresh process: the cache is made once."""
+    import os
+    import subprocess
+    import sys
+
+    from slicer_cli.nuclei.slide import TILE_CACHE_TILES
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LARGE_IMAGE_")}
+    out = subprocess.run([sys.executable, "-c", _CACHE_PROBE, str(cmu_svs)], text=True,
+                         capture_output=True, env={**clean, **env}, check=True).stdout.split()
+    assert out[0] == maxsize and int(out[1]) <= int(maxsize)
+    assert TILE_CACHE_TILES == 64
+    if not env:  # the CMU slide has more tiles than that: the bound is what held them
+        assert int(out[1]) == TILE_CACHE_TILES

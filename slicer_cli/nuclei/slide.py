@@ -27,6 +27,27 @@ class Slide:
     mpp: float
 
 
+#: large_image's in-memory tile cache, in tiles. Its default (a 32nd of the machine's memory)
+#: fills as a whole slide is read once: at 16384² it held 361 MiB of the CLI's peak RSS
+#: (BENCHMARKS.md). The engine reads each tile once and re-reads only the overlap, soon after,
+#: so a few dozen tiles are all that is ever reused. A deployment's own setting
+#: (``LARGE_IMAGE_CACHE_TILECACHE_MAXIMUM`` or large_image's config) wins.
+TILE_CACHE_TILES = 64
+
+
+def bound_tile_cache() -> None:
+    """Cap large_image's tile cache at :data:`TILE_CACHE_TILES` unless it is configured
+    (takes effect when the cache is made: before the process's first tile read)."""
+    from large_image import config
+
+    try:
+        configured = int(config.getConfig("cache_tileCache_maximum", 0) or 0)
+    except (TypeError, ValueError):
+        configured = 0
+    if configured <= 0:
+        config.setConfig("cache_tileCache_maximum", TILE_CACHE_TILES)
+
+
 def open_slide(path: str, mpp: float | None = None):
     """Open ``path`` with large_image and check it is usable.
 
@@ -50,6 +71,7 @@ def open_slide(path: str, mpp: float | None = None):
     """
     import large_image
 
+    bound_tile_cache()
     if not os.path.exists(path):
         raise SlideError(f"slide not found: {path}")
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
