@@ -177,7 +177,8 @@ _PANEL = """() => {
     return {mode: a('.h-nl-density', 'data-mode'),
             density: Number(a('.h-nl-density', 'data-density-nuclei') || 0),
             drawn: Number(a('.h-nl-drawn-count', 'data-drawn-count') || 0),
-            loading: a('.h-nl-status', 'data-loading')};
+            loading: a('.h-nl-status', 'data-loading'),
+            plot_note_classes: Number(a('.h-nl-plot-note', 'data-classes') || 0)};
 }"""
 #: the visible bounds (base pixels), as HistomicsUI keeps them in the URL after each pan
 _BOUNDS = """() => {

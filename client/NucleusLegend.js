@@ -10,6 +10,9 @@ const PREVIEW_BYTES = 65536;
 const PREVIEW_ROWS = 10;
 /* the plugin's constants.DETAIL_LIMIT, when the summary does not say */
 const DETAIL_LIMIT = 10000;
+/* large_image 1.35's PlottableItemData.maxAnnotationElements: Metadata Plot reads no element
+ * of a larger annotation, so its table rows join no nucleus (docs/DESIGN.md section 5) */
+const PLOT_ELEMENT_LIMIT = 25000;
 /* large_image's default minElements: above it an outline annotation is fetched by region */
 const PAGE_ABOVE = 5000;
 /* the region fetched around the view, in views per side (large_image's default is 3) */
@@ -24,6 +27,7 @@ const STYLE = `
 .h-nucleus-legend .h-nl-count { margin-left: auto; font-variant-numeric: tabular-nums; }
 .h-nucleus-legend .h-nl-drawn, .h-nucleus-legend .h-nl-files, .h-nucleus-legend .h-nl-actions,
 .h-nucleus-legend .h-nl-selected { font-size: 11px; margin-top: 4px; }
+.h-nucleus-legend .h-nl-plot-note { color: #777; font-size: 11px; margin-top: 4px; }
 .h-nucleus-legend .h-nl-preview { max-height: 240px; overflow: auto; font-size: 10px; }
 .h-nucleus-legend .h-nl-preview table { border-collapse: collapse; }
 .h-nucleus-legend .h-nl-preview td, .h-nucleus-legend .h-nl-preview th { border: 1px solid #ddd; padding: 1px 3px; white-space: nowrap; }
@@ -391,8 +395,15 @@ const NucleusLegend = Panel.extend({
             '<span class="h-nl-status" data-loading="false"></span></div>' +
             '<div class="h-nl-density" data-mode="detail" data-density-nuclei="0"></div>' +
             '<div class="h-nl-selected" data-nucleus-ids="" data-element-ids=""></div>' +
+            '<div class="h-nl-plot-note"></div>' +
             (files ? `<div class="h-nl-files">Feature table: ${files} &middot; <a class="h-nl-preview-toggle" href="#">preview</a></div>` : '') +
             '<div class="h-nl-preview"></div>');
+        const large = s.classes.filter((c) => c.count > PLOT_ELEMENT_LIMIT).map((c) => c.name);
+        // .text(): class names are set as text, never parsed as HTML
+        this.$('.h-nl-plot-note').attr('data-classes', large.length).text(large.length
+            ? `Metadata Plot shows one point per nucleus only for shown classes of at most ${PLOT_ELEMENT_LIMIT.toLocaleString()} nuclei; ` +
+              `${large.join(', ')} ${large.length > 1 ? 'have' : 'has'} more: use the Parquet table.`
+            : '');
         this._countDrawn();
         this._selectedKey = null;
         this._showSelection();

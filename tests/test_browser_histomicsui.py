@@ -313,6 +313,9 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
              "annotationId": '"><img src=x onerror="window.__xss=[\'annotationId\']">'},
             {"name": "stroma", "count": 12, "color": "rgb(0,128,0)",
              "annotationId": "0123456789abcdef01234567"},
+            # over Metadata Plot's 25,000 elements: its name lands in the panel's plot note
+            {"name": XSS.format("big class"), "count": 30_000, "color": "rgb(0,0,255)",
+             "annotationId": "0123456789abcdef01234568"},
         ],
         "files": [{"_id": '"><img src=x onerror="window.__xss=[\'file id\']">',
                    "name": "a.csv"},
@@ -338,7 +341,10 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
         assert panel.get_attribute("data-nuclei") == "0"
         rows = panel.locator(".h-nl-row")
         assert [rows.nth(i).get_attribute("data-count") for i in range(rows.count())] == \
-            ["0", "12"]
+            ["0", "12", "30000"]
+        note = panel.locator(".h-nl-plot-note")
+        assert note.get_attribute("data-classes") == "1"
+        assert XSS.format("big class") in note.inner_text()
         swatch = panel.locator(".h-nl-swatch").first.get_attribute("style")
         assert "onmouseover" not in swatch and "#000" in swatch
         links = panel.locator("a.h-nl-file")

@@ -30,6 +30,9 @@ def test_50k_real_nuclei_are_stored_and_shown_at_every_zoom(tmp_path):
     assert shown["whole_slide"]["mode"] == "density", shown
     assert shown["whole_slide"]["density"] == 50_000, shown
     assert shown["whole_slide"]["drawn"] == 0, shown
+    # the panel says which classes Metadata Plot cannot show per nucleus (over 25,000)
+    assert shown["whole_slide"]["plot_note_classes"] == sum(
+        1 for n in report["stored"].values() if n > 25_000), shown
     # 1 mm field: outlines, at least every nucleus meeting the view (the viewer fetches a
     # margin around it), no density
     zoomed = shown["field_zoom"]
