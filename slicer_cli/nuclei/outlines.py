@@ -75,7 +75,7 @@ def on_whole_pixels(contours: list[np.ndarray]) -> list[np.ndarray]:
     Parameters
     ----------
     contours : list of ndarray
-        ``(k, 2)`` float ``x, y`` vertices per nucleus, base pixels.
+        ``(k, 2)`` float ``x, y`` vertices per nucleus (``k >= 1``), base pixels.
 
     Returns
     -------
@@ -91,7 +91,7 @@ def on_whole_pixels(contours: list[np.ndarray]) -> list[np.ndarray]:
     prev = np.arange(len(whole)) - 1
     prev[starts] = starts + lengths - 1                 # a ring's first vertex follows its last
     keep = (whole != whole[prev]).any(axis=1)
-    kept = np.add.reduceat(keep.astype(np.int64), starts) if len(starts) else lengths
+    kept = np.add.reduceat(keep.astype(np.int64), starts)     # vertices kept per outline
     out = np.split(whole[keep], np.cumsum(kept)[:-1])
     for i in np.flatnonzero(kept < 3).tolist():
         lo = np.floor(contours[i].min(axis=0)).astype(np.int64)
