@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -165,6 +166,8 @@ def run(n: int | None, browser: bool, workdir: Path, shots: Path | None = None) 
                                    "elements": len(r.json()["annotation"]["elements"])}
         if browser:
             report["browser"] = _browser(stack, item, summary, contours, shots)
+            if shots:  # the server's side of what the browser saw
+                shutil.copy(stack.workdir / "girder.log", shots / "girder.log")
         stack.start_worker()
         gc.put(f"job/{job['_id']}/cancel")
     return report
@@ -283,6 +286,9 @@ def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
         page.set_default_timeout(600_000)
+        errors: list[str] = []  # what the page reported, in the report (nothing expected)
+        page.on("console", lambda m: errors.append(m.text[:300]) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"[:300]))
         _login(page, root)
         t0 = time.perf_counter()
         _open(page, root, item["_id"])
@@ -320,6 +326,7 @@ def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
         out["field_page_answer_s"] = round(time.perf_counter() - t1, 3)
         if shots:
             page.screenshot(path=str(shots / "field_1mm.png"))
+        out["console_errors"] = errors[-10:]
         browser.close()
     return out
 
