@@ -13,6 +13,8 @@ const DETAIL_LIMIT = 10000;
 /* large_image 1.35's PlottableItemData.maxAnnotationElements: Metadata Plot reads no element
  * of a larger annotation, so its table rows join no nucleus (docs/DESIGN.md section 5) */
 const PLOT_ELEMENT_LIMIT = 25000;
+/* a failed annotation fetch is tried again this many times (large_image never does) */
+const FETCH_RETRIES = 3;
 /* large_image's default minElements: above it an outline annotation is fetched by region */
 const PAGE_ABOVE = 5000;
 /* the region fetched around the view, in views per side (large_image's default is 3) */
@@ -154,6 +156,7 @@ const NucleusLegend = Panel.extend({
         this._grids = {};
         this._applied = null;
         this._mode = 'detail';
+        this._retries = {};
         ensureStyle();
         this.listenTo(eventStream, 'g:event.job_status', this._onJob);
         this.listenTo(this.imageView.annotations, 'sync reset update change:displayed', this._syncToggles);
@@ -188,6 +191,7 @@ const NucleusLegend = Panel.extend({
             this._wanted = {};
             this._grids = {};
             this._applied = null;
+            this._retries = {};
             this.fetch();
         } else {
             this.render();
@@ -259,8 +263,41 @@ const NucleusLegend = Panel.extend({
         if (this.summary) {
             this._levelOfDetail();
         }
+        this._retryFailed();
         this._countDrawn();
         this._showSelection();
+    },
+
+    /* A failed fetch is never tried again (large_image, HistomicsUI): after a dropped
+     * connection or a busy server's error the layer would stay undrawn, and nothing would say
+     * so. HistomicsUI marks an annotation 'loading' before it fetches and clears the mark only
+     * when the fetch succeeds, so loading while no fetch is under way means it failed: show
+     * the annotation anew (HistomicsUI fetches it again), at most FETCH_RETRIES times, waiting
+     * a little longer each time. */
+    _retryFailed() {
+        const now = Date.now();
+        this._gaveUp = false;
+        (this.summary ? this.summary.classes : []).forEach((c) => {
+            [c.annotationId, c.densityAnnotationId].forEach((annotationId) => {
+                const annotation = annotationId ? this._annotation(annotationId) : null;
+                if (!annotation || !annotation.get('displayed') || !annotation.get('loading') || annotation._inFetch) {
+                    return;
+                }
+                const retry = this._retries[annotationId] || {tries: 0, at: 0};
+                if (retry.tries >= FETCH_RETRIES) {
+                    this._gaveUp = true;
+                    return;
+                }
+                if (now < retry.at) {
+                    return;
+                }
+                retry.tries += 1;
+                retry.at = now + 2000 * retry.tries;
+                this._retries[annotationId] = retry;
+                annotation.set('displayed', false);
+                annotation.set('displayed', true);
+            });
+        });
     },
 
     /* The nuclei selected in the viewer (clicked, or points picked in Metadata Plot): their
@@ -486,8 +523,13 @@ const NucleusLegend = Panel.extend({
         this.$('.h-nl-drawn').toggleClass('hidden', this._mode === 'density');
         this.$('.h-nl-drawn-count').attr('data-drawn-count', drawn).text(drawn.toLocaleString());
         this.$('.h-nl-shown-count').attr('data-shown-count', shown).text(shown.toLocaleString());
+        const retries = Object.values(this._retries).reduce((n, r) => n + r.tries, 0);
+        const failed = !!this._gaveUp;
         this.$('.h-nl-status').attr('data-loading', loading ? 'true' : 'false')
-            .text(loading ? '(loading\u2026)' : (drawn < shown ? '(the viewer draws the outlines in view)' : ''));
+            .attr('data-retries', retries)
+            .text(failed ? '(a layer could not be loaded: reload the page)'
+                : loading ? (retries ? '(loading again after a failed request\u2026)' : '(loading\u2026)')
+                    : (drawn < shown ? '(the viewer draws the outlines in view)' : ''));
         // HistomicsUI swaps its annotation collection when an image opens, so the listener of
         // initialize() may watch an old one: keep the checkboxes true to what is displayed
         this._syncToggles();

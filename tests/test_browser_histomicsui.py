@@ -14,6 +14,7 @@ import sys
 import time
 from io import StringIO
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pandas as pd
 import pytest
@@ -58,6 +59,19 @@ def page(stack):
         yield page
         context.close()
         browser.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_script_errors(request):
+    """Every browser test also fails on an uncaught script error in the page."""
+    if "page" not in request.fixturenames:
+        yield
+        return
+    page = request.getfixturevalue("page")
+    start = len(page.console_messages)
+    yield
+    errors = [m for m in page.console_messages[start:] if m.startswith("pageerror")]
+    assert not errors, errors[:5]
 
 
 def _shot(page, name: str) -> Path:
@@ -292,6 +306,59 @@ def test_metadata_plot_scatters_two_features_and_a_point_selects_its_nucleus(sta
         _shot(page, "histomicsui_plot_failure.png")
         print("\n".join(page.console_messages[-30:]))
         raise
+
+
+@pytest.mark.parametrize("drop", ["first", "every"])
+def test_a_failed_annotation_request_is_fetched_again(stack, page, drop):
+    """A class's annotation request that fails (here the browser drops the connection) would
+    leave that class undrawn for good (large_image fetches once): the Nuclei panel fetches it
+    again and every nucleus gets drawn; the panel says it retried. When every request fails
+    it gives up after 3 and says the layer could not be loaded."""
+    root = stack.api_url.rsplit("/api/v1", 1)[0]
+    item = stack.slide_item
+    summary = _result(stack)
+    largest = max(summary["classes"], key=lambda c: c["count"])
+    path = f"/api/v1/annotation/{largest['annotationId']}"
+    dropped: list[str] = []
+
+    def drop_first(route):
+        if not dropped or drop == "every":
+            dropped.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    def matcher(url: str) -> bool:
+        return urlparse(url).path == path
+
+    page.route(matcher, drop_first)
+    try:
+        _login(page, root)
+        page.goto(f"{root}/histomics#?image={item['_id']}")
+        page.reload()
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
+        page.click("#h-nucleus-legend-panel .h-nl-show-all")
+        if drop == "every":
+            page.wait_for_function(
+                "() => document.querySelector('.h-nl-status').textContent"
+                ".includes('could not be loaded')", timeout=120_000)
+            assert len(dropped) == 4  # the first request and 3 more
+            assert page.get_attribute(".h-nl-status", "data-retries") == "3"
+            drawn = int(page.get_attribute(".h-nl-drawn-count", "data-drawn-count"))
+            assert drawn == summary["nuclei"] - largest["count"]
+            return
+        page.wait_for_function(
+            "n => Number(document.querySelector('.h-nl-drawn-count')"
+            ".getAttribute('data-drawn-count')) === n", arg=summary["nuclei"], timeout=120_000)
+        assert dropped, "the class's annotation was never requested"
+        assert int(page.get_attribute(".h-nl-status", "data-retries")) >= 1
+        assert page.get_attribute(".h-nl-status", "data-loading") == "false"
+    except BaseException:
+        _shot(page, "histomicsui_retry_failure.png")
+        print("\n".join(page.console_messages[-30:]))
+        raise
+    finally:
+        page.unroute(matcher, drop_first)
 
 
 #: hostile item metadata: every field the Nuclei panel reads, each trying to run script
