@@ -102,14 +102,25 @@ def _login(page, root: str) -> None:
     page.wait_for_selector(".h-user-dropdown-link")
 
 
+def _open_slide(page, root: str, item_id: str) -> None:
+    """Log in and open a slide in HistomicsUI from a fresh page load (a hash-only change
+    does not load a new page; the login cookie stays)."""
+    _login(page, root)
+    page.goto(f"{root}/histomics#?image={item_id}")
+    page.reload()
+
+
+#: the Nuclei panel counts ``n`` outlines drawn
+_DRAWN_IS = ("n => Number(document.querySelector('.h-nl-drawn-count')"
+             ".getAttribute('data-drawn-count')) === n")
+
+
 def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
     root = stack.api_url.rsplit("/api/v1", 1)[0]
     item = stack.slide_item
     try:
-        _login(page, root)
         # open the real slide; our Nuclei panel is there, empty
-        page.goto(f"{root}/histomics#?image={item['_id']}")
-        page.reload()  # a hash-only change does not load a new page (the login cookie stays)
+        _open_slide(page, root, item["_id"])
         page.wait_for_selector(".h-image-view-container .geojs-layer", state="attached")
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-empty")
         # Analyses -> dsa/nucleus-analysis -> local -> NucleusAnalysis, then Submit
@@ -154,10 +165,7 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
         page.click("#h-nucleus-legend-panel .h-nl-show-all")
         # (the classes' annotations load one after the other: wait for all of them)
         try:
-            page.wait_for_function(
-                "n => Number(document.querySelector('.h-nl-drawn-count')"
-                ".getAttribute('data-drawn-count')) === n", arg=summary["nuclei"],
-                timeout=120_000)
+            page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
         except pytest.importorskip("playwright.sync_api").TimeoutError:
             pass  # the assertion below says how many were drawn
         drawn = int(page.get_attribute(".h-nl-drawn-count", "data-drawn-count"))
@@ -238,14 +246,10 @@ def test_metadata_plot_scatters_two_features_and_a_point_selects_its_nucleus(sta
     summary = _result(stack)
     x, y = "data.size.area", "data.shape.circularity"
     try:
-        _login(page, root)
-        page.goto(f"{root}/histomics#?image={item['_id']}")
-        page.reload()
+        _open_slide(page, root, item["_id"])
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
         page.click("#h-nucleus-legend-panel .h-nl-show-all")
-        page.wait_for_function(
-            "n => Number(document.querySelector('.h-nl-drawn-count')"
-            ".getAttribute('data-drawn-count')) === n", arg=summary["nuclei"], timeout=120_000)
+        page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
         panel = "#h-metadataplot-panel"
         page.wait_for_selector(f"{panel} .g-widget-metadata-plot-settings")
         page.click(f"{panel} .g-widget-metadata-plot-settings")
@@ -333,9 +337,7 @@ def test_a_failed_annotation_request_is_fetched_again(stack, page, drop):
 
     page.route(matcher, drop_first)
     try:
-        _login(page, root)
-        page.goto(f"{root}/histomics#?image={item['_id']}")
-        page.reload()
+        _open_slide(page, root, item["_id"])
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
         page.click("#h-nucleus-legend-panel .h-nl-show-all")
         if drop == "every":
@@ -347,9 +349,7 @@ def test_a_failed_annotation_request_is_fetched_again(stack, page, drop):
             drawn = int(page.get_attribute(".h-nl-drawn-count", "data-drawn-count"))
             assert drawn == summary["nuclei"] - largest["count"]
             return
-        page.wait_for_function(
-            "n => Number(document.querySelector('.h-nl-drawn-count')"
-            ".getAttribute('data-drawn-count')) === n", arg=summary["nuclei"], timeout=120_000)
+        page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
         assert dropped, "the class's annotation was never requested"
         assert int(page.get_attribute(".h-nl-status", "data-retries")) >= 1
         assert page.get_attribute(".h-nl-status", "data-loading") == "false"
@@ -393,9 +393,7 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     try:
-        _login(page, root)
-        page.goto(f"{root}/histomics#?image={item['_id']}")
-        page.reload()
+        _open_slide(page, root, item["_id"])
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
         page.wait_for_timeout(2000)  # image error handlers fire asynchronously
         panel = page.locator("#h-nucleus-legend-panel")
