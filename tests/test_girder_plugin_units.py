@@ -250,6 +250,34 @@ def test_element_index_shim_answers_exactly_what_a_scan_answers():
     assert list(indexed.find({"annotationId": "a1"})) == []
 
 
+def test_id_lookup_shim_answers_exactly_what_a_scan_answers():
+    import mongomock
+    from bson import ObjectId
+    from mongomock.filtering import filter_applies
+
+    shims._patch_element_index(mongomock)
+    for name in ("annotationelement", "item"):
+        collection = mongomock.MongoClient().db[name]
+        ids = collection.insert_many([{"annotationId": "a", "n": i, "_version": i}
+                                      for i in range(500)]).inserted_ids
+        missing = ObjectId()
+        queries = [{"_id": ids[7]}, {"_id": ids[7], "n": 7}, {"_id": ids[7], "n": 8},
+                   {"_id": missing}, {"_id": str(ids[7])}, {"_id": {"$in": ids[3:6]}},
+                   {"_id": {"$ne": ids[0]}, "n": {"$lt": 3}}, {"_id": None},
+                   {"annotationId": "a", "_id": ids[499]}]
+        for query in queries:
+            scan = [d["n"] for d in collection._store.documents if filter_applies(query, d)]
+            assert [d["n"] for d in collection.find(query)] == scan, query
+        # large_image's version counter: find_one_and_update by _id, $inc
+        before = collection.find_one_and_update({"_id": ids[9]}, {"$inc": {"_version": 1}})
+        assert before["_version"] == 9
+        assert collection.find_one({"_id": ids[9]})["_version"] == 10
+        assert collection.find_one_and_update({"_id": missing}, {"$inc": {"n": 1}}) is None
+        collection.delete_one({"_id": ids[9]})
+        assert collection.find_one({"_id": ids[9]}) is None
+        assert collection.count_documents({}) == 499
+
+
 def test_datetime_shim_copies_documents_as_mongomock_does():
     import collections
     import datetime
