@@ -216,6 +216,14 @@ def test_element_index_shim_answers_exactly_what_a_scan_answers():
             docs.append({"annotationId": f"a{i % 3}", "_version": i % 2, "n": i,
                          "bbox": {"lowx": x, "highx": x + w, "lowy": y, "highy": y + h}})
         docs.append({"annotationId": "a0", "_version": 0, "n": -1})       # no bbox at all
+        # what the arrays cannot decide: mongomock's own test decides, as in a scan
+        docs.append({"annotationId": "a0", "_version": 0, "n": -2, "bbox": {
+            "lowx": True, "highx": 9e3, "lowy": 0.0, "highy": 9e3}})
+        docs.append({"annotationId": "a0", "_version": "0", "n": -3, "bbox": {
+            "lowx": 2500.0, "highx": 2600.0, "lowy": 5000.0, "highy": 5100.0}})
+        docs.append({"annotationId": "a0", "_version": [0, 1], "n": -4, "bbox": {
+            "lowx": [2500.0], "highx": 2600.0, "lowy": 5000.0, "highy": 5100.0}})
+        docs.append({"annotationId": "a0", "n": -5, "bbox": "none"})
         collection.insert_many(docs)
 
     queries = [
@@ -228,6 +236,17 @@ def test_element_index_shim_answers_exactly_what_a_scan_answers():
         {"annotationId": "zz"},
         {"annotationId": {"$in": ["a0", "a2"]}, "bbox.lowy": {"$lt": 500.0}},   # not indexed
         {"n": {"$lt": 10}},
+        # large_image's countElements and region query: annotation, version, bounds
+        {"annotationId": "a0", "_version": 0},
+        {"annotationId": "a0", "_version": 1, "bbox.highx": {"$gte": 2000.0},
+         "bbox.lowx": {"$lt": 3000.0}, "bbox.highy": {"$gte": 4000.0},
+         "bbox.lowy": {"$lt": 6500.0}},
+        {"annotationId": "a0", "_version": 0, "bbox.lowx": {"$lt": 2.0}},
+        {"annotationId": "a0", "_version": 7},
+        {"annotationId": "a0", "_version": "0"},
+        {"annotationId": "a0", "_version": 0.0, "bbox.lowx": {"$gt": 9000.0}},   # not kept
+        {"annotationId": "a0", "_version": 0, "bbox.lowx": {"$lt": "z"}},
+        {"annotationId": "a0", "_version": {"$gte": 0}, "n": {"$lt": 0}},
     ]
     plain = mongomock.MongoClient().db.annotationelement
     elements(plain)
@@ -237,6 +256,12 @@ def test_element_index_shim_answers_exactly_what_a_scan_answers():
     indexed = mongomock.MongoClient().db.annotationelement
     elements(indexed)
     assert [[d["n"] for d in indexed.find(q)] for q in queries] == expected
+    assert [indexed.count_documents(q) for q in queries] == [len(e) for e in expected]
+    # the odd documents are decided as mongomock decides them: a list matches by any of its
+    # values, a bool or a string is no number, a missing field matches no bound
+    assert {-1, -2, -4} <= set(expected[7]) and not {-3, -5} & set(expected[7])
+    assert -4 in expected[1] and expected[9] == [] and expected[11] == [-3]
+    assert expected[14] == [-1, -2, -4]
     # it follows deletes and inserts, and a dropped collection
     indexed.delete_many({"annotationId": "a0", "bbox.lowx": {"$lt": 5000.0}})
     plain.delete_many({"annotationId": "a0", "bbox.lowx": {"$lt": 5000.0}})

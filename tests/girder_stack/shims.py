@@ -16,6 +16,10 @@ patch anything else: a newer mongomock or Girder may have closed (or moved) the 
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 #: versions the shims were written for
 PINNED = {"mongomock": "4.3.0", "girder": "3.2.18"}
 
@@ -119,8 +123,34 @@ class ElementIndex:
 
     def candidates(self, filter: dict):
         """The documents ``filter`` can match, or None when the index cannot tell."""
-        import numpy as np
+        found = self._narrow(filter)
+        return None if found is None else found[0]
 
+    def answer(self, filter: dict, applies):
+        """The documents ``filter`` matches, in the store's order, or None when the index
+        cannot tell. Where the filter holds only what the index keeps (the annotation, the
+        ``_version`` and the four bounds, as large_image asks: ``countElements`` and region
+        queries), documents whose fields are plain numbers are decided from the arrays;
+        every other candidate by ``applies`` (mongomock's own test), so the answer is a
+        scan's, without a scan's 4 us per document (1 s per count of a 274k annotation)."""
+        found = self._narrow(filter)
+        if found is None:
+            return None
+        documents, keep, arrays = found
+        version = filter.get("_version")
+        exact = set(filter) <= {"annotationId", "_version", *_BBOX_BOUNDS} and (
+            "_version" not in filter or _plain(version)) and keep is not None
+        if not exact:
+            return [d for d in documents if applies(filter, d)]
+        plain = arrays["plain"][keep]
+        decided = np.ones(len(documents), bool) if version is None else (
+            arrays["_version"][keep] == float(version))
+        return [d for d, p, ok in zip(documents, plain, decided)
+                if (ok if p else applies(filter, d))]
+
+    def _narrow(self, filter: dict):
+        """``(candidates, their positions in the annotation's arrays or None, the arrays)``
+        for a filter naming one annotation; None otherwise."""
         annotation = filter.get("annotationId")
         if annotation is None or isinstance(annotation, dict):
             return None
@@ -131,34 +161,53 @@ class ElementIndex:
         bounds = {}
         for field, op in _BBOX_BOUNDS.items():
             cond = filter.get(field)
-            if isinstance(cond, dict) and set(cond) == {op} and isinstance(
-                    cond[op], (int, float)):
+            if isinstance(cond, dict) and set(cond) == {op} and _plain(cond[op]):
                 bounds[field] = float(cond[op])
+            elif field in filter:
+                bounds = None  # a bound the index does not evaluate: not exact
+                break
         with self.lock:
             docs = self.by_annotation.get(annotation)
             if not docs:
-                return []
-            if not bounds:
-                return list(docs.values())
+                return [], None, None
             built = self.arrays.get(annotation)
             if built is None:
                 documents = list(docs.values())
                 values = {field: np.array([_bbox_value(d, field) for d in documents])
                           for field in _BBOX_BOUNDS}
+                values["_version"] = np.array([_number(d.get("_version")) for d in documents])
+                values["plain"] = np.isfinite(values["_version"])
+                for field in _BBOX_BOUNDS:
+                    values["plain"] &= np.isfinite(values[field])
                 built = self.arrays[annotation] = (documents, values)
         documents, values = built
         keep = np.ones(len(documents), bool)
-        for field, bound in bounds.items():
+        for field, bound in (bounds or {}).items():
             with np.errstate(invalid="ignore"):
                 keep &= (values[field] >= bound) if _BBOX_BOUNDS[field] == "$gte" else (
                     values[field] < bound)
-        return [documents[i] for i in np.flatnonzero(keep)]
+        keep = np.flatnonzero(keep | ~values["plain"])  # the arrays cannot rule those out
+        return [documents[i] for i in keep], (keep if bounds is not None else None), values
+
+
+def _plain(value) -> bool:
+    """A finite int or float (not a bool): what the index compares as MongoDB does."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _number(value) -> float:
+    return float(value) if _plain(value) else float("nan")
 
 
 def _bbox_value(document: dict, field: str) -> float:
     """A bounding-box field as a float; NaN (matches no bound) when absent or not a number."""
-    value = (document.get("bbox") or {}).get(field.split(".", 1)[1])
-    return float(value) if isinstance(value, (int, float)) else float("nan")
+    bbox = document.get("bbox")
+    return _number(bbox.get(field.split(".", 1)[1])) if isinstance(bbox, dict) else float("nan")
+
+
+def _index_of(store) -> ElementIndex | None:
+    return getattr(store, "_shim_element_index", None)
 
 
 def _by_id(store, filter):
@@ -176,10 +225,6 @@ def _by_id(store, filter):
         return []
     except TypeError:  # not hashable
         return None
-
-
-def _index_of(store) -> ElementIndex | None:
-    return getattr(store, "_shim_element_index", None)
 
 
 def _patch_element_index(mongomock) -> None:
@@ -225,12 +270,11 @@ def _patch_element_index(mongomock) -> None:
 
     def _iter_documents(self, filter):
         candidates = _by_id(self._store, filter)
+        if candidates is not None:
+            return (d for d in candidates if filtering.filter_applies(filter, d))
         found = index(self._store) if isinstance(filter, dict) else None
-        if candidates is None and found is not None:
-            candidates = found.candidates(filter)
-        if candidates is None:
-            return original(self, filter)
-        return (d for d in candidates if filtering.filter_applies(filter, d))
+        answer = found.answer(filter, filtering.filter_applies) if found is not None else None
+        return original(self, filter) if answer is None else iter(answer)
 
     mongomock.collection.Collection._iter_documents = _iter_documents
 
