@@ -106,7 +106,8 @@ def _rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
-def run(n: int | None, browser: bool, workdir: Path, shots: Path | None = None) -> dict:
+def run(n: int | None, browser: bool, workdir: Path, shots: Path | None = None,
+        pan_fault: bool = False) -> dict:
     """Write, ingest, read back (and draw); the figures."""
     import requests
 
@@ -165,7 +166,8 @@ def run(n: int | None, browser: bool, workdir: Path, shots: Path | None = None) 
         report["field_1mm_get"] = {"seconds": round(time.perf_counter() - t0, 2),
                                    "elements": len(r.json()["annotation"]["elements"])}
         if browser:
-            report["browser"] = _browser(stack, item, summary, contours, shots)
+            report["browser"] = _browser(stack, item, summary, contours, shots,
+                                         classes=classes, pan_fault=pan_fault)
             if shots:  # the server's side of what the browser saw
                 shutil.copy(stack.workdir / "girder.log", shots / "girder.log")
         stack.start_worker()
@@ -181,6 +183,7 @@ _PANEL = """() => {
             density: Number(a('.h-nl-density', 'data-density-nuclei') || 0),
             drawn: Number(a('.h-nl-drawn-count', 'data-drawn-count') || 0),
             loading: a('.h-nl-status', 'data-loading'),
+            retries: Number(a('.h-nl-status', 'data-retries') || 0),
             plot_note_classes: Number(a('.h-nl-plot-note', 'data-classes') || 0)};
 }"""
 #: the visible bounds (base pixels), as HistomicsUI keeps them in the URL after each pan
@@ -268,7 +271,72 @@ def _zoom_to(page, cx: float, cy: float, side: float, lo_xy, hi_xy) -> dict:
             "bounds": _box(view), **page.evaluate(_PANEL)}
 
 
-def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
+def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
+    """Pan by 2.5 views while the first region request of a large class fails (the browser
+    drops its connection): what the panel fetched again, and what it then drew."""
+    from urllib.parse import parse_qs, urlparse
+
+    paths = {f"/api/v1/annotation/{c['annotationId']}": c["name"] for c in summary["classes"]
+             if c["count"] > 5000}
+    dropped: list[str] = []
+    answered: list[dict] = []   # region responses of those classes after the drop
+
+    def drop_first(route):
+        if not dropped and "left" in parse_qs(urlparse(route.request.url).query):
+            dropped.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    def on_response(response):
+        url = urlparse(response.url)
+        query = parse_qs(url.query)
+        if dropped and url.path in paths and "left" in query and response.ok:
+            region = {k: float(query[k][0]) for k in ("left", "top", "right", "bottom")}
+            elements = response.json()["annotation"]["elements"]
+            answered.append({"path": url.path, "region": region, "elements": len(elements)})
+
+    def matcher(url: str) -> bool:
+        return urlparse(url).path in paths
+
+    before = page.evaluate(_PANEL)["retries"]
+    page.route(matcher, drop_first)
+    page.on("response", on_response)
+    try:
+        # one move, by 2.5 views: out of any region fetched before (the last one was asked
+        # for a view at most twice as wide, with a quarter of a view around it)
+        page.evaluate("""() => {
+            const maps = [...document.querySelectorAll('.geojs-map')]
+                .sort((a, b) => b.clientWidth - a.clientWidth)  // the slide view, not the overview
+                .map((el) => window.geo.jQuery(el).data('data-geojs-map')).filter((m) => m);
+            const map = maps[0];
+            const b = map.bounds(), c = map.center();
+            map.center({x: c.x + 2.5 * (b.right - b.left), y: c.y}); }""")
+        t0 = time.perf_counter()
+        page.wait_for_timeout(500)
+        view = page.evaluate(_BOUNDS)
+        drawn_s = _seconds_until(page, f"p.loading === 'false' && p.retries > {before}", t0)
+        page.wait_for_timeout(1000)  # the retried fetch is drawn
+    finally:
+        page.unroute(matcher, drop_first)
+        page.remove_listener("response", on_response)
+    name = paths[urlparse(dropped[0]).path] if dropped else None
+    mine = classes == name
+    retried = [a for a in answered if dropped and a["path"] == urlparse(dropped[0]).path]
+    edge = hi_xy.max(axis=0)  # the slide is at least this large: regions reach it
+    seen = {"left": max(0.0, view["left"]), "top": max(0.0, view["top"]),
+            "right": min(view["right"], edge[0]), "bottom": min(view["bottom"], edge[1])}
+    return {"dropped": dropped, "class": name, "drawn_s": drawn_s, "bounds": _box(view),
+            "view_on_slide": _box(seen),
+            "class_in_view": in_view(lo_xy[mine], hi_xy[mine], view) if name else 0,
+            "retried": retried, **page.evaluate(_PANEL),
+            "class_drawn": int(page.get_attribute(
+                f"#h-nucleus-legend-panel .h-nl-row[data-class='{name}']", "data-drawn") or 0)
+            if name else 0}
+
+
+def _browser(stack, item, summary, contours, shots: Path | None = None,
+             classes=None, pan_fault: bool = False) -> dict:
     """Open the slide in HistomicsUI at whole-slide zoom, then on a 1 mm field.
 
     Whole slide: seconds to the first drawing and until every nucleus is represented (the
@@ -310,6 +378,9 @@ def _browser(stack, item, summary, contours, shots: Path | None = None) -> dict:
         out["field_zoom"] = _zoom_to(page, cx, cy, side, lo_xy, hi_xy)
         if shots:
             page.screenshot(path=str(shots / "field_zoomed.png"))
+        if pan_fault:
+            out["pan_after_failed_fetch"] = _pan_with_failed_fetch(page, summary, classes,
+                                                                   lo_xy, hi_xy)
         # the same field opened cold, by URL: a new browser context (nothing cached) that
         # holds only the login cookie, as a link opened in a new browser
         bounds = ",".join(f"{v:.0f}" for v in (cx - side / 2, cy - side / 2, cx + side / 2,

@@ -157,6 +157,7 @@ const NucleusLegend = Panel.extend({
         this._applied = null;
         this._mode = 'detail';
         this._retries = {};
+        this._regionRetries = {};
         ensureStyle();
         this.listenTo(eventStream, 'g:event.job_status', this._onJob);
         this.listenTo(this.imageView.annotations, 'sync reset update change:displayed', this._syncToggles);
@@ -192,6 +193,7 @@ const NucleusLegend = Panel.extend({
             this._grids = {};
             this._applied = null;
             this._retries = {};
+            this._regionRetries = {};
             this.fetch();
         } else {
             this.render();
@@ -297,7 +299,57 @@ const NucleusLegend = Panel.extend({
                 annotation.set('displayed', false);
                 annotation.set('displayed', true);
             });
+            this._retryRegion(c.annotationId, now);
         });
+    },
+
+    /* A large class's outlines are fetched again for every view it is panned or zoomed to
+     * (large_image's paging); when such a fetch fails large_image leaves that part of the
+     * view undrawn until the view moves far enough, and the annotation is not marked loading.
+     * The panel watches each outline annotation's fetch errors and fetches its current region
+     * again, at most FETCH_RETRIES times in a row, waiting a little longer each time. */
+    _retryRegion(annotationId, now) {
+        const annotation = annotationId ? this._annotation(annotationId) : null;
+        if (!annotation) {
+            return;
+        }
+        if (annotation._nlWatched !== this) {
+            annotation._nlWatched = this;
+            this.listenTo(annotation, 'g:error', () => {
+                if (annotation.get('displayed') && !annotation.get('loading')) {
+                    const retry = this._regionRetries[annotation.id] || {tries: 0, at: 0};
+                    retry.pending = true;
+                    this._regionRetries[annotation.id] = retry;
+                }
+            });
+            this.listenTo(annotation, 'g:fetched', () => {
+                const retry = this._regionRetries[annotation.id];
+                if (retry) {
+                    retry.pending = false;
+                    retry.failed = 0;
+                }
+            });
+        }
+        const retry = this._regionRetries[annotationId];
+        if (!retry || !retry.pending) {
+            return;
+        }
+        if (!annotation.get('displayed')) {
+            retry.pending = false;
+            return;
+        }
+        if ((retry.failed || 0) >= FETCH_RETRIES) {
+            this._gaveUp = true;
+            return;
+        }
+        if (annotation._inFetch || now < retry.at) {
+            return;
+        }
+        retry.failed = (retry.failed || 0) + 1;
+        retry.tries += 1;
+        retry.at = now + 2000 * retry.failed;
+        retry.pending = false;
+        annotation.fetch({ignoreError: true});
     },
 
     /* The nuclei selected in the viewer (clicked, or points picked in Metadata Plot): their
@@ -498,19 +550,25 @@ const NucleusLegend = Panel.extend({
                     }
                 }
                 const annotation = this._annotation(c.annotationId);
+                const row = this.$(`.h-nl-toggle[data-annotation-id="${c.annotationId}"]`).closest('.h-nl-row');
+                row.attr('data-drawn', 0);
                 if (!annotation || !annotation.get('displayed')) {
                     return;
                 }
                 shown += c.count;
-                loading = loading || !!annotation._inFetch;
+                loading = loading || !!annotation._inFetch ||
+                    !!(this._regionRetries[c.annotationId] || {}).pending;
                 const entry = viewer && viewer._annotations ? viewer._annotations[c.annotationId] : null;
+                let classDrawn = 0;
                 if (entry) {
                     (entry.features || []).forEach((feature) => {
-                        drawn += (feature.data() || []).length;
+                        classDrawn += (feature.data() || []).length;
                     });
                 } else {
                     loading = true;
                 }
+                drawn += classDrawn;
+                row.attr('data-drawn', classDrawn);
             });
         }
         this._drawn = drawn;
@@ -523,7 +581,8 @@ const NucleusLegend = Panel.extend({
         this.$('.h-nl-drawn').toggleClass('hidden', this._mode === 'density');
         this.$('.h-nl-drawn-count').attr('data-drawn-count', drawn).text(drawn.toLocaleString());
         this.$('.h-nl-shown-count').attr('data-shown-count', shown).text(shown.toLocaleString());
-        const retries = Object.values(this._retries).reduce((n, r) => n + r.tries, 0);
+        const retries = Object.values(this._retries).concat(Object.values(this._regionRetries))
+            .reduce((n, r) => n + r.tries, 0);
         const failed = !!this._gaveUp;
         this.$('.h-nl-status').attr('data-loading', loading ? 'true' : 'false')
             .attr('data-retries', retries)

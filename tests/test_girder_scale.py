@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.girder, pytest.mark.browser, pytest.mark.slow]
 def test_50k_real_nuclei_are_stored_and_shown_at_every_zoom(tmp_path):
     if not FIXTURE.is_file():
         pytest.fail(f"{FIXTURE} is missing: run scripts/fetch_data.py")
-    report = run(50_000, browser=True, workdir=tmp_path)
+    report = run(50_000, browser=True, workdir=tmp_path, pan_fault=True)
     print(f"\n{report}")
     assert sum(report["stored"].values()) == 50_000
     assert set(report["stored"]) == {"neoplastic", "connective", "inflammatory",
@@ -43,3 +43,14 @@ def test_50k_real_nuclei_are_stored_and_shown_at_every_zoom(tmp_path):
     assert field["mode"] == "detail" and field["density"] == 0, shown
     assert field["nuclei_in_view"] > 50 and field["drawn"] >= field["nuclei_in_view"], shown
     assert field["drawn"] < 50_000, shown
+    # a pan whose region request fails (the connection dropped): the panel fetches that
+    # class's region again, and what it got is what is drawn
+    pan = shown["pan_after_failed_fetch"]
+    assert len(pan["dropped"]) == 1 and pan["class"], pan
+    assert pan["drawn_s"] is not None and pan["loading"] == "false", pan
+    assert pan["retries"] >= 1 and pan["retried"], pan
+    last, view = pan["retried"][-1], pan["view_on_slide"]
+    region = last["region"]
+    assert region["left"] <= view["left"] + 1 and region["top"] <= view["top"] + 1, pan
+    assert region["right"] >= view["right"] - 1 and region["bottom"] >= view["bottom"] - 1, pan
+    assert pan["class_drawn"] == last["elements"] >= pan["class_in_view"] > 0, pan
