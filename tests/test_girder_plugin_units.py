@@ -276,6 +276,8 @@ def test_element_index_shim_answers_exactly_what_a_scan_answers():
 
 
 def test_id_lookup_shim_answers_exactly_what_a_scan_answers():
+    import re
+
     import mongomock
     from bson import ObjectId
     from mongomock.filtering import filter_applies
@@ -285,11 +287,13 @@ def test_id_lookup_shim_answers_exactly_what_a_scan_answers():
         collection = mongomock.MongoClient().db[name]
         ids = collection.insert_many([{"annotationId": "a", "n": i, "_version": i}
                                       for i in range(500)]).inserted_ids
+        collection.insert_many([{"_id": 1, "n": -1}, {"_id": str(ids[3]), "n": -2}])
         missing = ObjectId()
         queries = [{"_id": ids[7]}, {"_id": ids[7], "n": 7}, {"_id": ids[7], "n": 8},
                    {"_id": missing}, {"_id": str(ids[7])}, {"_id": {"$in": ids[3:6]}},
                    {"_id": {"$ne": ids[0]}, "n": {"$lt": 3}}, {"_id": None},
-                   {"annotationId": "a", "_id": ids[499]}]
+                   {"annotationId": "a", "_id": ids[499]}, {"_id": 1}, {"_id": True},
+                   {"_id": re.compile("^" + str(ids[3])[:20])}]
         for query in queries:
             scan = [d["n"] for d in collection._store.documents if filter_applies(query, d)]
             assert [d["n"] for d in collection.find(query)] == scan, query
@@ -300,7 +304,7 @@ def test_id_lookup_shim_answers_exactly_what_a_scan_answers():
         assert collection.find_one_and_update({"_id": missing}, {"$inc": {"n": 1}}) is None
         collection.delete_one({"_id": ids[9]})
         assert collection.find_one({"_id": ids[9]}) is None
-        assert collection.count_documents({}) == 499
+        assert collection.count_documents({}) == 501
 
 
 def test_datetime_shim_copies_documents_as_mongomock_does():

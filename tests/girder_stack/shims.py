@@ -193,7 +193,7 @@ class ElementIndex:
 def _plain(value) -> bool:
     """A finite int or float (not a bool): what the index compares as MongoDB does."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
+        math.isfinite(value) and abs(value) < 2 ** 53  # exact as a float
 
 
 def _number(value) -> float:
@@ -217,8 +217,10 @@ def _by_id(store, filter):
     if not isinstance(filter, dict) or "_id" not in filter:
         return None
     key = filter["_id"]
-    if isinstance(key, (dict, list)):
-        return None
+    from bson import ObjectId
+
+    if not (key is None or type(key) in (ObjectId, str, int, float)):
+        return None  # an operator, a regex, a bool, a list...: mongomock decides by a scan
     try:
         return [store[key]]  # expires TTL documents first, under the store's lock
     except KeyError:
