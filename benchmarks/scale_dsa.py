@@ -32,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "data" / "hgsc_nuclei_wsi.parquet"
 MPP = 0.5
+#: large_image's default minElements: a class with more elements is fetched by region
+PAGE_ABOVE = 5000
 COLORS = {"neoplastic": "rgb(220,20,60)", "connective": "rgb(0,160,0)",
           "inflammatory": "rgb(255,200,0)", "macrophage_cell": "rgb(0,120,255)",
           "dead": "rgb(90,90,90)", "macrophage_nucleus": "rgb(150,0,200)"}
@@ -277,7 +279,7 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
     from urllib.parse import parse_qs, urlparse
 
     paths = {f"/api/v1/annotation/{c['annotationId']}": c["name"] for c in summary["classes"]
-             if c["count"] > 5000}
+             if c["count"] > PAGE_ABOVE}
     dropped: list[str] = []
     answered: list[dict] = []   # region responses of those classes after the drop
 
@@ -335,6 +337,17 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
             if name else 0}
 
 
+def _new_page(browser, errors: list[str], storage_state: dict | None = None):
+    """A page in a new browser context (nothing cached; ``storage_state`` carries a login)
+    whose script errors and console errors are appended to ``errors``."""
+    page = browser.new_context(storage_state=storage_state,
+                               viewport={"width": 1600, "height": 1000}).new_page()
+    page.set_default_timeout(600_000)
+    page.on("console", lambda m: errors.append(m.text[:300]) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"[:300]))
+    return page
+
+
 def _browser(stack, item, summary, contours, shots: Path | None = None,
              classes=None, pan_fault: bool = False) -> dict:
     """Open the slide in HistomicsUI at whole-slide zoom, then on a 1 mm field.
@@ -355,11 +368,8 @@ def _browser(stack, item, summary, contours, shots: Path | None = None,
     hi_xy = np.array([p.max(axis=0) for p in contours])
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
-        page.set_default_timeout(600_000)
-        errors: list[str] = []  # what the page reported, in the report (nothing expected)
-        page.on("console", lambda m: errors.append(m.text[:300]) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"[:300]))
+        errors: list[str] = []  # what the pages reported, in the report (nothing expected)
+        page = _new_page(browser, errors)
         _login(page, root)
         t0 = time.perf_counter()
         _open(page, root, item["_id"])
@@ -385,11 +395,7 @@ def _browser(stack, item, summary, contours, shots: Path | None = None,
         # holds only the login cookie, as a link opened in a new browser
         bounds = ",".join(f"{v:.0f}" for v in (cx - side / 2, cy - side / 2, cx + side / 2,
                                                cy + side / 2, 0))
-        page = browser.new_context(storage_state=page.context.storage_state(),
-                                   viewport={"width": 1600, "height": 1000}).new_page()
-        page.set_default_timeout(600_000)
-        page.on("console", lambda m: errors.append(m.text[:300]) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"[:300]))
+        page = _new_page(browser, errors, page.context.storage_state())
         t0 = time.perf_counter()
         _open(page, root, item["_id"], bounds)
         _until(page, "p.mode === 'detail'")

@@ -317,7 +317,7 @@ const NucleusLegend = Panel.extend({
             annotation._nlWatched = this;
             this.listenTo(annotation, 'g:error', () => {
                 if (annotation.get('displayed') && !annotation.get('loading')) {
-                    const retry = this._regionRetries[annotation.id] || {tries: 0, at: 0};
+                    const retry = this._regionRetries[annotation.id] || {tries: 0, failed: 0, at: 0};
                     retry.pending = true;
                     this._regionRetries[annotation.id] = retry;
                 }
@@ -338,14 +338,14 @@ const NucleusLegend = Panel.extend({
             retry.pending = false;
             return;
         }
-        if ((retry.failed || 0) >= FETCH_RETRIES) {
+        if (retry.failed >= FETCH_RETRIES) {
             this._gaveUp = true;
             return;
         }
         if (annotation._inFetch || now < retry.at) {
             return;
         }
-        retry.failed = (retry.failed || 0) + 1;
+        retry.failed += 1;
         retry.tries += 1;
         retry.at = now + 2000 * retry.failed;
         retry.pending = false;
