@@ -127,3 +127,19 @@ def test_calibration_helpers_on_constructed_nuclei():
     hot = nucleus_probabilities(logits, pred, np.array([5]), 2.0)  # T = 2: 2 : 1 : 1
     np.testing.assert_allclose(hot[0], [0.25, 0.5, 0.25])
     assert 1.0 in TEMPERATURES
+
+
+def test_threshold_option_parses_fixed_settings_and_rejects_bad_ones():
+    args = train_module.parse_args([])
+    assert args.thresholds == {"fg_threshold": 0.4, "seed_threshold": 0.4, "min_area_px": 32}
+    assert args.consistency == 0  # the shipped recipe (MODEL.md, 4.0.0)
+    assert train_module.parse_args(["--thresholds", "tune"]).thresholds is None
+    assert train_module.parse_args(["--thresholds", "0.5,0.3,64"]).thresholds == {
+        "fg_threshold": 0.5, "seed_threshold": 0.3, "min_area_px": 64}
+    for bad in ("0.5,0.3", "1.5,0.3,64", "0.5,0,64", "0.5,0.3,-1", "0.5,0.3,2.5", "nan,0.4,32",
+                "a,b,c"):
+        with pytest.raises(SystemExit):
+            train_module.parse_args(["--thresholds", bad])
+    # export options do not change the resume key: a rerun with other thresholds resumes
+    assert (train_module._arg_key(train_module.parse_args(["--thresholds", "tune"]))
+            == train_module._arg_key(train_module.parse_args([])))

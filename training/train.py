@@ -2,14 +2,15 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m training.train                      # the measured run (held-out kept)
+    .venv/bin/python -m training.train                      # 4.0.0, as shipped (held-out kept)
     .venv/bin/python -m training.train --split all --settings-from RUN/summary.json
-                                                           # the shipped run: every label
+                                                           # every label (not made for 4.0.0)
     .venv/bin/python -m training.train --iterations 40      # quick smoke model
 
 Fixed seeds; 2 torch threads. Each iteration: a supervised batch of class-balanced,
-augmented crops of the labelled tile (``training/data.py``, ``training/augment.py``), plus
-``--consistency`` crop pairs (half from real unlabelled H&E, ``training/unlabelled.py``, half
+augmented crops of the labelled tile (``training/data.py``, ``training/augment.py``). With
+``--consistency N`` (0 by default: the shipped 4.0.0 is supervised only, MODEL.md says why)
+also N crop pairs (half from real unlabelled H&E, ``training/unlabelled.py``, half
 from the labelled tile) seen as two views shifted by up to 31 px and degraded differently:
 the student on one view is pulled towards an exponential moving average of itself (the
 mean teacher) on the other (``losses.consistency_loss``), which teaches shift and
@@ -19,9 +20,11 @@ what is exported.
 Checkpoints go to ``--workdir`` every ``--checkpoint-every`` iterations and a rerun with the
 same arguments resumes from the last one. At the end the network is exported to
 ``<model-dir>/1/model.onnx`` (opset 17, dynamic N/H/W), the post-processing thresholds are
-tuned and the class probabilities calibrated on the validation block (``--split heldout``)
-or taken from ``--settings-from`` (``--split all``), and ``<model-dir>/config.pbtxt`` is
-written.
+set (``--thresholds``, scored on the validation block next to the grid search's best) and
+the class probabilities calibrated on the validation block (``--split heldout``) or both
+taken from ``--settings-from`` (``--split all``), and ``<model-dir>/config.pbtxt`` is
+written. A rerun that differs only in export options (``--thresholds``, ``--version``,
+``--model-dir``) resumes at the end and exports again.
 """
 from __future__ import annotations
 
@@ -80,8 +83,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settings-from", type=Path, default=None,
                    help="summary.json of a heldout run: its thresholds and temperature "
                         "(needed with --split all, where no block is left to tune on)")
-    p.add_argument("--consistency", type=int, default=4,
-                   help="consistency crop pairs per iteration (0: supervised only)")
+    p.add_argument("--consistency", type=int, default=0,
+                   help="mean-teacher consistency crop pairs per iteration (0, the default: "
+                        "supervised only; runs A and B of MODEL.md used 4)")
+    p.add_argument("--thresholds", default="0.4,0.4,32", type=_thresholds,
+                   help="post-processing fg_threshold,seed_threshold,min_area_px, or 'tune' "
+                        "for the grid search on the validation block (training/tune.py); the "
+                        "default is 3.0.0's setting, which keeps nuclei out of the training "
+                        "tissue (MODEL.md, 4.0.0)")
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
@@ -98,6 +107,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     return p.parse_args(argv)
+
+
+def _thresholds(text: str) -> dict | None:
+    if text == "tune":
+        return None
+    try:
+        fg, seed, area = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FG,SEED,AREA or 'tune', got {text!r}")
+    if not (0 < fg < 1 and 0 < seed < 1 and area >= 0 and area == int(area)):
+        raise argparse.ArgumentTypeError(f"thresholds out of range: {text!r}")
+    return {"fg_threshold": fg, "seed_threshold": seed, "min_area_px": int(area)}
 
 
 def class_weights(tile: Tile, reserved: tuple = RESERVED) -> torch.Tensor:
@@ -265,7 +286,7 @@ def train(args: argparse.Namespace) -> dict:
         # A provisional config so the backend can load the model for tuning.
         write_config(args.model_dir, version=args.version, fg_threshold=0.5,
                      seed_threshold=0.5, min_area_px=16)
-        tuned = tune_thresholds(args.model_dir, tile, log=log)
+        tuned = tune_thresholds(args.model_dir, tile, log=log, fixed=args.thresholds)
         image, labels, classes = region(tile, VALIDATION)
         calibration = calibrate(teacher, image, labels, classes, tuned, log=log)
         temperature = calibration["temperature"]
@@ -292,7 +313,9 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def _arg_key(args: argparse.Namespace) -> dict:
-    skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from"}
+    # export-only options: a rerun with other values resumes and exports again
+    skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from",
+            "thresholds"}
     return {k: str(v) for k, v in vars(args).items() if k not in skip}
 
 

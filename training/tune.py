@@ -42,9 +42,13 @@ def score(maps: dict[str, np.ndarray], labels: np.ndarray, classes: np.ndarray,
             "pq_per_class": multi["pq_per_class"], "n_pred": int(inst.labels.max())}
 
 
-def tune_thresholds(model_dir: Path, tile: Tile, log=print,
-                    tolerance: float = TOLERANCE) -> dict[str, float]:
+def tune_thresholds(model_dir: Path, tile: Tile, log=print, tolerance: float = TOLERANCE,
+                    fixed: dict | None = None) -> dict[str, float]:
     """Grid-search fg / seed thresholds and min area on the validation block (bPQ + mPQ).
+
+    With ``fixed`` (``fg_threshold``, ``seed_threshold``, ``min_area_px``) that setting is
+    returned, with its own validation scores; the search still runs and is logged, so the
+    cost of the fixed setting on the validation block is on record.
 
     The block holds 89 nuclei, so objectives closer than ``tolerance`` are ties; among the
     tied settings the one that finds the most nuclei wins (on slides unlike the training tile
@@ -67,5 +71,11 @@ def tune_thresholds(model_dir: Path, tile: Tile, log=print,
         f"bPQ={s['bpq']:.3f} mPQ={s['mpq']:.3f} F1={s['f1']:.3f} "
         f"n_pred={s['n_pred']} n_true={int(labels.max())} ({len(tied)} settings within "
         f"{tolerance} of the best objective {best:.3f})")
+    if fixed is not None:
+        fg_t, seed_t, area = (fixed["fg_threshold"], fixed["seed_threshold"],
+                              int(fixed["min_area_px"]))
+        s = score(maps, labels, classes, fg_t, seed_t, area)
+        log(f"fixed setting fg={fg_t} seed={seed_t} min_area={area} on validation: "
+            f"bPQ={s['bpq']:.3f} mPQ={s['mpq']:.3f} F1={s['f1']:.3f} n_pred={s['n_pred']}")
     return {"fg_threshold": fg_t, "seed_threshold": seed_t, "min_area_px": area,
             "val_bpq": s["bpq"], "val_mpq": s["mpq"]}
