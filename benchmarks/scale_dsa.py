@@ -278,8 +278,22 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
     drops its connection): what the panel fetched again, and what it then drew."""
     from urllib.parse import parse_qs, urlparse
 
-    paths = {f"/api/v1/annotation/{c['annotationId']}": c["name"] for c in summary["classes"]
+    large = {f"/api/v1/annotation/{c['annotationId']}": c["name"] for c in summary["classes"]
              if c["count"] > PAGE_ABOVE}
+    # the move and the class whose request fails: the direction (right or left by 2.5 views)
+    # and the large class with the most nuclei in the view moved to, so that the refetched
+    # region has outlines to draw (which large class asks first is up to the browser)
+    start = page.evaluate(_BOUNDS)
+    width = start["right"] - start["left"]
+    choices = []
+    for step in (2.5, -2.5):
+        dest = {**start, "left": start["left"] + step * width,
+                "right": start["right"] + step * width}
+        for path, name in large.items():
+            mine = classes == name
+            choices.append((in_view(lo_xy[mine], hi_xy[mine], dest), step, path))
+    _, step, target = max(choices)
+    paths = {target: large[target]}
     dropped: list[str] = []
     answered: list[dict] = []   # region responses of those classes after the drop
 
@@ -305,7 +319,7 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
     page.route(matcher, drop_first)
     page.on("response", on_response)
     try:
-        # one move, by 2.5 views: out of any region fetched before (the last one was asked
+        # one move, by 2.5 views (right or left): out of any region fetched before (the last one was asked
         # for a view at most twice as wide, with a quarter of a view around it)
         page.evaluate("""() => {
             const maps = [...document.querySelectorAll('.geojs-map')]
@@ -313,7 +327,7 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
                 .map((el) => window.geo.jQuery(el).data('data-geojs-map')).filter((m) => m);
             const map = maps[0];
             const b = map.bounds(), c = map.center();
-            map.center({x: c.x + 2.5 * (b.right - b.left), y: c.y}); }""")
+            map.center({x: c.x + %r * (b.right - b.left), y: c.y}); }""" % step)
         t0 = time.perf_counter()
         page.wait_for_timeout(500)
         view = page.evaluate(_BOUNDS)
