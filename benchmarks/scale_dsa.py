@@ -293,9 +293,8 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
             mine = classes == name
             choices.append((in_view(lo_xy[mine], hi_xy[mine], dest), step, path))
     _, step, target = max(choices)
-    paths = {target: large[target]}
     dropped: list[str] = []
-    answered: list[dict] = []   # region responses of those classes after the drop
+    answered: list[dict] = []   # region responses of the target class after the drop
 
     def drop_first(route):
         if not dropped and "left" in parse_qs(urlparse(route.request.url).query):
@@ -307,20 +306,21 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
     def on_response(response):
         url = urlparse(response.url)
         query = parse_qs(url.query)
-        if dropped and url.path in paths and "left" in query and response.ok:
+        if dropped and url.path == target and "left" in query and response.ok:
             region = {k: float(query[k][0]) for k in ("left", "top", "right", "bottom")}
             elements = response.json()["annotation"]["elements"]
             answered.append({"path": url.path, "region": region, "elements": len(elements)})
 
     def matcher(url: str) -> bool:
-        return urlparse(url).path in paths
+        return urlparse(url).path == target
 
     before = page.evaluate(_PANEL)["retries"]
     page.route(matcher, drop_first)
     page.on("response", on_response)
     try:
-        # one move, by 2.5 views (right or left): out of any region fetched before (the last one was asked
-        # for a view at most twice as wide, with a quarter of a view around it)
+        # one move, by 2.5 views (right or left): out of any region fetched before (the
+        # last one was asked for a view at most twice as wide, with a quarter of a view
+        # around it)
         page.evaluate("""() => {
             const maps = [...document.querySelectorAll('.geojs-map')]
                 .sort((a, b) => b.clientWidth - a.clientWidth)  // the slide view, not the overview
@@ -336,9 +336,9 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
     finally:
         page.unroute(matcher, drop_first)
         page.remove_listener("response", on_response)
-    name = paths[urlparse(dropped[0]).path] if dropped else None
+    name = large[target] if dropped else None
     mine = classes == name
-    retried = [a for a in answered if dropped and a["path"] == urlparse(dropped[0]).path]
+    retried = answered  # only the target's requests are routed, and only after the drop
     edge = hi_xy.max(axis=0)  # the slide is at least this large: regions reach it
     seen = {"left": max(0.0, view["left"]), "top": max(0.0, view["top"]),
             "right": min(view["right"], edge[0]), "bottom": min(view["bottom"], edge[1])}
