@@ -237,6 +237,35 @@ _ISOLATED_POINT = """gap => {
 }"""
 
 
+def _open_plot_settings(page, panel: str, option: str, timeout_s: float = 180.0) -> None:
+    """Open Metadata Plot's settings once they offer ``option``.
+
+    The dialog lists what the panel's last ``plot/list`` answered when it opened, and never
+    updates; each change of the shown annotations aborts that request and asks again, so on
+    a slow machine a dialog opened too early is empty. Wait for the panel to finish loading,
+    and close and reopen a dialog without the option, as a user would.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        page.wait_for_function(
+            "p => { const el = document.querySelector(p);"
+            " return !!el && !el.classList.contains('loading'); }",
+            arg=panel, timeout=max(1.0, deadline - time.monotonic()) * 1000)
+        page.click(f"{panel} .g-widget-metadata-plot-settings")
+        try:
+            page.wait_for_selector(f'#h-plot-series-x option[value="{option}"]',
+                                   state="attached", timeout=5_000)
+            return
+        except pytest.importorskip("playwright.sync_api").TimeoutError:
+            if time.monotonic() > deadline:
+                offered = page.eval_on_selector_all("#h-plot-series-x option",
+                                                    "os => os.map(o => o.value)")
+                raise AssertionError(f"Metadata Plot never offered {option!r} in "
+                                     f"{timeout_s:.0f} s; it offered {offered}") from None
+        page.click("#g-dialog-container .modal-header .close")
+        page.wait_for_selector("#g-dialog-container .modal-dialog", state="hidden")
+
+
 def test_metadata_plot_scatters_two_features_and_a_point_selects_its_nucleus(stack, page):
     """Metadata Plot, as a user sets it: area against circularity, one point per nucleus; a
     box drawn around one point selects that nucleus in the viewer (the Nuclei panel names
@@ -251,9 +280,7 @@ def test_metadata_plot_scatters_two_features_and_a_point_selects_its_nucleus(sta
         page.click("#h-nucleus-legend-panel .h-nl-show-all")
         page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
         panel = "#h-metadataplot-panel"
-        page.wait_for_selector(f"{panel} .g-widget-metadata-plot-settings")
-        page.click(f"{panel} .g-widget-metadata-plot-settings")
-        page.wait_for_selector(f'#h-plot-series-x option[value="{x}"]', state="attached")
+        _open_plot_settings(page, panel, x)
         page.select_option("#h-plot-series-x", x)
         page.select_option("#h-plot-series-y", y)
         page.uncheck("#h-plot-folder")  # this slide's nuclei only
