@@ -1,6 +1,7 @@
 """Training's data path on constructed cases: augmentations keep image and labels aligned,
-crops never read a reserved rectangle, consistency views are the shifts they claim, the
-consistency loss and the calibration do what they say."""
+crops never read a reserved rectangle, consistency views and labelled pairs are the shifts
+they claim, re-staining changes colours and nothing else, the consistency losses and the
+calibration do what they say."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training import train as train_module  # noqa: E402
-from training.augment import jpeg, photometric, random_warp  # noqa: E402
+from slicer_cli.nuclei.stain import REFERENCE_STAINS  # noqa: E402
+from training.augment import jpeg, photometric, random_warp, stain_transfer  # noqa: E402
 from training.calibrate import TEMPERATURES, matched_nuclei, nucleus_probabilities  # noqa: E402
 from training.data import CropSampler, Tile, normalised_distance, overlaps  # noqa: E402
-from training.losses import consistency_loss  # noqa: E402
+from training.losses import consistency_loss, pair_consistency_loss  # noqa: E402
 
 
 def _disc_tile(n: int = 12, size: int = 400, seed: int = 1) -> Tile:
@@ -34,13 +36,21 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+#: another lab's H&E: hematoxylin towards black-purple, eosin pinker (unit columns, OD space)
+_OTHER_STAINS = np.array([[[0.77, 0.24], [0.51, 0.90], [0.29, 0.37]]], np.float32)
+_OTHER_STAINS /= np.linalg.norm(_OTHER_STAINS, axis=1, keepdims=True)
+
+
 @pytest.mark.parametrize("augment", [False, True])
 def test_warped_crops_keep_image_and_labels_aligned(augment):
-    sampler = CropSampler(_disc_tile(), reserved=())
+    sampler = CropSampler(_disc_tile(), reserved=(), stains=_OTHER_STAINS, p_stain=0.7)
     rng = np.random.default_rng(0)
     for _ in range(20):
         image, fg, dist, cls = sampler.crop(128, rng, augment=augment)
-        dark = image.astype(float).mean(axis=2) < 140
+        grey = image.astype(float).mean(axis=2)
+        # re-staining moves both colours: split halfway between the nuclei's (darkest 0.1 %)
+        # and the background's (the median: nuclei cover a few per cent)
+        dark = grey < (np.percentile(grey, 0.1) + np.median(grey)) / 2
         nuclei = fg > 0
         if nuclei.sum() < 50:
             continue
@@ -143,3 +153,51 @@ def test_threshold_option_parses_fixed_settings_and_rejects_bad_ones():
     # export options do not change the resume key: a rerun with other thresholds resumes
     assert (train_module._arg_key(train_module.parse_args(["--thresholds", "tune"]))
             == train_module._arg_key(train_module.parse_args([])))
+
+
+def test_stain_transfer_is_lossless_onto_its_own_stains_and_recolours_onto_others():
+    image = _disc_tile().image
+    nuclei = _disc_tile().instances > 0
+    rng = np.random.default_rng(2)
+    source = REFERENCE_STAINS.astype(np.float32)
+    same = stain_transfer(image, rng, source[None], source, conc_range=(1.0, 1.0),
+                          vector_noise=0.0)
+    # split into concentrations and residual, rebuilt with the same vectors: rounding only
+    assert np.abs(same.astype(int) - image).max() <= 1
+    moved = [stain_transfer(image, np.random.default_rng(k), _OTHER_STAINS, source)
+             for k in range(8)]
+    assert max(np.abs(m.astype(int) - image).mean() for m in moved) > 5
+    for m in moved:  # the labels still hold: nuclei stay darker than the background
+        assert m.shape == image.shape and m.dtype == np.uint8
+        grey = m.astype(float).mean(axis=2)
+        assert grey[nuclei].mean() < grey[~nuclei].mean() - 30
+
+
+def test_labelled_pairs_are_the_shifts_they_claim():
+    sampler = CropSampler(_disc_tile(), reserved=())
+    sampler._degrade = lambda image, rng: image  # look at geometry only
+    rng = np.random.default_rng(13)
+    for _ in range(10):
+        a, b, (dy, dx) = sampler.pair(96, 32, rng)
+        assert -32 < dy < 32 and -32 < dx < 32
+        ys, xs = slice(max(0, dy), min(96, 96 + dy)), slice(max(0, dx), min(96, 96 + dx))
+        yb, xb = slice(ys.start - dy, ys.stop - dy), slice(xs.start - dx, xs.stop - dx)
+        for view_a, view_b in zip(a, b):  # image, fg, distance, class: same shift
+            np.testing.assert_array_equal(view_b[yb, xb], view_a[ys, xs])
+
+
+def test_pair_consistency_loss_is_zero_for_matching_views_and_pulls_both():
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randn(2, c, 48, 48, generator=g) for c in (1, 1, 3)]
+    offsets = [(5, -3), (-7, 2)]
+    # B's pixel (y, x) shows A's (y + dy, x + dx)
+    view_b = tuple(torch.stack([torch.roll(t[i], shifts=(-dy, -dx), dims=(-2, -1))
+                                for i, (dy, dx) in enumerate(offsets)]) for t in maps)
+    assert pair_consistency_loss(tuple(maps), view_b, offsets).item() == pytest.approx(
+        0.0, abs=1e-6)
+    a = tuple(t.clone().requires_grad_(True) for t in maps)
+    b = tuple(torch.randn(t.shape, generator=g).requires_grad_(True) for t in maps)
+    loss = pair_consistency_loss(a, b, offsets)
+    loss.backward()
+    assert loss.item() > 0.01
+    assert a[0].grad.abs().sum() > 0 and b[0].grad.abs().sum() > 0

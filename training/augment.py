@@ -5,8 +5,9 @@ quarter turn plus up to 15 degrees, a flip, scale 0.7-1.4 around the training re
 (0.5 um/px), a sub-pixel position (the crop centre is continuous), and a smooth elastic
 deformation.
 
-Image (the labels are untouched): H&E stain jitter in optical-density space (Tellez et al.
-2018), brightness / contrast / saturation / hue, Gaussian blur (focus), Gaussian noise
+Image (the labels are untouched): a re-staining with another lab's H&E stain vectors
+(measured on real unlabelled slides), H&E stain jitter in optical-density space (Tellez et
+al. 2018), brightness / contrast / saturation / hue, Gaussian blur (focus), Gaussian noise
 (sensor), and JPEG re-compression at quality 40-95 (how slides are stored), in that order,
 as a scanner would apply them.
 """
@@ -92,6 +93,34 @@ def hed_jitter(image: np.ndarray, rng: np.random.Generator, sigma: float = 0.08,
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def stain_transfer(image: np.ndarray, rng: np.random.Generator, bank: np.ndarray,
+                   source: np.ndarray, conc_range: tuple[float, float] = (0.6, 1.6),
+                   vector_noise: float = 0.03) -> np.ndarray:
+    """Re-stain ``image`` as another lab's H&E would show it (labels untouched).
+
+    The pixels' optical density is split into hematoxylin and eosin concentrations along
+    the ``source`` stain vectors (3 x 2, OD space, Macenko's; what is left over is kept as a
+    residual), each concentration is scaled (log-uniform in ``conc_range``), and the image is
+    rebuilt with stain vectors part-way between the source's and one drawn from ``bank``
+    (K x 3 x 2: vectors measured on real H&E of other labs, ``training/unlabelled.py``), with
+    a little noise (``vector_noise``). Hue, darkness and the balance of the two stains then vary as they do
+    between slides, which a per-stain jitter along fixed vectors (:func:`hed_jitter`) cannot
+    reach: the CMU slide's black-purple nuclei, say.
+    """
+    od = -np.log((image.reshape(-1, 3).astype(np.float32) + 1.0) / 256.0)
+    src = source.astype(np.float32)
+    conc = od @ np.linalg.pinv(src).T                        # N x 2
+    residual = od - conc @ src.T
+    lam = rng.uniform(0.0, 1.0)
+    target = (1.0 - lam) * src + lam * bank[int(rng.integers(len(bank)))]
+    target = np.abs(target + rng.normal(0.0, vector_noise, target.shape)).astype(np.float32)
+    target /= np.linalg.norm(target, axis=0, keepdims=True)
+    lo, hi = np.log(conc_range[0]), np.log(conc_range[1])
+    conc = conc * np.exp(rng.uniform(lo, hi, 2)).astype(np.float32)
+    out = np.exp(-(conc @ target.T + residual)) * 256.0 - 1.0
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(image.shape)
+
+
 def hsv_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Brightness / contrast / saturation / hue jitter."""
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
@@ -124,8 +153,16 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random chain of image degradations (labels unaffected)."""
+def photometric(image: np.ndarray, rng: np.random.Generator, stains: np.ndarray | None = None,
+                stain_source: np.ndarray | None = None, p_stain: float = 0.7) -> np.ndarray:
+    """One random chain of image degradations (labels unaffected).
+
+    With a bank of real stain vectors (``stains``, K x 3 x 2) and the image's own
+    (``stain_source``, 3 x 2), a :func:`stain_transfer` comes first with probability
+    ``p_stain``.
+    """
+    if stains is not None and stain_source is not None and rng.random() < p_stain:
+        image = stain_transfer(image, rng, stains, stain_source)
     image = hed_jitter(image, rng)
     if rng.random() < 0.5:
         image = hsv_jitter(image, rng)

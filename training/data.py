@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from slicer_cli.nuclei.stain import REFERENCE_STAINS
+
 from .augment import Warp, photometric, random_warp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +104,10 @@ class CropSampler:
     tile: Tile
     reserved: tuple[Box, ...] = RESERVED
     balance: float = 0.5
+    #: real stain vectors to re-stain crops with (``training/unlabelled.py:stain_bank``)
+    stains: np.ndarray | None = None
+    #: probability of that re-staining per crop
+    p_stain: float = 0.7
 
     def __post_init__(self) -> None:
         self.centres = nucleus_centres(self.tile, self.reserved)
@@ -132,8 +138,29 @@ class CropSampler:
         warp = self.warp(size, rng)
         image, inst, cls, dist = warp_labelled(self.tile, warp)
         if augment:
-            image = photometric(image, rng)
+            image = self._degrade(image, rng)
         return image, (inst > 0).astype(np.float32), dist, cls
+
+    def _degrade(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return photometric(image, rng, self.stains, REFERENCE_STAINS, self.p_stain)
+
+    def pair(self, size: int, shift: int, rng: np.random.Generator
+             ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], tuple[int, int]]:
+        """The same crop seen twice: shifted by up to ``shift - 1`` px, degraded separately.
+
+        Returns views A and B as :meth:`crop` does (image, fg, distance, class) and the
+        offset ``(dy, dx)``: B's pixel ``(y, x)`` shows A's ``(y + dy, x + dx)``.
+        """
+        image, inst, cls, dist = warp_labelled(self.tile, self.warp(size + shift, rng))
+        views = []
+        corners = rng.integers(0, shift, (2, 2))
+        for y0, x0 in corners:
+            cut = (slice(y0, y0 + size), slice(x0, x0 + size))
+            views.append((self._degrade(np.ascontiguousarray(image[cut]), rng),
+                          (inst[cut] > 0).astype(np.float32), np.ascontiguousarray(dist[cut]),
+                          np.ascontiguousarray(cls[cut])))
+        (ya, xa), (yb, xb) = corners
+        return views[0], views[1], (int(yb - ya), int(xb - xa))
 
     def batch(self, n: int, size: int, rng: np.random.Generator
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

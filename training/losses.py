@@ -68,3 +68,23 @@ def consistency_loss(student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         cls_term = (weight * ((s_cls - t_cls) ** 2).sum(dim=0)).sum() / norm
         total = total + fg_term + dist_term + cls_term
     return total / max(len(offsets), 1)
+
+
+def pair_consistency_loss(logits_a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                          logits_b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                          offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """Symmetric consistency between two views of the same labelled crops.
+
+    ``logits_a``, ``logits_b``: raw ``(fg, dist, cls)`` of views A and B; B's pixel
+    ``(y, x)`` shows A's ``(y + dy, x + dx)``. Each view is pulled towards the other's
+    (detached) probabilities with :func:`consistency_loss`, so a shift by an odd number of
+    pixels or a re-encoding costs the network what it changes in its maps.
+    """
+    def probs(logits):
+        fg, dist, cls = logits
+        return (torch.sigmoid(fg)[:, 0].detach(), torch.sigmoid(dist)[:, 0].detach(),
+                torch.softmax(cls, dim=1).detach())
+
+    back = [(-dy, -dx) for dy, dx in offsets]
+    return 0.5 * (consistency_loss(logits_b, probs(logits_a), offsets)
+                  + consistency_loss(logits_a, probs(logits_b), back))

@@ -46,7 +46,13 @@ from .augment import photometric
 from .calibrate import calibrate
 from .data import CLASSES, RESERVED, VALIDATION, CropSampler, Tile, load_tile, region
 from .export import export_onnx, write_config
-from .losses import class_loss, consistency_loss, distance_loss, foreground_loss
+from .losses import (
+    class_loss,
+    consistency_loss,
+    distance_loss,
+    foreground_loss,
+    pair_consistency_loss,
+)
 from .tune import tune_thresholds
 
 #: the views of a consistency pair are cut from a crop this much larger (max shift + 1)
@@ -60,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--iterations", type=int, default=3600)
+    p.add_argument("--iterations", type=int, default=4800)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="crop side in px (multiple of 32)")
     p.add_argument("--width", type=int, default=12, help="U-Net channels of the first level")
@@ -73,10 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--head-width", type=int, default=None,
                    help="channels of a transposed-convolution head (3.0.0: the first "
                         "level's 12)")
-    p.add_argument("--blur-pools", type=int, default=2,
-                   help="anti-aliased max-poolings, from the first (4.0.0: 2)")
+    p.add_argument("--blur-pools", type=int, default=4,
+                   help="anti-aliased max-poolings, from the first (4.0.0: 2; 5.0.0: all 4)")
     p.add_argument("--bilinear-head", action=argparse.BooleanOptionalAction, default=True,
                    help="half-resolution logits, bilinear to full resolution (4.0.0)")
+    p.add_argument("--bilinear-up", action=argparse.BooleanOptionalAction, default=True,
+                   help="decoder upsampling by 1x1 conv + bilinear instead of transposed "
+                        "convolutions (5.0.0)")
     p.add_argument("--split", choices=("heldout", "all"), default="heldout",
                    help="heldout: keep the held-out quadrant and validation block out (the "
                         "measured run); all: train on every labelled pixel (the shipped run)")
@@ -91,6 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "for the grid search on the validation block (training/tune.py); the "
                         "default is 3.0.0's setting, which keeps nuclei out of the training "
                         "tissue (MODEL.md, 4.0.0)")
+    p.add_argument("--pairs", type=int, default=4,
+                   help="crops of the batch seen twice, shifted by up to 31 px and degraded "
+                        "separately, both supervised and pulled together (5.0.0: 4 pairs, "
+                        "8 views; 0: --batch independent crops)")
+    p.add_argument("--w-pair", type=float, default=2.0, help="weight of the pair consistency")
+    p.add_argument("--stain-transfer", type=float, default=0.7,
+                   help="probability of re-staining a crop with real stain vectors of the "
+                        "unlabelled slides (5.0.0: 0.7; 0 before)")
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
@@ -101,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--version", default="4.0.0")
+    p.add_argument("--version", default="5.0.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -115,7 +132,8 @@ def _thresholds(text: str) -> dict | None:
     try:
         fg, seed, area = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FG,SEED,AREA or 'tune', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected FG,SEED,AREA or 'tune', got {text!r}") from None
     if not (0 < fg < 1 and 0 < seed < 1 and area >= 0 and area == int(area)):
         raise argparse.ArgumentTypeError(f"thresholds out of range: {text!r}")
     return {"fg_threshold": fg, "seed_threshold": seed, "min_area_px": int(area)}
@@ -197,15 +215,23 @@ def train(args: argparse.Namespace) -> dict:
     tile = load_tile()
     reserved = RESERVED if args.split == "heldout" else ()
     weights = class_weights(tile, reserved)
-    sampler = CropSampler(tile, reserved)
-    pool = None
-    if args.consistency and args.unlabelled_fraction > 0:
-        from .unlabelled import UnlabelledPool
+    pool = stains = None
+    if args.stain_transfer > 0 or (args.consistency and args.unlabelled_fraction > 0):
+        from .unlabelled import UnlabelledPool, stain_bank
 
         pool = UnlabelledPool()
+        if args.stain_transfer > 0:
+            stains = stain_bank(pool, np.random.default_rng(args.seed + 1))
+        if not args.consistency:
+            pool = None
+    sampler = CropSampler(tile, reserved, stains=stains, p_stain=args.stain_transfer)
+    if not 0 <= 2 * args.pairs <= args.batch:
+        raise SystemExit(f"error: --pairs {args.pairs} needs a --batch of at least "
+                         f"{2 * args.pairs}")
     net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
                stem=args.stem, antialias=args.antialias, head_width=args.head_width,
-               blur_pools=args.blur_pools, bilinear_head=args.bilinear_head)
+               blur_pools=args.blur_pools, bilinear_head=args.bilinear_head,
+               bilinear_up=args.bilinear_up)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)
@@ -226,7 +252,7 @@ def train(args: argparse.Namespace) -> dict:
     log(f"args {vars(args)}; {sum(p.numel() for p in net.parameters())} parameters; "
         f"class weights {weights.tolist()}; class-balanced crops from "
         f"{sum(len(c) for c in sampler.centres)} nuclei; unlabelled images "
-        f"{pool.names if pool else []}")
+        f"{pool.names if pool else []}; {0 if stains is None else len(stains)} stain vectors")
     net.train()
     teacher.eval()
     running: dict[str, float] = {}
@@ -234,7 +260,11 @@ def train(args: argparse.Namespace) -> dict:
     while step < args.iterations:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.iterations, args.lr)
-        images, fg, dist, cls = sampler.batch(n_sup, args.crop, rng)
+        crops = [sampler.crop(args.crop, rng) for _ in range(n_sup - 2 * args.pairs)]
+        pairs = [sampler.pair(args.crop, SHIFT_PX, rng) for _ in range(args.pairs)]
+        crops += [p[0] for p in pairs] + [p[1] for p in pairs]  # then all A, then all B
+        pair_offsets = [p[2] for p in pairs]
+        images, fg, dist, cls = (np.stack(c) for c in zip(*crops))
         batch = images
         if args.consistency:
             big = args.crop + SHIFT_PX
@@ -251,6 +281,12 @@ def train(args: argparse.Namespace) -> dict:
                   "cls": class_loss(cls_l[:n_sup], torch.from_numpy(cls), weights)}
         loss = args.w_fg * losses["fg"] + args.w_dist * losses["dist"] + \
             args.w_class * losses["cls"]
+        if args.pairs:
+            k0, k1 = n_sup - 2 * args.pairs, n_sup - args.pairs
+            losses["pair"] = pair_consistency_loss(
+                tuple(t[k0:k1] for t in (fg_l, dist_l, cls_l)),
+                tuple(t[k1:n_sup] for t in (fg_l, dist_l, cls_l)), pair_offsets)
+            loss = loss + args.w_pair * losses["pair"]
         if args.consistency:
             with torch.no_grad():
                 t_fg, t_dist, t_cls = teacher(normalise(torch.from_numpy(view_a)))

