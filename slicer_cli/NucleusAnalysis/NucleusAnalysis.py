@@ -113,6 +113,7 @@ def options_from_args(args):
         batch_size=args.batch_size,
         tile_size_px=args.tile_size or None,
         stain_normalize=bool(args.stain_normalize),
+        test_time_flips=bool(args.test_time_flips),
         min_tissue_fraction=args.min_tissue_fraction,
         scheduler=args.scheduler or None,
         workers=args.workers,

@@ -55,6 +55,7 @@ class AnalysisOptions:
     tile_size_px: int | None = None
     overlap_px: int | None = None
     stain_normalize: bool = False
+    test_time_flips: bool = False
     min_tissue_fraction: float = 0.01
     scheduler: str | None = None
     workers: int = 0

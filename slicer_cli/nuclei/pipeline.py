@@ -22,6 +22,7 @@ import pandas as pd
 
 from . import backends
 from .arrays import array_module, to_host
+from .backends.flips import infer_with_flips
 from .errors import BackendError
 from .features import compute_features
 from .instances import extract_instances
@@ -351,7 +352,9 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
     for group in shapes.values():
         with ctx.infer_gate:
             t0 = time.perf_counter()
-            maps = ctx.backend.infer(np.stack([images[k] for k in group]))
+            batch = np.stack([images[k] for k in group])
+            maps = (infer_with_flips(ctx.backend, batch) if ctx.options.test_time_flips
+                    else ctx.backend.infer(batch))
             dt = time.perf_counter() - t0
         with ctx.lock:
             ctx.inference_s += dt
@@ -462,7 +465,7 @@ def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions, backe
                 device: str) -> dict:
     params = {k: v for k, v in asdict(options).items()
               if k in ("region", "slide_mpp", "batch_size", "tile_size_px", "overlap_px",
-                       "stain_normalize", "min_tissue_fraction")}
+                       "stain_normalize", "test_time_flips", "min_tissue_fraction")}
     params["backend"] = {"TritonBackend": "triton", "TorchBackend": "pytorch"}.get(
         type(backend).__name__, "onnxruntime")
     params["device"] = device
