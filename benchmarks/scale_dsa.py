@@ -321,13 +321,13 @@ def _pan_with_failed_fetch(page, summary, classes, lo_xy, hi_xy) -> dict:
         # one move, by 2.5 views (right or left): out of any region fetched before (the
         # last one was asked for a view at most twice as wide, with a quarter of a view
         # around it)
-        page.evaluate("""() => {
+        page.evaluate("""(step) => {
             const maps = [...document.querySelectorAll('.geojs-map')]
                 .sort((a, b) => b.clientWidth - a.clientWidth)  // the slide view, not the overview
                 .map((el) => window.geo.jQuery(el).data('data-geojs-map')).filter((m) => m);
             const map = maps[0];
             const b = map.bounds(), c = map.center();
-            map.center({x: c.x + %r * (b.right - b.left), y: c.y}); }""" % step)
+            map.center({x: c.x + step * (b.right - b.left), y: c.y}); }""", step)
         t0 = time.perf_counter()
         page.wait_for_timeout(500)
         view = page.evaluate(_BOUNDS)

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training import train as train_module  # noqa: E402
 from slicer_cli.nuclei.stain import REFERENCE_STAINS  # noqa: E402
+from training import train as train_module  # noqa: E402
 from training.augment import jpeg, photometric, random_warp, stain_transfer  # noqa: E402
 from training.calibrate import TEMPERATURES, matched_nuclei, nucleus_probabilities  # noqa: E402
 from training.data import CropSampler, Tile, normalised_distance, overlaps  # noqa: E402

@@ -103,9 +103,9 @@ def stain_transfer(image: np.ndarray, rng: np.random.Generator, bank: np.ndarray
     residual), each concentration is scaled (log-uniform in ``conc_range``), and the image is
     rebuilt with stain vectors part-way between the source's and one drawn from ``bank``
     (K x 3 x 2: vectors measured on real H&E of other labs, ``training/unlabelled.py``), with
-    a little noise (``vector_noise``). Hue, darkness and the balance of the two stains then vary as they do
-    between slides, which a per-stain jitter along fixed vectors (:func:`hed_jitter`) cannot
-    reach: the CMU slide's black-purple nuclei, say.
+    a little noise (``vector_noise``). Hue, darkness and the balance of the two stains then
+    vary as they do between slides, which a per-stain jitter along fixed vectors
+    (:func:`hed_jitter`) cannot reach: the CMU slide's black-purple nuclei, say.
     """
     od = -np.log((image.reshape(-1, 3).astype(np.float32) + 1.0) / 256.0)
     src = source.astype(np.float32)

@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 from slicer_cli.nuclei.stain import REFERENCE_STAINS
 
-from .augment import Warp, photometric, random_warp
+from .augment import SCALE_RANGE, Warp, photometric, random_warp
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -108,6 +108,8 @@ class CropSampler:
     stains: np.ndarray | None = None
     #: probability of that re-staining per crop
     p_stain: float = 0.7
+    #: source pixels per crop pixel, log-uniform (``training/augment.py:random_warp``)
+    scale_range: tuple[float, float] = SCALE_RANGE
 
     def __post_init__(self) -> None:
         self.centres = nucleus_centres(self.tile, self.reserved)
@@ -125,7 +127,7 @@ class CropSampler:
         """A random warp whose source pixels lie in the image, off every reserved box."""
         h, w = self.tile.instances.shape
         for _ in range(1000):
-            warp = random_warp(size, self._centre(size, rng), rng)
+            warp = random_warp(size, self._centre(size, rng), rng, self.scale_range)
             r0, r1, c0, c1 = warp.bounds()
             if r0 >= 0 and c0 >= 0 and r1 <= h and c1 <= w and \
                     not overlaps((r0, r1, c0, c1), self.reserved):

@@ -104,10 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="crops of the batch seen twice, shifted by up to 31 px and degraded "
                         "separately, both supervised and pulled together (5.0.0: 4 pairs, "
                         "8 views; 0: --batch independent crops)")
-    p.add_argument("--w-pair", type=float, default=2.0, help="weight of the pair consistency")
+    p.add_argument("--w-pair", type=float, default=4.0, help="weight of the pair consistency")
     p.add_argument("--stain-transfer", type=float, default=0.7,
                    help="probability of re-staining a crop with real stain vectors of the "
                         "unlabelled slides (5.0.0: 0.7; 0 before)")
+    p.add_argument("--scale-range", type=_scale_range, default=(0.7, 2.0),
+                   help="MIN,MAX source pixels per crop pixel, log-uniform (5.0.0: 0.7,2.0, "
+                        "nuclei down to half the labelled tile's size; 4.0.0: 0.7,1.4)")
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
@@ -137,6 +140,16 @@ def _thresholds(text: str) -> dict | None:
     if not (0 < fg < 1 and 0 < seed < 1 and area >= 0 and area == int(area)):
         raise argparse.ArgumentTypeError(f"thresholds out of range: {text!r}")
     return {"fg_threshold": fg, "seed_threshold": seed, "min_area_px": int(area)}
+
+
+def _scale_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX, got {text!r}") from None
+    if not (0.25 <= lo <= hi <= 4.0):
+        raise argparse.ArgumentTypeError(f"scale range out of 0.25-4: {text!r}")
+    return lo, hi
 
 
 def class_weights(tile: Tile, reserved: tuple = RESERVED) -> torch.Tensor:
@@ -224,7 +237,8 @@ def train(args: argparse.Namespace) -> dict:
             stains = stain_bank(pool, np.random.default_rng(args.seed + 1))
         if not args.consistency:
             pool = None
-    sampler = CropSampler(tile, reserved, stains=stains, p_stain=args.stain_transfer)
+    sampler = CropSampler(tile, reserved, stains=stains, p_stain=args.stain_transfer,
+                          scale_range=args.scale_range)
     if not 0 <= 2 * args.pairs <= args.batch:
         raise SystemExit(f"error: --pairs {args.pairs} needs a --batch of at least "
                          f"{2 * args.pairs}")
