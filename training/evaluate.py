@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python -m training.evaluate [--model-dir models/nucleus_unet] [--json out.json]
                                           [--region held_out|validation] [--timing]
+                                          [--robustness] [--flips 4]
 
 The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
 (reflect-padded to a multiple of 32), its maps are post-processed by
@@ -16,6 +17,8 @@ held-out quadrant and on a region of the real CMU slide (no labels needed), agre
 between the image and its copies shifted by (1, 0), (0, 3), (8, 0), (17, 9) pixels,
 re-encoded as JPEG 90 and 75, and both; and the whole-slide pipeline on the CMU slide with
 its region starting at (0, 0) versus (1, 1).
+
+``--flips 4`` scores all of it with the test-time flips (the CLI's ``--test-time-flips``).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slicer_cli.nuclei.backends.flips import infer_with_flips
 from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.metrics import aggregated_jaccard_index, multiclass_pq, panoptic_quality
@@ -37,15 +41,25 @@ from .robustness import cmu_region, roi_agreement, tile_agreement
 from .tune import predict_maps
 
 
+class Flipped:
+    """A backend whose ``infer`` averages over test-time flips (``--flips``)."""
+
+    def __init__(self, backend, flips: int) -> None:
+        self.backend, self.flips, self.info = backend, flips, backend.info
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return infer_with_flips(self.backend, batch, self.flips)
+
+
 def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
-             threads: int = 2) -> dict:
+             threads: int = 2, flips: int = 1) -> dict:
     """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict."""
     tile = load_tile()
     image, labels, classes = region(tile, box)
     with LocalBackend(model_dir, threads=threads) as backend:
         info = backend.info
         t0 = time.perf_counter()
-        maps = predict_maps(backend, image, info.size_multiple)
+        maps = predict_maps(Flipped(backend, flips), image, info.size_multiple)
         infer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
@@ -56,6 +70,7 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(info.classes))
     return {
         "model": info.name, "version": info.version, "region_rows_cols": list(box),
+        "test_time_flips": flips,
         "thresholds": {"fg_threshold": info.fg_threshold, "seed_threshold": info.seed_threshold,
                        "min_area_px": info.min_area_px},
         "n_true": int(labels.max()), "n_pred": int(inst.labels.max()),
@@ -73,14 +88,16 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
-               threads: int = 2) -> dict:
+               threads: int = 2, flips: int = 1) -> dict:
     """Agreement of the model with itself: shifts and re-encodes, and the ROI (1, 1) shift."""
     tile = load_tile()
     image, _, _ = region(tile, box)
     with LocalBackend(model_dir, threads=threads) as backend:
-        quadrant = tile_agreement(backend, np.ascontiguousarray(image))
-        cmu = tile_agreement(backend, cmu_region())
-    return {"held_out": quadrant, "cmu_region": cmu, "roi_0_0_vs_1_1": roi_agreement(model_dir)}
+        flipped = Flipped(backend, flips)
+        quadrant = tile_agreement(flipped, np.ascontiguousarray(image))
+        cmu = tile_agreement(flipped, cmu_region())
+    return {"held_out": quadrant, "cmu_region": cmu,
+            "roi_0_0_vs_1_1": roi_agreement(model_dir, flips=flips > 1)}
 
 
 def time_inference(model_dir: Path, sizes: tuple[int, ...] = (256, 1024), repeats: int = 3,
@@ -110,14 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing", action="store_true", help="also time 256 and 1024 px tiles")
     p.add_argument("--robustness", action="store_true",
                    help="also the agreement under shifts, JPEG re-encodes and an ROI shift")
+    p.add_argument("--flips", type=int, default=1, choices=range(1, 5),
+                   help="test-time flips averaged (1: none; 4: the CLI's --test-time-flips)")
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
-    result = evaluate(args.model_dir, box, args.threads)
+    result = evaluate(args.model_dir, box, args.threads, args.flips)
     if args.timing:
         result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
     if args.robustness:
-        result["agreement"] = robustness(args.model_dir, box, args.threads)
+        result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

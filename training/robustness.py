@@ -104,9 +104,10 @@ def rasterise(annotation: dict, shape: tuple[int, int], origin=(0, 0)) -> np.nda
     return labels
 
 
-def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_region.svs"
-                  ) -> dict[str, float]:
-    """The whole-slide pipeline with its region starting at (0, 0) and at (1, 1).
+def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_region.svs",
+                  flips: bool = False) -> dict[str, float]:
+    """The whole-slide pipeline with its region starting at (0, 0) and at (1, 1) (with the
+    test-time flips when ``flips``).
 
     Returns
     -------
@@ -125,7 +126,7 @@ def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_regi
             ann, csv = Path(tmp) / f"{k}.anot", Path(tmp) / f"{k}.csv"
             run_analysis(str(slide), str(ann), str(csv),
                          AnalysisOptions(region=region, model_dir=str(model_dir),
-                                         parquet=False))
+                                         parquet=False, test_time_flips=flips))
             docs.append(json.loads(ann.read_text()))
     a = rasterise(docs[0], (h, w))
     b = rasterise(docs[1], (h - 1, w - 1), origin=(1, 1))
