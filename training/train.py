@@ -104,13 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="crops of the batch seen twice, shifted by up to 31 px and degraded "
                         "separately, both supervised and pulled together (5.0.0: 4 pairs, "
                         "8 views; 0: --batch independent crops)")
-    p.add_argument("--w-pair", type=float, default=4.0, help="weight of the pair consistency")
+    p.add_argument("--w-pair", type=float, default=2.0, help="weight of the pair consistency")
     p.add_argument("--stain-transfer", type=float, default=0.7,
                    help="probability of re-staining a crop with real stain vectors of the "
                         "unlabelled slides (5.0.0: 0.7; 0 before)")
-    p.add_argument("--scale-range", type=_scale_range, default=(0.7, 2.0),
-                   help="MIN,MAX source pixels per crop pixel, log-uniform (5.0.0: 0.7,2.0, "
-                        "nuclei down to half the labelled tile's size; 4.0.0: 0.7,1.4)")
+    p.add_argument("--scale-range", type=_scale_range, default=(0.7, 1.4),
+                   help="MIN,MAX source pixels per crop pixel, log-uniform (5.0.0 and 4.0.0: "
+                        "0.7,1.4; run F of MODEL.md: 0.7,2.0)")
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
