@@ -4,6 +4,8 @@ they claim, re-staining changes colours and nothing else, the consistency losses
 calibration do what they say."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -142,7 +144,8 @@ def test_calibration_helpers_on_constructed_nuclei():
 def test_threshold_option_parses_fixed_settings_and_rejects_bad_ones():
     args = train_module.parse_args([])
     assert args.thresholds == {"fg_threshold": 0.4, "seed_threshold": 0.4, "min_area_px": 32}
-    assert args.consistency == 0  # the shipped recipe (MODEL.md, 4.0.0)
+    assert args.consistency == 0 and args.pairs == 4  # the shipped recipe (MODEL.md, 5.0.0)
+    assert args.split == "all" and args.settings_from is None  # the twin is trained first
     assert train_module.parse_args(["--thresholds", "tune"]).thresholds is None
     assert train_module.parse_args(["--thresholds", "0.5,0.3,64"]).thresholds == {
         "fg_threshold": 0.5, "seed_threshold": 0.3, "min_area_px": 64}
@@ -201,3 +204,23 @@ def test_pair_consistency_loss_is_zero_for_matching_views_and_pulls_both():
     loss.backward()
     assert loss.item() > 0.01
     assert a[0].grad.abs().sum() > 0 and b[0].grad.abs().sum() > 0
+
+
+def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
+    """``--split all`` without settings: the twin (held-out data kept out) is trained and
+    tuned first, and the shipped model takes its thresholds and temperature; a rerun
+    resumes both and gives the same files."""
+    work, model = tmp_path / "work", tmp_path / "model"
+    argv = ["--iterations", "2", "--checkpoint-every", "1", "--workdir", str(work),
+            "--model-dir", str(model), "--version", "0.0.1-test"]
+    summary = train_module.train(train_module.parse_args(argv))
+    twin = json.loads((work / "heldout" / "summary.json").read_text())
+    assert twin["split"] == "heldout" and summary["split"] == "all"
+    for key in ("fg_threshold", "seed_threshold", "min_area_px", "temperature"):
+        assert summary[key] == twin[key]
+    assert (work / "heldout_model" / "1" / "model.onnx").is_file()
+    onnx = (model / "1" / "model.onnx").read_bytes()
+    assert b"0.0.1-test" in (model / "config.pbtxt").read_bytes()
+    again = train_module.train(train_module.parse_args(argv))  # resumed: nothing retrained
+    assert again["train_s"] == summary["train_s"]
+    assert (model / "1" / "model.onnx").read_bytes() == onnx

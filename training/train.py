@@ -2,20 +2,25 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m training.train                      # 4.0.0, as shipped (held-out kept)
-    .venv/bin/python -m training.train --split all --settings-from RUN/summary.json
-                                                           # every label (not made for 4.0.0)
+    .venv/bin/python -m training.train
+        # 5.0.0 as shipped: first its measured twin (held-out quadrant and validation block
+        # kept out: the figures of MODEL.md; <workdir>/heldout_model), then every labelled
+        # pixel with the twin's thresholds and temperature -> models/nucleus_unet
+    .venv/bin/python -m training.train --split heldout --model-dir /tmp/m5
+        # the twin alone
     .venv/bin/python -m training.train --iterations 40      # quick smoke model
 
-Fixed seeds; 2 torch threads. Each iteration: a supervised batch of class-balanced,
-augmented crops of the labelled tile (``training/data.py``, ``training/augment.py``). With
-``--consistency N`` (0 by default: the shipped 4.0.0 is supervised only, MODEL.md says why)
-also N crop pairs (half from real unlabelled H&E, ``training/unlabelled.py``, half
-from the labelled tile) seen as two views shifted by up to 31 px and degraded differently:
-the student on one view is pulled towards an exponential moving average of itself (the
-mean teacher) on the other (``losses.consistency_loss``), which teaches shift and
-re-encoding stability and adapts to tissue beyond the one labelled image. The teacher is
-what is exported.
+Fixed seeds; 2 torch threads. Each iteration: a batch of class-balanced, augmented crops of
+the labelled tile (``training/data.py``, ``training/augment.py``: one geometric warp, a
+re-staining with real stain vectors of unlabelled slides, the degradations). ``--pairs N``
+(4 by default) of them are labelled pairs: the same crop seen twice, shifted by up to 31 px
+and degraded separately, both supervised and pulled together by a symmetric consistency
+loss (``losses.pair_consistency_loss``, weight ``--w-pair``), which teaches the network
+that a shift or a re-encoding changes nothing. With ``--consistency N`` (0 by default; runs
+A and B of MODEL.md) also N mean-teacher pairs (half from real unlabelled H&E,
+``training/unlabelled.py``): the student on one view is pulled towards an exponential
+moving average of itself on the other (``losses.consistency_loss``). Either way the network
+exported is that moving average of the trained weights (decay ``--ema``).
 
 Checkpoints go to ``--workdir`` every ``--checkpoint-every`` iterations and a rerun with the
 same arguments resumes from the last one. At the end the network is exported to
@@ -75,23 +80,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stem", action=argparse.BooleanOptionalAction, default=True,
                    help="stride-2 stem, no 3x3 convolution at full resolution (3.0.0)")
     p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=True,
-                   help="low-pass the input before the stride-2 stem (4.0.0)")
+                   help="low-pass the input before the stride-2 stem (since 4.0.0)")
     p.add_argument("--head-width", type=int, default=None,
                    help="channels of a transposed-convolution head (3.0.0: the first "
                         "level's 12)")
     p.add_argument("--blur-pools", type=int, default=4,
                    help="anti-aliased max-poolings, from the first (4.0.0: 2; 5.0.0: all 4)")
     p.add_argument("--bilinear-head", action=argparse.BooleanOptionalAction, default=True,
-                   help="half-resolution logits, bilinear to full resolution (4.0.0)")
+                   help="half-resolution logits, bilinear to full resolution (since 4.0.0)")
     p.add_argument("--bilinear-up", action=argparse.BooleanOptionalAction, default=True,
                    help="decoder upsampling by 1x1 conv + bilinear instead of transposed "
                         "convolutions (5.0.0)")
-    p.add_argument("--split", choices=("heldout", "all"), default="heldout",
+    p.add_argument("--split", choices=("heldout", "all"), default="all",
                    help="heldout: keep the held-out quadrant and validation block out (the "
-                        "measured run); all: train on every labelled pixel (the shipped run)")
+                        "measured twin); all (default): train on every labelled pixel (the "
+                        "shipped run), with the twin's thresholds and temperature")
     p.add_argument("--settings-from", type=Path, default=None,
-                   help="summary.json of a heldout run: its thresholds and temperature "
-                        "(needed with --split all, where no block is left to tune on)")
+                   help="with --split all: summary.json of a heldout run to take thresholds "
+                        "and temperature from (default: train that twin first, with the same "
+                        "options, in <workdir>/heldout, its model in <workdir>/heldout_model)")
     p.add_argument("--consistency", type=int, default=0,
                    help="mean-teacher consistency crop pairs per iteration (0, the default: "
                         "supervised only; runs A and B of MODEL.md used 4)")
@@ -99,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="post-processing fg_threshold,seed_threshold,min_area_px, or 'tune' "
                         "for the grid search on the validation block (training/tune.py); the "
                         "default is 3.0.0's setting, which keeps nuclei out of the training "
-                        "tissue (MODEL.md, 4.0.0)")
+                        "tissue (MODEL.md)")
     p.add_argument("--pairs", type=int, default=4,
                    help="crops of the batch seen twice, shifted by up to 31 px and degraded "
                         "separately, both supervised and pulled together (5.0.0: 4 pairs, "
@@ -205,6 +212,15 @@ def _update_teacher(teacher: UNet, student: UNet, decay: float) -> None:
 
 def train(args: argparse.Namespace) -> dict:
     """Train, export, tune, calibrate, write config; returns a summary (also saved as JSON)."""
+    if args.split == "all" and args.settings_from is None:
+        # the held-out twin first (its figures are the shipped model's), before this run
+        # seeds anything: the run is the same whether the twin trains now or is resumed
+        twin = argparse.Namespace(**{**vars(args), "split": "heldout",
+                                     "workdir": args.workdir / "heldout",
+                                     "model_dir": args.workdir / "heldout_model"})
+        print(f"training the held-out twin first: {twin.workdir}", flush=True)
+        train(twin)
+        args.settings_from = twin.workdir / "summary.json"
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -221,8 +237,6 @@ def train(args: argparse.Namespace) -> dict:
 
     settings = None
     if args.split == "all":
-        if args.settings_from is None:
-            raise SystemExit("error: --split all needs --settings-from <heldout run>/summary.json")
         settings = json.loads(args.settings_from.read_text())
     t_start = time.time()
     tile = load_tile()
@@ -271,6 +285,8 @@ def train(args: argparse.Namespace) -> dict:
     teacher.eval()
     running: dict[str, float] = {}
     n_sup = args.batch
+    t_loop = time.time()  # training time: the loop's, summed over resumed runs
+    train_s = elapsed_before
     while step < args.iterations:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.iterations, args.lr)
@@ -317,18 +333,18 @@ def train(args: argparse.Namespace) -> dict:
         for k, v in losses.items():
             running[k] = 0.9 * running.get(k, v.item()) + 0.1 * v.item()
         if step % 10 == 0 or step == args.iterations:
-            el = elapsed_before + time.time() - t_start
+            el = elapsed_before + time.time() - t_loop
             log(f"it {step}/{args.iterations} lr {opt.param_groups[0]['lr']:.2e} "
                 + " ".join(f"{k} {v:.4f}" for k, v in running.items()) + f" elapsed {el:.0f}s")
         if step % args.checkpoint_every == 0 or step == args.iterations:
+            train_s = elapsed_before + time.time() - t_loop
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"net": net.state_dict(), "teacher": teacher.state_dict(),
                         "opt": opt.state_dict(), "step": step,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "elapsed_s": elapsed_before + time.time() - t_start,
+                        "elapsed_s": train_s,
                         "args": _arg_key(args)}, tmp)
             tmp.replace(ckpt_path)
-    train_s = elapsed_before + time.time() - t_start
     teacher.eval()
     onnx_path = args.model_dir / "1" / "model.onnx"
     if settings is None:
