@@ -25,7 +25,7 @@ def hgsc_runs(tmp_path_factory, hgsc_image):
     return tiled, single
 
 
-def test_tiled_matches_single_pass(hgsc_runs, annotation_schema):
+def test_tiled_matches_single_pass(hgsc_runs, annotation_schema, hgsc_image):
     from slicer_cli.nuclei.metrics import panoptic_quality
 
     (r_tiled, doc_tiled, tab_tiled), (r_single, doc_single, _) = hgsc_runs
@@ -42,12 +42,22 @@ def test_tiled_matches_single_pass(hgsc_runs, annotation_schema):
 
     xy = tab_tiled[["Identifier.CentroidX", "Identifier.CentroidY"]].to_numpy()
     assert not cKDTree(xy).query_pairs(2.0)
-    # and no outline shares area with another beyond what one pass itself produces (a ring
-    # nucleus around another)
-    assert _overlapping_pairs(doc_tiled) <= _overlapping_pairs(doc_single)
+    # and no two outlines that share area come from two tiles: an overlapping pair (a ring
+    # nucleus traced around another, as the network sometimes draws one) is either one the
+    # single pass draws too, or both of its nuclei belong to one tile's core
+    single_pairs = _overlapping_pairs(doc_single)
+    cores = _cores(hgsc_image)
+    for pair in _overlapping_pairs(doc_tiled):
+        in_single = any(np.abs(np.subtract(pair, other)).max() < 5 for other in single_pairs)
+        one_tile = any(x0 <= min(pair[0], pair[2]) and max(pair[0], pair[2]) < x1
+                       and y0 <= min(pair[1], pair[3]) and max(pair[1], pair[3]) < y1
+                       for x0, x1, y0, y1 in cores)
+        assert in_single or one_tile, pair
 
 
-def _overlapping_pairs(doc: dict, min_shared: float = 0.3) -> int:
+def _overlapping_pairs(doc: dict, min_shared: float = 0.3) -> list[tuple[float, ...]]:
+    """Centroids ``(xa, ya, xb, yb)`` of the pairs of outlines sharing > 30 % of the
+    smaller one."""
     import shapely
 
     polys = np.array([shapely.make_valid(shapely.Polygon(el["points"]))
@@ -56,7 +66,22 @@ def _overlapping_pairs(doc: dict, min_shared: float = 0.3) -> int:
     a, b = a[a < b], b[a < b]
     shared = shapely.area(shapely.intersection(polys[a], polys[b]))
     smaller = np.minimum(shapely.area(polys[a]), shapely.area(polys[b]))
-    return int((shared > min_shared * smaller).sum())
+    same = shared > min_shared * smaller
+    centre = shapely.get_coordinates(shapely.centroid(polys))
+    return [(*centre[i], *centre[j]) for i, j in zip(a[same], b[same])]
+
+
+def _cores(image) -> list[tuple[int, int, int, int]]:
+    """The tiled run's cores ``(x0, x1, y0, y1)``, from the real planner."""
+    from slicer_cli.nuclei.pipeline import THUMBNAIL_PX
+    from slicer_cli.nuclei.slide import open_slide, read_thumbnail
+    from slicer_cli.nuclei.tiling import plan_tiles
+    from slicer_cli.nuclei.tissue import detect_tissue
+
+    slide, source = open_slide(str(image), 0.5)
+    tissue = detect_tissue(read_thumbnail(source, THUMBNAIL_PX), slide.size_x, slide.size_y)
+    plan = plan_tiles(slide, 0.5, 512, 128, None, tissue)
+    return [(t.core_x0, t.core_x1, t.core_y0, t.core_y1) for t in plan.tiles]
 
 
 def test_plausible_count_against_labels(hgsc_runs, hgsc_labels):
