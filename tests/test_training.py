@@ -13,7 +13,13 @@ torch = pytest.importorskip("torch")
 
 from slicer_cli.nuclei.stain import REFERENCE_STAINS  # noqa: E402
 from training import train as train_module  # noqa: E402
-from training.augment import jpeg, photometric, random_warp, stain_transfer  # noqa: E402
+from training.augment import (  # noqa: E402
+    jpeg,
+    photometric,
+    random_warp,
+    restain,
+    stain_transfer,
+)
 from training.calibrate import TEMPERATURES, matched_nuclei, nucleus_probabilities  # noqa: E402
 from training.data import CropSampler, Tile, normalised_distance, overlaps  # noqa: E402
 from training.losses import consistency_loss, pair_consistency_loss  # noqa: E402
@@ -224,3 +230,18 @@ def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
     again = train_module.train(train_module.parse_args(argv))  # resumed: nothing retrained
     assert again["train_s"] == summary["train_s"]
     assert (model / "1" / "model.onnx").read_bytes() == onnx
+
+
+def test_restain_moves_each_stain_onto_its_target_vector():
+    source = REFERENCE_STAINS.astype(np.float64)
+    target = _OTHER_STAINS[0].astype(np.float64)
+    # pixels of hematoxylin only, eosin only, and a mix, built along the source vectors
+    conc = np.array([[1.2, 0.0], [0.0, 0.9], [0.6, 0.5]])
+    image = np.clip(256.0 * np.exp(-(conc @ source.T)) - 1.0 + 0.5, 0, 255).astype(np.uint8)
+    out = restain(image[None], source, target)[0]
+    od = -np.log((out.astype(np.float64) + 1.0) / 256.0)
+    for k in range(2):  # each pure stain now lies along its target vector
+        direction = od[k] / np.linalg.norm(od[k])
+        assert direction @ target[:, k] > 0.995, (k, direction, target[:, k])
+    # the mix keeps its amounts: its OD is the target vectors weighted by them
+    np.testing.assert_allclose(od[2], target @ conc[2], atol=0.03)

@@ -107,16 +107,26 @@ def stain_transfer(image: np.ndarray, rng: np.random.Generator, bank: np.ndarray
     vary as they do between slides, which a per-stain jitter along fixed vectors
     (:func:`hed_jitter`) cannot reach: the CMU slide's black-purple nuclei, say.
     """
-    od = -np.log((image.reshape(-1, 3).astype(np.float32) + 1.0) / 256.0)
     src = source.astype(np.float32)
-    conc = od @ np.linalg.pinv(src).T                        # N x 2
-    residual = od - conc @ src.T
     lam = rng.uniform(0.0, 1.0)
     target = (1.0 - lam) * src + lam * bank[int(rng.integers(len(bank)))]
     target = np.abs(target + rng.normal(0.0, vector_noise, target.shape)).astype(np.float32)
-    target /= np.linalg.norm(target, axis=0, keepdims=True)
     lo, hi = np.log(conc_range[0]), np.log(conc_range[1])
-    conc = conc * np.exp(rng.uniform(lo, hi, 2)).astype(np.float32)
+    return restain(image, src, target, np.exp(rng.uniform(lo, hi, 2)))
+
+
+def restain(image: np.ndarray, source: np.ndarray, target: np.ndarray,
+            scale: np.ndarray | tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """``image`` stained along ``source`` (3 x 2 H&E vectors, OD space) rebuilt along
+    ``target`` (normalised here), the two concentrations multiplied by ``scale``; the optical
+    density the two stains do not explain is kept as it is."""
+    od = -np.log((image.reshape(-1, 3).astype(np.float32) + 1.0) / 256.0)
+    src = np.asarray(source, dtype=np.float32)
+    conc = od @ np.linalg.pinv(src).T                        # N x 2
+    residual = od - conc @ src.T
+    target = np.asarray(target, dtype=np.float32)
+    target = target / np.linalg.norm(target, axis=0, keepdims=True)
+    conc = conc * np.asarray(scale, dtype=np.float32)
     out = np.exp(-(conc @ target.T + residual)) * 256.0 - 1.0
     return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(image.shape)
 

@@ -16,7 +16,8 @@ AJI, per-class PQ and mPQ (PanNuke / HoVer-Net conventions).
 held-out quadrant and on a region of the real CMU slide (no labels needed), agreement PQ
 between the image and its copies shifted by (1, 0), (0, 3), (8, 0), (17, 9) pixels,
 re-encoded as JPEG 90 and 75, and both; and the whole-slide pipeline on the CMU slide with
-its region starting at (0, 0) versus (1, 1).
+its region starting at (0, 0) versus (1, 1); and bPQ / mPQ with the quadrant re-stained with
+each unlabelled slide's own H&E vectors (``robustness.restained_scores``).
 
 ``--flips 4`` scores all of it with the test-time flips (the CLI's ``--test-time-flips``).
 """
@@ -35,10 +36,12 @@ from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.metrics import aggregated_jaccard_index, multiclass_pq, panoptic_quality
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
+from slicer_cli.nuclei.stain import REFERENCE_STAINS
 
 from .data import HELD_OUT, VALIDATION, load_tile, region
-from .robustness import cmu_region, roi_agreement, tile_agreement
+from .robustness import cmu_region, restained_scores, roi_agreement, tile_agreement
 from .tune import predict_maps
+from .unlabelled import UnlabelledPool, stain_targets
 
 
 class Flipped:
@@ -89,15 +92,20 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
                threads: int = 2, flips: int = 1) -> dict:
-    """Agreement of the model with itself: shifts and re-encodes, and the ROI (1, 1) shift."""
+    """Agreement of the model with itself (shifts and re-encodes, the ROI (1, 1) shift) and
+    its accuracy on ``box`` re-stained as other labs' H&E."""
     tile = load_tile()
-    image, _, _ = region(tile, box)
+    image, labels, classes = region(tile, box)
+    targets = stain_targets(UnlabelledPool())
     with LocalBackend(model_dir, threads=threads) as backend:
         flipped = Flipped(backend, flips)
         quadrant = tile_agreement(flipped, np.ascontiguousarray(image))
         cmu = tile_agreement(flipped, cmu_region())
+        restained = restained_scores(flipped, image, labels, classes, targets,
+                                     REFERENCE_STAINS)
     return {"held_out": quadrant, "cmu_region": cmu,
-            "roi_0_0_vs_1_1": roi_agreement(model_dir, flips=flips > 1)}
+            "roi_0_0_vs_1_1": roi_agreement(model_dir, flips=flips > 1),
+            "restained": restained}
 
 
 def time_inference(model_dir: Path, sizes: tuple[int, ...] = (256, 1024), repeats: int = 3,

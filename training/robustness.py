@@ -10,7 +10,9 @@ the same nuclei.
   and each offset re-encoded at quality 75, on one image;
 * :func:`cmu_region` -- a tissue region of the real CMU Aperio slide (unlabelled);
 * :func:`roi_agreement` -- the whole-slide pipeline on the CMU slide with a region starting at
-  (0, 0) and at (1, 1), compared over their common region.
+  (0, 0) and at (1, 1), compared over their common region;
+* :func:`restained_scores` -- accuracy on a labelled image re-stained with other labs' H&E
+  vectors (measured on the unlabelled slides).
 """
 from __future__ import annotations
 
@@ -76,6 +78,30 @@ def tile_agreement(backend, image: np.ndarray, offsets=OFFSETS,
             base, predict_labels(backend, shifted), (dy, dx))["pq"]
     out = {k: round(float(v), 4) for k, v in out.items()}
     out["min"] = min(out.values())
+    return out
+
+
+def restained_scores(backend, image: np.ndarray, labels: np.ndarray, classes: np.ndarray,
+                     targets: dict[str, np.ndarray], source: np.ndarray) -> dict[str, dict]:
+    """bPQ and mPQ of the model on ``image`` as it is and re-stained with each of
+    ``targets`` (name -> 3 x 2 H&E vectors; ``image`` is stained along ``source``): the
+    same labelled nuclei as other labs' H&E would show them."""
+    from slicer_cli.nuclei.metrics import multiclass_pq, panoptic_quality
+
+    from .augment import restain
+
+    info = backend.info
+    out = {}
+    for name, target in {"as is": None, **targets}.items():
+        shown = image if target is None else restain(image, source, target)
+        maps = predict_maps(backend, np.ascontiguousarray(shown), info.size_multiple)
+        inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
+                                 fg_threshold=info.fg_threshold,
+                                 seed_threshold=info.seed_threshold,
+                                 min_area_px=info.min_area_px)
+        out[name] = {"bpq": round(panoptic_quality(labels, inst.labels)["pq"], 4),
+                     "mpq": round(multiclass_pq(labels, classes, inst.labels,
+                                                inst.class_index, len(info.classes))["mpq"], 4)}
     return out
 
 

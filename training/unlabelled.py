@@ -115,3 +115,19 @@ def stain_bank(pool: UnlabelledPool, rng: np.random.Generator, per_image: int = 
             if est is not None:
                 vectors.append(est[0])
     return np.asarray(vectors, dtype=np.float32)
+
+
+def stain_targets(pool: UnlabelledPool) -> dict[str, np.ndarray]:
+    """Each unlabelled image's own H&E vectors (3 x 2, Macenko on the whole image, the
+    ``EXCLUDED`` box left out): the stains ``training.evaluate --robustness`` re-stains the
+    held-out quadrant with."""
+    out = {}
+    for name, image in zip(pool.names, pool.images):
+        if name in EXCLUDED:
+            r0, r1, c0, c1 = EXCLUDED[name]
+            image = image.copy()
+            image[r0:r1, c0:c1] = 255  # glass: no optical density, not estimated from
+        est = estimate_stains(image)
+        if est is not None:
+            out[name] = est[0]
+    return out
