@@ -40,6 +40,24 @@ def hgsc_labels() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def hgsc_rgb(hgsc_image) -> np.ndarray:
+    """The labelled H&E tile's pixels, uint8 RGB."""
+    from PIL import Image
+
+    return np.asarray(Image.open(hgsc_image).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def backend():
+    """The shipped model in-process (ONNX Runtime, 2 threads)."""
+    from slicer_cli.nuclei.backends.local import LocalBackend
+    from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
+
+    with LocalBackend(DEFAULT_MODEL_DIR, threads=2) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
 def annotation_schema() -> dict:
     """The real large_image annotation schema (girder_large_image_annotation)."""
     from girder_large_image_annotation.models.annotation import AnnotationSchema

@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from skimage.segmentation import clear_border, relabel_sequential
 
 from slicer_cli.nuclei.features import (
@@ -125,11 +124,6 @@ def _assert_matches(ours: pd.DataFrame, ref: pd.DataFrame) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def hgsc_rgb(hgsc_image):
-    return np.asarray(Image.open(hgsc_image).convert("RGB"))
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,15 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from slicer_cli.nuclei.backends.flips import FLIPS, infer_with_flips
-from slicer_cli.nuclei.backends.local import LocalBackend
-from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
 
 from .conftest import cli, load_annotation
 
 
 @pytest.fixture(scope="module")
-def backend():
-    with LocalBackend(DEFAULT_MODEL_DIR, threads=2) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def tiles(hgsc_image) -> np.ndarray:
-    rgb = np.asarray(Image.open(hgsc_image).convert("RGB"))
-    return np.ascontiguousarray(np.stack([rgb[:256, :320], rgb[300:556, 500:820]]))
+def tiles(hgsc_rgb) -> np.ndarray:
+    return np.ascontiguousarray(np.stack([hgsc_rgb[:256, :320], hgsc_rgb[300:556, 500:820]]))
 
 
 def test_one_flip_is_the_plain_call(backend, tiles):

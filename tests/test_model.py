@@ -3,24 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, onnx_path
 
 MAX_BYTES = 30 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with LocalBackend(DEFAULT_MODEL_DIR, threads=2) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def hgsc_rgb(hgsc_image) -> np.ndarray:
-    return np.asarray(Image.open(hgsc_image).convert("RGB"))
 
 
 def test_config_honours_the_contract():

@@ -3,14 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from slicer_cli.nuclei import stain
-
-
-@pytest.fixture(scope="module")
-def hgsc_rgb(hgsc_image):
-    return np.asarray(Image.open(hgsc_image).convert("RGB"))
 
 
 def test_reference_is_derived_from_training_image(hgsc_rgb):
