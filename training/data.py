@@ -164,12 +164,6 @@ class CropSampler:
         (ya, xa), (yb, xb) = corners
         return views[0], views[1], (int(yb - ya), int(xb - xa))
 
-    def batch(self, n: int, size: int, rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` crops stacked: uint8 images NHWC and fg / distance / class targets."""
-        crops = [self.crop(size, rng) for _ in range(n)]
-        return tuple(np.stack(c) for c in zip(*crops))  # type: ignore[return-value]
-
     def image(self, size: int, rng: np.random.Generator) -> np.ndarray:
         """The geometrically augmented image of a crop (no labels, no degradation)."""
         return self.warp(size, rng).image(self.tile.image)

@@ -27,7 +27,7 @@ from PIL import Image
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.metrics import agreement_pq
 
-from .tune import predict_maps
+from .tune import predict_maps, score
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFSETS = ((1, 0), (0, 3), (8, 0), (17, 9))
@@ -86,8 +86,6 @@ def restained_scores(backend, image: np.ndarray, labels: np.ndarray, classes: np
     """bPQ and mPQ of the model on ``image`` as it is and re-stained with each of
     ``targets`` (name -> 3 x 2 H&E vectors; ``image`` is stained along ``source``): the
     same labelled nuclei as other labs' H&E would show them."""
-    from slicer_cli.nuclei.metrics import multiclass_pq, panoptic_quality
-
     from .augment import restain
 
     info = backend.info
@@ -95,13 +93,9 @@ def restained_scores(backend, image: np.ndarray, labels: np.ndarray, classes: np
     for name, target in {"as is": None, **targets}.items():
         shown = image if target is None else restain(image, source, target)
         maps = predict_maps(backend, np.ascontiguousarray(shown), info.size_multiple)
-        inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
-                                 fg_threshold=info.fg_threshold,
-                                 seed_threshold=info.seed_threshold,
-                                 min_area_px=info.min_area_px)
-        out[name] = {"bpq": round(panoptic_quality(labels, inst.labels)["pq"], 4),
-                     "mpq": round(multiclass_pq(labels, classes, inst.labels,
-                                                inst.class_index, len(info.classes))["mpq"], 4)}
+        scores = score(maps, labels, classes, info.fg_threshold, info.seed_threshold,
+                       info.min_area_px)
+        out[name] = {"bpq": round(scores["bpq"], 4), "mpq": round(scores["mpq"], 4)}
     return out
 
 

@@ -242,15 +242,15 @@ def train(args: argparse.Namespace) -> dict:
     tile = load_tile()
     reserved = RESERVED if args.split == "heldout" else ()
     weights = class_weights(tile, reserved)
-    pool = stains = None
-    if args.stain_transfer > 0 or (args.consistency and args.unlabelled_fraction > 0):
+    mean_teacher = bool(args.consistency and args.unlabelled_fraction > 0)
+    unlabelled = stains = None
+    if args.stain_transfer > 0 or mean_teacher:
         from .unlabelled import UnlabelledPool, stain_bank
 
-        pool = UnlabelledPool()
-        if args.stain_transfer > 0:
-            stains = stain_bank(pool, np.random.default_rng(args.seed + 1))
-        if not args.consistency:
-            pool = None
+        unlabelled = UnlabelledPool()
+    if args.stain_transfer > 0:
+        stains = stain_bank(unlabelled, np.random.default_rng(args.seed + 1))
+    pool = unlabelled if args.consistency else None  # the mean teacher's unlabelled crops
     sampler = CropSampler(tile, reserved, stains=stains, p_stain=args.stain_transfer,
                           scale_range=args.scale_range)
     if not 0 <= 2 * args.pairs <= args.batch:
