@@ -22,7 +22,11 @@ from training.augment import (  # noqa: E402
 )
 from training.calibrate import TEMPERATURES, matched_nuclei, nucleus_probabilities  # noqa: E402
 from training.data import CropSampler, Tile, normalised_distance, overlaps  # noqa: E402
-from training.losses import consistency_loss, pair_consistency_loss  # noqa: E402
+from training.losses import (  # noqa: E402
+    consistency_loss,
+    foreground_loss,
+    pair_consistency_loss,
+)
 
 
 def _disc_tile(n: int = 12, size: int = 400, seed: int = 1) -> Tile:
@@ -210,6 +214,29 @@ def test_pair_consistency_loss_is_zero_for_matching_views_and_pulls_both():
     loss.backward()
     assert loss.item() > 0.01
     assert a[0].grad.abs().sum() > 0 and b[0].grad.abs().sum() > 0
+
+
+def test_foreground_loss_weighs_the_pixels_it_is_told_to():
+    """Weight 1 everywhere is the plain loss; a network that misses one kind of nucleus
+    pays more for it when that kind's pixels weigh more, and nothing more for the rest."""
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 4:12, 4:12] = 1.0    # a nucleus it finds
+    target[..., 20:28, 20:28] = 1.0  # a nucleus it misses
+    logits = torch.where(target > 0, 4.0, -4.0)
+    logits[..., 20:28, 20:28] = -2.0
+    plain = foreground_loss(logits, target)
+    assert foreground_loss(logits, target, torch.ones_like(target)).item() == pytest.approx(
+        plain.item(), rel=1e-6)
+    missed = torch.zeros_like(target)
+    missed[..., 20:28, 20:28] = 1.0
+    found = torch.zeros_like(target)
+    found[..., 4:12, 4:12] = 1.0
+    on_missed = foreground_loss(logits, target, 1.0 + missed).item()
+    on_found = foreground_loss(logits, target, 1.0 + found).item()
+    assert on_missed > on_found > plain.item()
+    # the extra cost is the missed pixels' cross-entropy (softplus(2) each), averaged
+    extra = 64 * float(torch.nn.functional.softplus(torch.tensor(2.0))) / target.numel()
+    assert on_missed - plain.item() == pytest.approx(extra, rel=1e-4)
 
 
 def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):

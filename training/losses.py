@@ -5,9 +5,14 @@ import torch
 from torch.nn import functional as F
 
 
-def foreground_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice loss on the nucleus foreground."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def foreground_loss(logits: torch.Tensor, target: torch.Tensor,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice loss on the nucleus foreground.
+
+    ``weight`` (broadcastable to ``target``), if given, weighs each pixel's cross-entropy
+    (e.g. more on the pixels of a class the network tends to miss).
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
     prob = torch.sigmoid(logits)
     inter = (prob * target).sum()
     dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum() + target.sum() + 1.0)

@@ -67,6 +67,8 @@ UNCERTAIN_BELOW = 0.5
 
 ROOT = Path(__file__).resolve().parents[1]
 
+CONNECTIVE = CLASSES.index("connective") + 1  # its value in the class maps
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training run."""
@@ -125,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--w-fg", type=float, default=1.0)
     p.add_argument("--w-dist", type=float, default=10.0)
+    p.add_argument("--fg-weight-connective", type=float, default=1.0,
+                   help="weight of connective nuclei's pixels in the foreground "
+                        "cross-entropy (others 1): the faint stromal nuclei it misses")
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -306,9 +311,13 @@ def train(args: argparse.Namespace) -> dict:
         fg_l, dist_l, cls_l = net(normalise(torch.from_numpy(batch)))
         fg_t = torch.from_numpy(fg)[:, None]
         dist_t = torch.from_numpy(dist)[:, None]
-        losses = {"fg": foreground_loss(fg_l[:n_sup], fg_t),
+        cls_t = torch.from_numpy(cls)
+        fg_w = None
+        if args.fg_weight_connective != 1.0:
+            fg_w = 1.0 + (args.fg_weight_connective - 1.0) * (cls_t == CONNECTIVE).float()[:, None]
+        losses = {"fg": foreground_loss(fg_l[:n_sup], fg_t, fg_w),
                   "dist": distance_loss(dist_l[:n_sup], dist_t, fg_t),
-                  "cls": class_loss(cls_l[:n_sup], torch.from_numpy(cls), weights)}
+                  "cls": class_loss(cls_l[:n_sup], cls_t, weights)}
         loss = args.w_fg * losses["fg"] + args.w_dist * losses["dist"] + \
             args.w_class * losses["cls"]
         if args.pairs:
