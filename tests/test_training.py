@@ -154,7 +154,8 @@ def test_calibration_helpers_on_constructed_nuclei():
 def test_threshold_option_parses_fixed_settings_and_rejects_bad_ones():
     args = train_module.parse_args([])
     assert args.thresholds == {"fg_threshold": 0.4, "seed_threshold": 0.4, "min_area_px": 32}
-    assert args.consistency == 0 and args.pairs == 4  # the shipped recipe (MODEL.md, 5.0.0)
+    # the shipped recipe (MODEL.md, 5.1.0)
+    assert args.consistency == 0 and args.pairs == 4 and args.fg_weight_connective == 2.0
     assert args.split == "all" and args.settings_from is None  # the twin is trained first
     assert train_module.parse_args(["--thresholds", "tune"]).thresholds is None
     assert train_module.parse_args(["--thresholds", "0.5,0.3,64"]).thresholds == {
@@ -237,6 +238,35 @@ def test_foreground_loss_weighs_the_pixels_it_is_told_to():
     # the extra cost is the missed pixels' cross-entropy (softplus(2) each), averaged
     extra = 64 * float(torch.nn.functional.softplus(torch.tensor(2.0))) / target.numel()
     assert on_missed - plain.item() == pytest.approx(extra, rel=1e-4)
+
+
+def test_refinement_path_starts_as_the_plain_network_and_round_trips(tmp_path):
+    """``--refine``: at initialisation the full-resolution path adds nothing (the network is
+    the plain one); once trained it changes the maps, and its weights and architecture
+    survive ``save_weights`` / ``load_exported``."""
+    from slicer_cli.nuclei.network import UNet, load_exported, normalise, save_weights
+
+    arch = {"width": 4, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
+            "bilinear_head": True, "bilinear_up": True}
+    torch.manual_seed(0)
+    plain = UNet(**arch).eval()
+    refined = UNet(**arch, refine=4).eval()
+    missing = refined.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("refine_") for k in missing)
+    image = torch.from_numpy(_disc_tile(n=4, size=128).image[None].copy())
+    with torch.no_grad():
+        for a, b in zip(plain(normalise(image)), refined(normalise(image))):
+            torch.testing.assert_close(a, b)
+        torch.nn.init.normal_(refined.refine_out.weight, std=0.1)
+        moved = refined(normalise(image))[0]
+    assert (moved - plain(normalise(image))[0]).abs().max() > 1e-3
+    save_weights(refined, tmp_path / "model.pt", temperature=1.3)
+    loaded = load_exported(tmp_path / "model.pt")
+    assert loaded.net.arch["refine"] == 4
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(normalise(image))[0], moved)
+    with pytest.raises(ValueError, match="bilinear head"):
+        UNet(**{**arch, "bilinear_head": False}, refine=4)
 
 
 def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):

@@ -3,24 +3,26 @@
 Usage (from the repository root)::
 
     .venv/bin/python -m training.train
-        # 5.0.0 as shipped: first its measured twin (held-out quadrant and validation block
+        # 5.1.0 as shipped: first its measured twin (held-out quadrant and validation block
         # kept out: the figures of MODEL.md; <workdir>/heldout_model), then every labelled
         # pixel with the twin's thresholds and temperature -> models/nucleus_unet
     .venv/bin/python -m training.train --split heldout --model-dir /tmp/m5
         # the twin alone
     .venv/bin/python -m training.train --iterations 40      # quick smoke model
 
-Fixed seeds; 2 torch threads. Each iteration: a batch of class-balanced, augmented crops of
-the labelled tile (``training/data.py``, ``training/augment.py``: one geometric warp, a
-re-staining with real stain vectors of unlabelled slides, the degradations). ``--pairs N``
-(4 by default) of them are labelled pairs: the same crop seen twice, shifted by up to 31 px
-and degraded separately, both supervised and pulled together by a symmetric consistency
-loss (``losses.pair_consistency_loss``, weight ``--w-pair``), which teaches the network
-that a shift or a re-encoding changes nothing. With ``--consistency N`` (0 by default; runs
-A and B of MODEL.md) also N mean-teacher pairs (half from real unlabelled H&E,
-``training/unlabelled.py``): the student on one view is pulled towards an exponential
-moving average of itself on the other (``losses.consistency_loss``). Either way the network
-exported is that moving average of the trained weights (decay ``--ema``).
+Fixed seeds; 2 torch threads. Each iteration (6000 by default): a batch of class-balanced,
+augmented crops of the labelled tile (``training/data.py``, ``training/augment.py``: one
+geometric warp, a re-staining with real stain vectors of unlabelled slides, the
+degradations). ``--pairs N`` (4 by default) of them are labelled pairs: the same crop seen
+twice, shifted by up to 31 px and degraded separately, both supervised and pulled together
+by a symmetric consistency loss (``losses.pair_consistency_loss``, weight ``--w-pair``),
+which teaches the network that a shift or a re-encoding changes nothing. With
+``--consistency N`` (0 by default; runs A and B of MODEL.md) also N mean-teacher pairs
+(half from real unlabelled H&E, ``training/unlabelled.py``): the student on one view is
+pulled towards an exponential moving average of itself on the other
+(``losses.consistency_loss``). Either way the network exported is that moving average of
+the trained weights (decay ``--ema``). The foreground cross-entropy counts the pixels of
+connective nuclei twice (``--fg-weight-connective``).
 
 Checkpoints go to ``--workdir`` every ``--checkpoint-every`` iterations and a rerun with the
 same arguments resumes from the last one. At the end the network is exported to
@@ -64,16 +66,16 @@ from .tune import tune_thresholds
 SHIFT_PX = 32
 #: nuclei whose calibrated class probability is below this are shown as uncertain
 UNCERTAIN_BELOW = 0.5
+#: the connective class's value in the class maps (``--fg-weight-connective``)
+CONNECTIVE = CLASSES.index("connective") + 1
 
 ROOT = Path(__file__).resolve().parents[1]
-
-CONNECTIVE = CLASSES.index("connective") + 1  # its value in the class maps
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training run."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--iterations", type=int, default=4800)
+    p.add_argument("--iterations", type=int, default=6000, help="5.1.0: 6000; 5.0.0: 4800")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=256, help="crop side in px (multiple of 32)")
     p.add_argument("--width", type=int, default=12, help="U-Net channels of the first level")
@@ -93,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bilinear-up", action=argparse.BooleanOptionalAction, default=True,
                    help="decoder upsampling by 1x1 conv + bilinear instead of transposed "
                         "convolutions (5.0.0)")
+    p.add_argument("--refine", type=int, default=0,
+                   help="channels of a full-resolution refinement of the logits (0: none)")
     p.add_argument("--split", choices=("heldout", "all"), default="all",
                    help="heldout: keep the held-out quadrant and validation block out (the "
                         "measured twin); all (default): train on every labelled pixel (the "
@@ -127,13 +131,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--w-fg", type=float, default=1.0)
     p.add_argument("--w-dist", type=float, default=10.0)
-    p.add_argument("--fg-weight-connective", type=float, default=1.0,
+    p.add_argument("--fg-weight-connective", type=float, default=2.0,
                    help="weight of connective nuclei's pixels in the foreground "
-                        "cross-entropy (others 1): the faint stromal nuclei it misses")
+                        "cross-entropy, others 1 (5.1.0: 2; 1 before): the faint stromal "
+                        "nuclei it missed")
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--version", default="5.0.0")
+    p.add_argument("--version", default="5.1.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -264,7 +269,7 @@ def train(args: argparse.Namespace) -> dict:
     net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
                stem=args.stem, antialias=args.antialias, head_width=args.head_width,
                blur_pools=args.blur_pools, bilinear_head=args.bilinear_head,
-               bilinear_up=args.bilinear_up)
+               bilinear_up=args.bilinear_up, refine=args.refine)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)

@@ -85,6 +85,11 @@ class UNet(nn.Module):
         The decoder's upsamplings become a 1 x 1 convolution at the coarse level followed by
         bilinear 2x interpolation, instead of 2 x 2 stride-2 transposed convolutions (the
         same phase dependence as above, at every level; a quarter of their work).
+    refine : int
+        With the bilinear head: ``refine`` channels of a full-resolution path (a 3 x 3
+        convolution of the input) mixed with the interpolated logits by a 3 x 3 convolution
+        and added to them (it starts at zero), so the boundaries are drawn at full
+        resolution. 0 (every shipped model so far): none.
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
@@ -92,13 +97,14 @@ class UNet(nn.Module):
 
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
                  stem: bool = False, antialias: bool = False, head_width: int | None = None,
-                 blur_pools: int = 0, bilinear_head: bool = False, bilinear_up: bool = False):
+                 blur_pools: int = 0, bilinear_head: bool = False, bilinear_up: bool = False,
+                 refine: int = 0):
         super().__init__()
         #: the constructor's arguments (saved with the weights)
         self.arch = {"width": width, "n_classes": n_classes, "max_mult": max_mult,
                      "stem": stem, "antialias": antialias, "head_width": head_width,
                      "blur_pools": blur_pools, "bilinear_head": bilinear_head,
-                     "bilinear_up": bilinear_up}
+                     "bilinear_up": bilinear_up, "refine": refine}
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
         self.blur = Blur(3) if antialias else None
@@ -125,6 +131,15 @@ class UNet(nn.Module):
                        else nn.Conv2d(chans[0], head, 3, padding=1))
             self.head = nn.Sequential(to_full, nn.ReLU(inplace=True),
                                       nn.Conv2d(head, 2 + n_classes, 1))
+        self.refine_in = self.refine_out = None
+        if refine:
+            if not self.bilinear_head:
+                raise ValueError("refine needs the stem and the bilinear head")
+            self.refine_in = nn.Sequential(nn.Conv2d(3, refine, 3, padding=1),
+                                           nn.ReLU(inplace=True))
+            self.refine_out = nn.Conv2d(refine + 2 + n_classes, 2 + n_classes, 3, padding=1)
+            nn.init.zeros_(self.refine_out.weight)
+            nn.init.zeros_(self.refine_out.bias)
 
     def _pool(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """The k-th 2x downsampling (k = 0 first): max-pool, anti-aliased for the first few."""
@@ -134,6 +149,7 @@ class UNet(nn.Module):
         return F.max_pool2d(x, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        full = x
         if self.blur is not None:
             x = self.blur(x)
         if self.stem is not None:
@@ -151,6 +167,8 @@ class UNet(nn.Module):
         out = self.head(x)
         if self.bilinear_head:
             out = F.interpolate(out, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if self.refine_in is not None:
+            out = out + self.refine_out(torch.cat([self.refine_in(full), out], dim=1))
         return out[:, :1], out[:, 1:2], out[:, 2:]
 
 
