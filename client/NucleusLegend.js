@@ -158,6 +158,7 @@ const NucleusLegend = Panel.extend({
         this._mode = 'detail';
         this._retries = {};
         this._regionRetries = {};
+        this._lost = {};
         ensureStyle();
         this.listenTo(eventStream, 'g:event.job_status', this._onJob);
         this.listenTo(this.imageView.annotations, 'sync reset update change:displayed', this._syncToggles);
@@ -194,6 +195,7 @@ const NucleusLegend = Panel.extend({
             this._applied = null;
             this._retries = {};
             this._regionRetries = {};
+            this._lost = {};
             this.fetch();
         } else {
             this.render();
@@ -275,13 +277,31 @@ const NucleusLegend = Panel.extend({
      * so. HistomicsUI marks an annotation 'loading' before it fetches and clears the mark only
      * when the fetch succeeds, so loading while no fetch is under way means it failed: show
      * the annotation anew (HistomicsUI fetches it again), at most FETCH_RETRIES times, waiting
-     * a little longer each time. */
+     * a little longer each time.
+     * HistomicsUI also ignores an annotation shown while its viewer is being made (no fetch,
+     * no draw, never marked loading): one displayed, idle and still not in the viewer a
+     * second after the viewer exists is shown anew the same way. */
     _retryFailed() {
         const now = Date.now();
         this._gaveUp = false;
+        const widget = this.imageView.viewerWidget;
+        const inViewer = widget && widget.viewer && widget._annotations ? widget._annotations : null;
         (this.summary ? this.summary.classes : []).forEach((c) => {
             [c.annotationId, c.densityAnnotationId].forEach((annotationId) => {
                 const annotation = annotationId ? this._annotation(annotationId) : null;
+                if (annotation && inViewer && annotation.get('displayed') && !annotation.get('loading') &&
+                        !annotation._inFetch && !inViewer[annotationId]) {
+                    const lost = this._lost[annotationId] || {since: now, tries: 0};
+                    this._lost[annotationId] = lost;
+                    if (lost.tries < FETCH_RETRIES && now - lost.since >= 1000) {
+                        lost.tries += 1;
+                        lost.since = now;
+                        annotation.set('displayed', false);
+                        annotation.set('displayed', true);
+                    }
+                    return;
+                }
+                delete this._lost[annotationId];
                 if (!annotation || !annotation.get('displayed') || !annotation.get('loading') || annotation._inFetch) {
                     return;
                 }

@@ -388,6 +388,53 @@ def test_a_failed_annotation_request_is_fetched_again(stack, page, drop):
         page.unroute(matcher, drop_first)
 
 
+def test_classes_shown_before_the_viewer_exists_are_drawn(stack, page):
+    """HistomicsUI ignores an annotation shown while its viewer is still being made (it
+    neither fetches nor draws it, and never marks it loading): with a slow tile server the
+    Nuclei panel could show its classes in that window and they stayed undrawn for good.
+    Here the slide's tile metadata is held back while the panel loads and all classes are
+    shown; once the viewer exists every nucleus gets drawn."""
+    root = stack.api_url.rsplit("/api/v1", 1)[0]
+    item = stack.slide_item
+    summary = _result(stack)
+    path = f"/api/v1/item/{item['_id']}/tiles"
+    held: list = []
+    holding = [True]
+
+    def hold(route):
+        if holding[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    def matcher(url: str) -> bool:
+        return urlparse(url).path == path
+
+    _login(page, root)
+    page.route(matcher, hold)
+    try:
+        page.goto(f"{root}/histomics#?image={item['_id']}")
+        page.reload()
+        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
+        page.wait_for_function("() => document.querySelectorAll("
+                               "'#h-nucleus-legend-panel .h-nl-row').length > 0")
+        assert held, "the viewer asked for the tiles before the panel loaded"
+        assert not page.locator(".geojs-map").count(), "the viewer exists already"
+        page.click("#h-nucleus-legend-panel .h-nl-show-all")
+        page.wait_for_timeout(2000)  # the panel applies its level of detail (every 0.5 s)
+        holding[0] = False
+        for route in held:
+            route.continue_()
+        page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
+        assert page.get_attribute(".h-nl-status", "data-loading") == "false"
+    except BaseException:
+        _shot(page, "histomicsui_late_viewer_failure.png")
+        print("\n".join(page.console_messages[-30:]))
+        raise
+    finally:
+        page.unroute(matcher, hold)
+
+
 #: hostile item metadata: every field the Nuclei panel reads, each trying to run script
 XSS = "<img src=x onerror=\"window.__xss = (window.__xss || []).concat('{}')\">"
 
