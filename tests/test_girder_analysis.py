@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +147,33 @@ def test_metadata_plot_joins_every_row_to_its_own_nucleus(stack, full_run, reade
     assert {r[col["annotation.id"]] for r in rows} <= set(meta["annotationIds"])
     # the values are the rows' own (not one row's values repeated)
     assert len({r[col[x]] for r in rows}) > meta["nuclei"] // 20
+
+
+def test_a_late_metadata_plot_request_does_not_truncate_the_current_one(stack, full_run, reader):
+    """HistomicsUI sends one ``uuid`` per page and aborts its previous plot/list request before
+    sending the next; on a busy server the aborted one can arrive last. Such a request, arriving
+    while the current one runs, must not cut the current one short: its answer still lists
+    the feature table's columns (large_image alone answered 49 of 66 columns, no features)."""
+    item_id = stack.slide_item["_id"]
+    annotations = stack.admin.getItem(item_id)["meta"]["nucleusAnalysis"]["annotationIds"]
+    url = f"annotation/item/{item_id}/plot/list"
+
+    def listed(which: list[str]) -> set[str]:
+        answer = reader.post(url, data={"annotations": json.dumps(which), "uuid": "one-page"})
+        return {c["key"] for c in answer}
+
+    alone = listed(annotations)
+    assert {"data.size.area", "data.shape.circularity"} <= alone
+    for _ in range(3):
+        current: dict = {}
+        thread = threading.Thread(target=lambda: current.update(keys=listed(annotations)))
+        thread.start()
+        late = 0
+        while thread.is_alive() and late < 3:  # the aborted ones, arriving while it runs
+            listed(annotations[:1])
+            late += 1
+        thread.join()
+        assert current["keys"] == alone, sorted(alone - current["keys"])
 
 
 def test_no_token_in_job_logs_annotations_metadata_or_worker_log(stack, full_run, reader):
