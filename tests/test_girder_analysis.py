@@ -166,7 +166,8 @@ def test_a_late_metadata_plot_request_does_not_truncate_the_current_one(stack, f
     assert {"data.size.area", "data.shape.circularity"} <= alone
     for _ in range(3):
         current: dict = {}
-        thread = threading.Thread(target=lambda: current.update(keys=listed(annotations)))
+        thread = threading.Thread(target=lambda answer=current: answer.update(
+            keys=listed(annotations)))
         thread.start()
         late = 0
         while thread.is_alive() and late < 3:  # the aborted ones, arriving while it runs
