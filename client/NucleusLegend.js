@@ -280,7 +280,8 @@ const NucleusLegend = Panel.extend({
      * a little longer each time.
      * HistomicsUI also ignores an annotation shown while its viewer is being made (no fetch,
      * no draw, never marked loading): one displayed, idle and still not in the viewer a
-     * second after the viewer exists is shown anew the same way. */
+     * second after the viewer exists is shown anew the same way (at most FETCH_RETRIES
+     * times, then the panel says a layer could not be loaded). */
     _retryFailed() {
         const now = Date.now();
         this._gaveUp = false;
@@ -293,12 +294,17 @@ const NucleusLegend = Panel.extend({
                         !annotation._inFetch && !inViewer[annotationId]) {
                     const lost = this._lost[annotationId] || {since: now, tries: 0};
                     this._lost[annotationId] = lost;
-                    if (lost.tries < FETCH_RETRIES && now - lost.since >= 1000) {
-                        lost.tries += 1;
-                        lost.since = now;
-                        annotation.set('displayed', false);
-                        annotation.set('displayed', true);
+                    if (now - lost.since < 1000) {
+                        return;
                     }
+                    if (lost.tries >= FETCH_RETRIES) {
+                        this._gaveUp = true; // say so, instead of 'loading' for ever
+                        return;
+                    }
+                    lost.tries += 1;
+                    lost.since = now;
+                    annotation.set('displayed', false);
+                    annotation.set('displayed', true);
                     return;
                 }
                 delete this._lost[annotationId];
