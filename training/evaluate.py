@@ -91,9 +91,10 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
-               threads: int = 2, flips: int = 1) -> dict:
+               threads: int = 2, flips: int = 1, name: str = "held_out") -> dict:
     """Agreement of the model with itself (shifts and re-encodes, the ROI (1, 1) shift) and
-    its accuracy on ``box`` re-stained as other labs' H&E."""
+    its accuracy on ``box`` re-stained as other labs' H&E; ``box``'s agreement is keyed
+    ``name`` (the ``--region``)."""
     tile = load_tile()
     image, labels, classes = region(tile, box)
     targets = stain_targets(UnlabelledPool())
@@ -103,7 +104,7 @@ def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
         cmu = tile_agreement(flipped, cmu_region())
         restained = restained_scores(flipped, image, labels, classes, targets,
                                      REFERENCE_STAINS)
-    return {"held_out": quadrant, "cmu_region": cmu,
+    return {name: quadrant, "cmu_region": cmu,
             "roi_0_0_vs_1_1": roi_agreement(model_dir, flips=flips > 1),
             "restained": restained}
 
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.timing:
         result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
     if args.robustness:
-        result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips)
+        result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips,
+                                         args.region)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
