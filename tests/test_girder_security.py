@@ -6,6 +6,7 @@ trying it against the dev stack; every one must fail for the attacker.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from girder_client import GirderClient, HttpError
+from girder_nucleus_analysis.job_tokens import WORKER_TOKEN_GRACE_S
 
 from tests.girder_stack import CANCELED, ERROR, SUCCESS, TERMINAL, Stack, free_port
 
@@ -255,6 +257,7 @@ def test_job_token_is_data_only_and_dies_with_the_job(stack, mallory, mallory_it
         shown = mallory.get(f"job/{to_cancel['_id']}")
         assert "jobInfoSpec" not in shown
         assert all("jobInfoSpec" not in j for j in mallory.get("job", parameters={"limit": 0}))
+        worker_token_days = _days_left(stack, _worker_token(stack, to_finish["_id"]))
         mallory.put(f"job/{to_cancel['_id']}/cancel")
         dead = _token_client(stack, tokens[to_cancel["_id"]])
         _refused(lambda: dead.get(f"item/{item_id}"), 401)
@@ -266,6 +269,23 @@ def test_job_token_is_data_only_and_dies_with_the_job(stack, mallory, mallory_it
     assert done["status"] == SUCCESS, _log(done)
     finished = _token_client(stack, tokens[to_finish["_id"]])
     _refused(lambda: finished.get(f"item/{item_id}"), 401)
+    # girder_worker's own job token (7 days from girder_jobs) expires minutes after the end
+    # (the token itself stays out of assertion messages)
+    worker_token_days_after = _days_left(stack, _worker_token(stack, to_finish["_id"]))
+    assert worker_token_days > 6
+    assert worker_token_days_after <= (WORKER_TOKEN_GRACE_S + 60) / 86400
+
+
+def _worker_token(stack, job_id: str) -> str:
+    """girder_worker's per-job token (scope ``jobs.job_<id>``), as an admin reads it."""
+    return stack.admin.get(f"job/{job_id}")["jobInfoSpec"]["headers"]["Girder-Token"]
+
+
+def _days_left(stack, token: str) -> float:
+    """Days until ``token`` expires, as Girder tells its holder (``GET token/current``)."""
+    seen = _token_client(stack, token).get("token/current")
+    expires = datetime.datetime.fromisoformat(seen["expires"])
+    return (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds() / 86400
 
 
 def test_key_without_data_write_scope_cannot_launch(stack, mallory, mallory_item, cli_id):

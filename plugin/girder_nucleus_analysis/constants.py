@@ -36,6 +36,8 @@ STATUS_INACTIVE = 0
 #: statuses after which a job's data token is revoked (canceling included: a job asked to
 #: stop must not read or write anything more)
 TOKEN_DEAD_STATUSES = (STATUS_SUCCESS, STATUS_ERROR, STATUS_CANCELED, STATUS_CANCELING)
+#: statuses of a job that has ended (the worker sends nothing after them but its last log)
+ENDED_STATUSES = (STATUS_SUCCESS, STATUS_ERROR, STATUS_CANCELED)
 
 #: environment of the girder_worker (never of a request): the deployment's endpoints, which
 #: the worker hands to the CLI in its environment, never on its command line

@@ -3,7 +3,7 @@
 * ``rest.post.slicer_cli_web/.../run.before`` (and ``rerun``, and the named route):
   HistomicsUI's Submit becomes our local-process job instead of slicer_cli_web's Docker run;
 * ``jobs.job.update.after``: a job of ours that ends (or is asked to cancel) loses its data
-  token at once;
+  token at once, and girder_worker's job token expires a few minutes after the end;
 * ``rest.get.job...after``: girder_worker's per-job token (``jobInfoSpec``) is not shown to
   non-admins reading our jobs;
 * ``model.user.save.created``: the CLI is registered once the first admin exists;
@@ -22,7 +22,7 @@ from girder.models.setting import Setting
 from girder_jobs.models.job import Job
 
 from . import job_tokens, launch, registration
-from .constants import JOB_TYPE, TOKEN_DEAD_STATUSES, PluginSettings
+from .constants import ENDED_STATUSES, JOB_TYPE, TOKEN_DEAD_STATUSES, PluginSettings
 
 _NAME = "nucleus_analysis"
 
@@ -74,12 +74,17 @@ def intercept(cli_items) -> None:
 
 
 def on_job_update(event) -> None:
-    """Revoke a job's data token once it succeeded, failed, was canceled or is canceling."""
+    """Revoke a job's data token once it succeeded, failed, was canceled or is canceling;
+    cut girder_worker's job token to a few minutes once the job has ended."""
     job = event.info.get("job") or {}
-    if job.get("type") == JOB_TYPE and job.get("status") in TOKEN_DEAD_STATUSES:
-        if job_tokens.revoke_for_job(job):
-            logger.info("Nucleus Analysis: job %s ended (status %s); its token is revoked",
-                        job.get("_id"), job.get("status"))
+    if job.get("type") != JOB_TYPE:
+        return
+    if job.get("status") in TOKEN_DEAD_STATUSES and job_tokens.revoke_for_job(job):
+        logger.info("Nucleus Analysis: job %s ended (status %s); its token is revoked",
+                    job.get("_id"), job.get("status"))
+    if job.get("status") in ENDED_STATUSES and job_tokens.shorten_worker_token(job):
+        logger.info("Nucleus Analysis: job %s ended; girder_worker's job token expires in %d s",
+                    job.get("_id"), job_tokens.WORKER_TOKEN_GRACE_S)
 
 
 def _hide_job_token(event) -> None:

@@ -10,6 +10,14 @@ and is removed from the database as soon as the job succeeds, fails, is canceled
 cancel (also while still queued, when the worker never sees it), or cannot be queued. It is
 found again by the launch id recorded on both the token and the job, so the token itself is
 stored nowhere but in Girder's token collection, and never logged.
+
+girder_worker's own per-job token (scope ``jobs.job_<id>``, in the job's ``jobInfoSpec`` and
+the broker message; girder_jobs gives it 7 days) is cut to expire
+:data:`WORKER_TOKEN_GRACE_S` after the job has ended (succeeded, failed or was canceled), the
+time the worker needs to send its last log lines. It is not removed at once because the
+worker writes the job once more after its final status (celery's ``task_postrun`` flush). A
+scoped token's expiry is enforced by MongoDB's TTL index on ``expires`` (Girder checks it
+only for login tokens), within a minute of the time.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ from .constants import ATTR_KEY
 
 #: what the worker's token may do
 SCOPES = (TokenScope.DATA_READ, TokenScope.DATA_WRITE)
+#: seconds girder_worker's per-job token outlives its job's end
+WORKER_TOKEN_GRACE_S = 300
 #: the token document's field naming the launch it belongs to
 LAUNCH_FIELD = "nucleusAnalysisLaunch"
 
@@ -56,3 +66,16 @@ def revoke_launch(launch_id: str | None) -> int:
 def revoke_for_job(job: dict) -> int:
     """Remove the data token of a job of ours (found by the job's launch id)."""
     return revoke_launch((job.get(ATTR_KEY) or {}).get("launch"))
+
+
+def shorten_worker_token(job: dict) -> bool:
+    """Make girder_worker's token of this ended job expire :data:`WORKER_TOKEN_GRACE_S` from
+    now (never later than it would have); True if it was shortened."""
+    token = ((job.get("jobInfoSpec") or {}).get("headers") or {}).get("Girder-Token")
+    if not token or "_id" not in job:
+        return False
+    expires = datetime.datetime.utcnow() + datetime.timedelta(seconds=WORKER_TOKEN_GRACE_S)
+    result = Token().collection.update_one(
+        {"_id": token, "scope": f"jobs.job_{job['_id']}", "expires": {"$gt": expires}},
+        {"$set": {"expires": expires}})
+    return result.modified_count > 0
