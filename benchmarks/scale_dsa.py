@@ -10,10 +10,11 @@ HistomicsUI reads them, and optionally drawn by HistomicsUI in Chromium.
 
 Prints (and writes as JSON with ``--json``): ingest wall seconds, the Girder process's RSS
 before and its peak during the ingest, the centroid GET of the largest class (what the viewer
-asks at whole-slide zoom), a 1 mm field's region GET (what it asks zoomed in), and with
-``--browser`` the seconds to the first drawing at whole-slide zoom and until every nucleus is
-represented there (the per-class density layers), then on the densest 1 mm field the
-seconds until the outlines of every nucleus in view are drawn.
+asks at whole-slide zoom), a 1 mm field's region GET (what it asks zoomed in), Metadata
+Plot's ``plot/list`` of every class, and with ``--browser`` the seconds to the first drawing
+at whole-slide zoom and until every nucleus is represented there (the per-class density
+layers), then on the densest 1 mm field the seconds until the outlines of every nucleus in
+view are drawn.
 
 Usage: ``python -m benchmarks.scale_dsa [--nuclei 50000] [--browser] [--json out.json]``
 """
@@ -167,6 +168,15 @@ def run(n: int | None, browser: bool, workdir: Path, shots: Path | None = None,
         r.raise_for_status()
         report["field_1mm_get"] = {"seconds": round(time.perf_counter() - t0, 2),
                                    "elements": len(r.json()["annotation"]["elements"])}
+        # Metadata Plot's column list with every class shown: what one plot/list costs the
+        # server (the plugin lets an abandoned one run to its end, event_handlers.py)
+        t0 = time.perf_counter()
+        r = requests.post(f"{stack.api_url}/annotation/item/{item['_id']}/plot/list", data={
+            "annotations": json.dumps([c["annotationId"] for c in summary["classes"]])},
+            headers=headers, timeout=1800)
+        r.raise_for_status()
+        report["plot_list_all_classes"] = {"seconds": round(time.perf_counter() - t0, 2),
+                                           "columns": len(r.json())}
         if browser:
             report["browser"] = _browser(stack, item, summary, contours, shots,
                                          classes=classes, pan_fault=pan_fault)

@@ -4,6 +4,7 @@
  * class with its colour, its nucleus count and a show/hide checkbox (each class is its own
  * annotation document, so hiding a class is HistomicsUI's own annotation toggle), the number of
  * nucleus outlines actually drawn by GeoJS, and links to the feature table (CSV, Parquet).
+ * Numbers Metadata Plot's requests (plotRequests.js).
  */
 import {registerPluginNamespace} from '@girder/core/pluginUtils';
 import {wrap} from '@girder/core/utilities/PluginUtils';
@@ -11,8 +12,10 @@ import ImageView from '@girder/histomicsui/views/body/ImageView';
 
 import * as nucleusAnalysis from './index';
 import NucleusLegend from './NucleusLegend';
+import numberPlotRequests from './plotRequests';
 
 registerPluginNamespace('nucleus_analysis', nucleusAnalysis);
+numberPlotRequests($);
 
 wrap(ImageView, 'render', function (render) {
     render.call(this);

@@ -14,7 +14,7 @@ import sys
 import time
 from io import StringIO
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import pandas as pd
 import pytest
@@ -275,12 +275,24 @@ def test_metadata_plot_scatters_two_features_and_a_point_selects_its_nucleus(sta
     item = stack.slide_item
     summary = _result(stack)
     x, y = "data.size.area", "data.shape.circularity"
+    plot_lists: list[str] = []  # the bodies of Metadata Plot's column requests
+
+    def on_request(request):
+        if request.method == "POST" and urlparse(request.url).path.endswith("/plot/list"):
+            plot_lists.append(request.post_data or "")
+
+    page.on("request", on_request)
     _open_slide(page, root, item["_id"])
     page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
     page.click("#h-nucleus-legend-panel .h-nl-show-all")
     page.wait_for_function(_DRAWN_IS, arg=summary["nuclei"], timeout=120_000)
     panel = "#h-metadataplot-panel"
     _open_plot_settings(page, panel, x)
+    page.remove_listener("request", on_request)
+    # each carries its number in the page's sending order (client/plotRequests.js)
+    numbers = [int(parse_qs(body).get("seq", ["0"])[0]) for body in plot_lists]
+    assert numbers and all(n > 0 for n in numbers), plot_lists
+    assert numbers == sorted(set(numbers)), numbers
     page.select_option("#h-plot-series-x", x)
     page.select_option("#h-plot-series-y", y)
     page.uncheck("#h-plot-folder")  # this slide's nuclei only

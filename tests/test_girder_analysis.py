@@ -149,29 +149,36 @@ def test_metadata_plot_joins_every_row_to_its_own_nucleus(stack, full_run, reade
     assert len({r[col[x]] for r in rows}) > meta["nuclei"] // 20
 
 
-def test_a_late_metadata_plot_request_does_not_truncate_the_current_one(stack, full_run, reader):
+@pytest.mark.parametrize("numbered", [True, False], ids=["numbered", "other-client"])
+def test_a_late_metadata_plot_request_does_not_truncate_the_current_one(
+        stack, full_run, reader, numbered):
     """HistomicsUI sends one ``uuid`` per page and aborts its previous plot/list request before
     sending the next; on a busy server the aborted one can arrive last. Such a request, arriving
     while the current one runs, must not cut the current one short: its answer still lists
-    the feature table's columns (large_image alone answered 49 of 66 columns, no features)."""
+    the feature table's columns (large_image alone answered 49 of 66 columns, no features).
+    Numbered as the plugin's client numbers them (``seq``), or not at all (another client)."""
     item_id = stack.slide_item["_id"]
     annotations = stack.admin.getItem(item_id)["meta"]["nucleusAnalysis"]["annotationIds"]
     url = f"annotation/item/{item_id}/plot/list"
+    page = f"page-{numbered}"
 
-    def listed(which: list[str]) -> set[str]:
-        answer = reader.post(url, data={"annotations": json.dumps(which), "uuid": "one-page"})
-        return {c["key"] for c in answer}
+    def listed(which: list[str], seq: int) -> set[str]:
+        data = {"annotations": json.dumps(which), "uuid": page}
+        if numbered:
+            data["seq"] = str(seq)
+        return {c["key"] for c in reader.post(url, data=data)}
 
-    alone = listed(annotations)
+    alone = listed(annotations, 1)
     assert {"data.size.area", "data.shape.circularity"} <= alone
-    for _ in range(3):
+    for trial in range(3):
+        sent_last = 10 * trial + 12  # the current one; the late ones were sent before it
         current: dict = {}
-        thread = threading.Thread(target=lambda answer=current: answer.update(
-            keys=listed(annotations)))
+        thread = threading.Thread(target=lambda answer=current, seq=sent_last: answer.update(
+            keys=listed(annotations, seq)))
         thread.start()
         late = 0
         while thread.is_alive() and late < 3:  # the aborted ones, arriving while it runs
-            listed(annotations[:1])
+            listed(annotations[:1], sent_last - 1 - late)
             late += 1
         thread.join()
         assert current["keys"] == alone, sorted(alone - current["keys"])

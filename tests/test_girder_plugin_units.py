@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("girder")
 
 from girder.api.rest import RestException  # noqa: E402
-from girder_nucleus_analysis import launch, registration  # noqa: E402
+from girder_nucleus_analysis import launch, plot_requests, registration  # noqa: E402
 
 from tests.girder_stack import shims  # noqa: E402
 
@@ -331,3 +331,30 @@ def test_datetime_shim_copies_documents_as_mongomock_does():
     # a copy: changing what was inserted changes nothing stored
     got["element"]["points"][0][0] = -1.0
     assert points[0][0] == 1.5
+
+
+def test_a_plot_request_may_cancel_only_older_ones_of_its_page():
+    """Metadata Plot's requests (plot_requests.py): the newest of a page keeps a uuid of its
+    own user and route; one sent before a request that already arrived, or one without a
+    number, runs without (it cancels nothing)."""
+    run = plot_requests.run_uuid
+    assert run("page-a", "2", "list", "u1") == "u1:list:page-a"
+    assert run("page-a", "1", "list", "u1") is None           # aborted, arrived late
+    assert run("page-a", "2", "list", "u1") is None           # the same one twice
+    assert run("page-a", "3", "list", "u1") == "u1:list:page-a"
+    assert run("page-a", "1", "data", "u1") == "u1:data:page-a"  # routes counted apart
+    assert run("page-a", "1", "list", "u2") == "u2:list:page-a"  # users apart
+    for uuid, seq in (("page-a", None), ("", "9"), (None, "9"), ("page-a", "x"),
+                      ("page-a", "0"), ("page-a", "-4"), ("page-a", str(2 ** 60)),
+                      (["page-a"], "9"), ("page-a", ["9"])):
+        assert run(uuid, seq, "list", "u1") is None, (uuid, seq)
+
+
+def test_plot_request_pages_are_forgotten_oldest_first(monkeypatch):
+    monkeypatch.setattr(plot_requests, "KEEP", 3)
+    monkeypatch.setattr(plot_requests, "_newest", type(plot_requests._newest)())
+    for page in "abcd":
+        assert plot_requests.run_uuid(page, "5", "list", None)
+    assert len(plot_requests._newest) == 3 and ("a", "list", "None") not in plot_requests._newest
+    assert plot_requests.run_uuid("a", "1", "list", None)   # forgotten: newest again
+    assert plot_requests.run_uuid("d", "1", "list", None) is None

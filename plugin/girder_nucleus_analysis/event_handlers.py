@@ -7,8 +7,8 @@
 * ``rest.get.job...after``: girder_worker's per-job token (``jobInfoSpec``) is not shown to
   non-admins reading our jobs;
 * ``model.user.save.created``: the CLI is registered once the first admin exists;
-* ``rest.post.annotation/item/:id/plot/(list|data).before``: Metadata Plot's requests run to
-  the end (see :func:`complete_plot_requests`).
+* ``rest.post.annotation/item/:id/plot/(list|data).before``: a Metadata Plot request cancels
+  only older ones of its page (:mod:`.plot_requests`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from girder.models.item import Item
 from girder.models.setting import Setting
 from girder_jobs.models.job import Job
 
-from . import job_tokens, launch, registration
+from . import job_tokens, launch, plot_requests, registration
 from .constants import ENDED_STATUSES, JOB_TYPE, TOKEN_DEAD_STATUSES, PluginSettings
 
 _NAME = "nucleus_analysis"
@@ -108,27 +108,25 @@ def on_user_created(event) -> None:
             logger.exception("Nucleus Analysis: CLI registration failed")
 
 
-#: large_image's Metadata Plot routes (POST); their ``uuid`` parameter cancels each other
-PLOT_ROUTES = ("rest.post.annotation/item/:id/plot/list.before",
-               "rest.post.annotation/item/:id/plot/data.before")
+#: large_image's Metadata Plot routes (POST), whose ``uuid`` cancels a running request
+PLOT_ROUTES = {"rest.post.annotation/item/:id/plot/list.before": "list",
+               "rest.post.annotation/item/:id/plot/data.before": "data"}
 
 
 @access.public(cookie=True, scope=TokenScope.DATA_READ)  # the routes' own access
-def complete_plot_requests(event) -> None:
-    """Drop ``uuid`` from Metadata Plot's requests, so that no request cancels another.
-
-    large_image cancels the running request of a ``uuid`` when a new one with the same
-    ``uuid`` *arrives*, and the cancelled one still answers 200 with the columns found so far.
-    HistomicsUI sends one ``uuid`` per page and aborts its previous request before sending the
-    next; when the server is busy (a page loading tiles and annotations) the aborted request
-    can arrive after the new one and cancel it: the panel then keeps a list without the
-    feature table's columns (area, circularity...) until the page is reloaded. Without the
-    ``uuid`` an abandoned request costs its run time (0.3 s for plot/list on the CMU slide's
-    1738 nuclei) and every answer is whole.
-    """
+def order_plot_requests(event) -> None:
+    """Let a Metadata Plot request cancel only older ones of its page (see
+    :mod:`.plot_requests`): its ``uuid`` is kept (made the user's and the route's) when it is
+    its page's newest, dropped otherwise."""
     params = event.info.get("params")
-    if isinstance(params, dict):
-        params.pop("uuid", None)
+    if not isinstance(params, dict):
+        return
+    user = getCurrentUser()
+    uuid = plot_requests.run_uuid(params.pop("uuid", None), params.pop("seq", None),
+                                  PLOT_ROUTES.get(event.name, event.name),
+                                  user["_id"] if user else None)
+    if uuid:
+        params["uuid"] = uuid
 
 
 def bind() -> None:
@@ -138,4 +136,4 @@ def bind() -> None:
         events.bind(route, _NAME, _hide_job_token)
     events.bind("model.user.save.created", _NAME, on_user_created)
     for route in PLOT_ROUTES:
-        events.bind(route, _NAME, complete_plot_requests)
+        events.bind(route, _NAME, order_plot_requests)
