@@ -68,6 +68,20 @@ def test_shipped_weights_are_the_onnx_network_on_the_cpu(tiles, onnx_maps):
     _assert_same(maps, onnx_maps)
 
 
+def test_the_shipped_network_runs_wherever_its_weights_are():
+    """Every constant of the graph follows the batch's device: run on PyTorch's ``meta``
+    device (shapes, no data), where a constant left on the CPU fails exactly as it would in a
+    CUDA run (the input normalisation's mean and std once did)."""
+    from slicer_cli.nuclei.network import load_exported
+
+    model = load_exported(weights_path(DEFAULT_MODEL_DIR)).to("meta")
+    batch = torch.zeros((2, 64, 96, 3), dtype=torch.uint8, device="meta")
+    with torch.no_grad():
+        fg, dist, prob = model(batch)
+    assert fg.device.type == dist.device.type == prob.device.type == "meta"
+    assert fg.shape == dist.shape == (2, 64, 96) and prob.shape == (2, 64, 96, 3)
+
+
 def test_bad_inputs_and_weights_are_refused(tmp_path, tiles):
     with TorchBackend(device="cpu") as backend:
         with pytest.raises(BackendError, match="uint8"):

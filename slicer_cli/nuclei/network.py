@@ -175,7 +175,8 @@ class UNet(nn.Module):
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC RGB -> float NCHW, centred and scaled (the same op is inside the export)."""
     x = images.permute(0, 3, 1, 2).float() / 255.0
-    return (x - _MEAN) / _STD
+    # the constants follow the batch (a CUDA batch; .to is a no-op on the CPU)
+    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
 class Exported(nn.Module):
