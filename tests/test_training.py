@@ -289,6 +289,31 @@ def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
     assert (model / "1" / "model.onnx").read_bytes() == onnx
 
 
+def test_training_on_cuda_without_a_device_is_refused_readably(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the next test trains on it")
+    argv = ["--iterations", "1", "--device", "cuda", "--workdir", str(tmp_path / "w"),
+            "--model-dir", str(tmp_path / "m"), "--split", "heldout"]
+    with pytest.raises(SystemExit, match="--device cuda, but PyTorch sees no CUDA device"):
+        train_module.train(train_module.parse_args(argv))
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_exports_a_cpu_model(tmp_path):
+    """A few iterations on the GPU machine: the network trains there, and export, tuning and
+    calibration run on the CPU as on this machine."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    work, model = tmp_path / "work", tmp_path / "model"
+    summary = train_module.train(train_module.parse_args([
+        "--iterations", "3", "--device", "cuda", "--split", "heldout", "--workdir", str(work),
+        "--model-dir", str(model), "--version", "0.0.1-cuda",
+        "--stain-transfer", "0"]))  # only hgsc_nest's three files need to travel
+    assert summary["split"] == "heldout" and (model / "1" / "model.onnx").is_file()
+    assert b"0.0.1-cuda" in (model / "config.pbtxt").read_bytes()
+
+
 def test_restain_moves_each_stain_onto_its_target_vector():
     source = REFERENCE_STAINS.astype(np.float64)
     target = _OTHER_STAINS[0].astype(np.float64)

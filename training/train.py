@@ -138,6 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-class", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the network trains (cuda: a GPU machine, docs/GPU.md); crops "
+                        "are made on the CPU either way, and export, tuning and calibration "
+                        "run on the CPU")
     p.add_argument("--version", default="5.1.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
@@ -231,6 +235,9 @@ def train(args: argparse.Namespace) -> dict:
         print(f"training the held-out twin first: {twin.workdir}", flush=True)
         train(twin)
         args.settings_from = twin.workdir / "summary.json"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but PyTorch sees no CUDA device")
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -251,7 +258,7 @@ def train(args: argparse.Namespace) -> dict:
     t_start = time.time()
     tile = load_tile()
     reserved = RESERVED if args.split == "heldout" else ()
-    weights = class_weights(tile, reserved)
+    weights = class_weights(tile, reserved).to(device)
     mean_teacher = bool(args.consistency and args.unlabelled_fraction > 0)
     unlabelled = stains = None
     if args.stain_transfer > 0 or mean_teacher:
@@ -269,14 +276,14 @@ def train(args: argparse.Namespace) -> dict:
     net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
                stem=args.stem, antialias=args.antialias, head_width=args.head_width,
                blur_pools=args.blur_pools, bilinear_head=args.bilinear_head,
-               bilinear_up=args.bilinear_up, refine=args.refine)
+               bilinear_up=args.bilinear_up, refine=args.refine).to(device)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step, elapsed_before = 0, 0.0
     if ckpt_path.exists() and not args.fresh:
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=device)
         if state["args"] == _arg_key(args):
             net.load_state_dict(state["net"])
             teacher.load_state_dict(state["teacher"])
@@ -313,10 +320,10 @@ def train(args: argparse.Namespace) -> dict:
                     for _ in range(args.consistency)]
             view_a, view_b, offsets = consistency_views(raws, args.crop, rng)
             batch = np.concatenate([images, view_b])
-        fg_l, dist_l, cls_l = net(normalise(torch.from_numpy(batch)))
-        fg_t = torch.from_numpy(fg)[:, None]
-        dist_t = torch.from_numpy(dist)[:, None]
-        cls_t = torch.from_numpy(cls)
+        fg_l, dist_l, cls_l = net(normalise(torch.from_numpy(batch).to(device)))
+        fg_t = torch.from_numpy(fg).to(device)[:, None]
+        dist_t = torch.from_numpy(dist).to(device)[:, None]
+        cls_t = torch.from_numpy(cls).to(device)
         fg_w = None
         if args.fg_weight_connective != 1.0:
             fg_w = 1.0 + (args.fg_weight_connective - 1.0) * (cls_t == CONNECTIVE).float()[:, None]
@@ -333,7 +340,7 @@ def train(args: argparse.Namespace) -> dict:
             loss = loss + args.w_pair * losses["pair"]
         if args.consistency:
             with torch.no_grad():
-                t_fg, t_dist, t_cls = teacher(normalise(torch.from_numpy(view_a)))
+                t_fg, t_dist, t_cls = teacher(normalise(torch.from_numpy(view_a).to(device)))
                 target = (torch.sigmoid(t_fg)[:, 0], torch.sigmoid(t_dist)[:, 0],
                           torch.softmax(t_cls, dim=1))
             losses["cons"] = consistency_loss(
@@ -359,7 +366,7 @@ def train(args: argparse.Namespace) -> dict:
                         "elapsed_s": train_s,
                         "args": _arg_key(args)}, tmp)
             tmp.replace(ckpt_path)
-    teacher.eval()
+    teacher = teacher.cpu().eval()  # export, tuning and calibration run on the CPU
     onnx_path = args.model_dir / "1" / "model.onnx"
     if settings is None:
         export_onnx(teacher, onnx_path)
@@ -395,7 +402,7 @@ def train(args: argparse.Namespace) -> dict:
 def _arg_key(args: argparse.Namespace) -> dict:
     # export-only options: a rerun with other values resumes and exports again
     skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from",
-            "thresholds"}
+            "thresholds", "device"}
     return {k: str(v) for k, v in vars(args).items() if k not in skip}
 
 
