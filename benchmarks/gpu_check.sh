@@ -8,18 +8,7 @@
 #     bash benchmarks/gpu_check.sh --device cpu --small
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${GPU_CHECK_PYTHON:-python3}
-[ -x .venv/bin/python ] && [ -z "${GPU_CHECK_PYTHON:-}" ] && [ ! -e /opt/torch ] && PY=.venv/bin/python
 OUTDIR=${OUT:-out/gpu_check}
 mkdir -p "$OUTDIR"
-# the wheels the machine lacks (CPython 3.12 builds), into a folder of their own; a dry run
-# on another Python uses its own environment and only checks the wheel set
-if [ -d .gpu_wheels ] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
-  rm -rf .gpu_deps
-  "$PY" -m pip install -q --no-index --no-deps --target .gpu_deps .gpu_wheels/*.whl \
-    2>&1 | grep -v "^WARNING" || true
-  export PYTHONPATH="$PWD:$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+. scripts/gpu_env.sh GPU_CHECK_PYTHON
 exec "$PY" -m benchmarks.gpu_check --out "$OUTDIR" "$@"

@@ -12,19 +12,10 @@
 # Any option of `python -m training.train` may follow; the last of a repeated option wins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${GPU_TRAIN_PYTHON:-python3}
-[ -x .venv/bin/python ] && [ -z "${GPU_TRAIN_PYTHON:-}" ] && [ ! -e /opt/torch ] && PY=.venv/bin/python
 OUTDIR=${OUT:-out/gpu_train}
 WORK=${TMPDIR:-/tmp}/gpu_train
 mkdir -p "$OUTDIR" "$WORK"
-if [ -d .gpu_wheels ] && "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
-  rm -rf .gpu_deps
-  "$PY" -m pip install -q --no-index --no-deps --target .gpu_deps .gpu_wheels/*.whl \
-    2>&1 | grep -v "^WARNING" || true
-  export PYTHONPATH="$PWD:$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+. scripts/gpu_env.sh GPU_TRAIN_PYTHON
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' | tee "$OUTDIR/env.txt"
 "$PY" -m training.train --device cuda --split heldout --threads "$(nproc)" \
