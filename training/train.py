@@ -289,7 +289,7 @@ def train(args: argparse.Namespace) -> dict:
             teacher.load_state_dict(state["teacher"])
             opt.load_state_dict(state["opt"])
             rng.bit_generator.state = state["rng"]
-            torch.set_rng_state(state["torch_rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it
             step, elapsed_before = state["step"], state["elapsed_s"]
             log(f"resumed from {ckpt_path} at iteration {step}")
         else:
