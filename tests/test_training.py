@@ -304,17 +304,19 @@ def test_training_on_cuda_without_a_device_is_refused_readably(tmp_path):
 
 @pytest.mark.gpu
 def test_training_on_cuda_exports_a_cpu_model(tmp_path):
-    """A few iterations on the GPU machine: the network trains there, and export, tuning and
-    calibration run on the CPU as on this machine."""
+    """A few iterations on the GPU machine: the network trains there, export, tuning and
+    calibration run on the CPU as on this machine, and a rerun resumes the checkpoint."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     work, model = tmp_path / "work", tmp_path / "model"
-    summary = train_module.train(train_module.parse_args([
-        "--iterations", "3", "--device", "cuda", "--split", "heldout", "--workdir", str(work),
-        "--model-dir", str(model), "--version", "0.0.1-cuda",
-        "--stain-transfer", "0"]))  # only hgsc_nest's three files need to travel
+    argv = ["--iterations", "3", "--device", "cuda", "--split", "heldout", "--workdir",
+            str(work), "--model-dir", str(model), "--version", "0.0.1-cuda",
+            "--stain-transfer", "0"]  # only hgsc_nest's three files need to travel
+    summary = train_module.train(train_module.parse_args(argv))
     assert summary["split"] == "heldout" and (model / "1" / "model.onnx").is_file()
     assert b"0.0.1-cuda" in (model / "config.pbtxt").read_bytes()
+    again = train_module.train(train_module.parse_args(argv))  # resumed from the checkpoint
+    assert again["train_s"] == summary["train_s"]
 
 
 ROOT = Path(__file__).resolve().parents[1]
