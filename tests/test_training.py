@@ -31,6 +31,8 @@ from training.losses import (  # noqa: E402
     pair_consistency_loss,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _disc_tile(n: int = 12, size: int = 400, seed: int = 1) -> Tile:
     """Dark discs (nuclei) on a light background, with their labels."""
@@ -317,9 +319,6 @@ def test_training_on_cuda_exports_a_cpu_model(tmp_path):
     assert b"0.0.1-cuda" in (model / "config.pbtxt").read_bytes()
     again = train_module.train(train_module.parse_args(argv))  # resumed from the checkpoint
     assert again["train_s"] == summary["train_s"]
-
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
