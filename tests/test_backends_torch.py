@@ -130,6 +130,20 @@ def test_cuda_maps_stay_on_the_device_and_match_onnx(tiles, onnx_maps):
 
 
 @pytest.mark.gpu
+def test_cuda_maps_averaged_over_flips_and_shifts_match_onnx(tiles):
+    """The test-time flips and shifts flip, pad and crop CuPy maps on the device."""
+    cupy = _cuda()
+    from slicer_cli.nuclei.backends.test_time import infer_averaged
+
+    with LocalBackend(threads=1) as backend:
+        want, info = infer_averaged(backend, tiles, flips=4, shifts=4), backend.info
+    with TorchBackend(device="cuda") as backend:
+        maps = infer_averaged(backend, tiles, flips=4, shifts=4)
+    assert all(isinstance(m, cupy.ndarray) for m in maps.values())
+    _assert_same(maps, (want, info))  # a mean of 16 maps each within ATOL is within ATOL
+
+
+@pytest.mark.gpu
 def test_cuda_pipeline_finds_the_cpu_nuclei(tmp_path, cmu_svs):
     _cuda()
     import json

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python -m training.evaluate [--model-dir models/nucleus_unet] [--json out.json]
                                           [--region held_out|validation] [--timing]
-                                          [--robustness] [--flips 4]
+                                          [--robustness] [--flips 4] [--shifts 4]
 
 The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
 (reflect-padded to a multiple of 32), its maps are post-processed by
@@ -19,7 +19,8 @@ re-encoded as JPEG 90 and 75, and both; and the whole-slide pipeline on the CMU 
 its region starting at (0, 0) versus (1, 1); and bPQ / mPQ with the quadrant re-stained with
 each unlabelled slide's own H&E vectors (``robustness.restained_scores``).
 
-``--flips 4`` scores all of it with the test-time flips (the CLI's ``--test-time-flips``).
+``--flips 4`` scores all of it with the test-time flips (the CLI's ``--test-time-flips``),
+``--shifts 4`` with the test-time shifts (``--test-time-shifts``); both: every combination.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slicer_cli.nuclei.backends.flips import infer_with_flips
+from slicer_cli.nuclei.backends.test_time import infer_averaged
 from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.metrics import aggregated_jaccard_index, multiclass_pq, panoptic_quality
@@ -44,25 +45,26 @@ from .tune import predict_maps
 from .unlabelled import UnlabelledPool, stain_targets
 
 
-class Flipped:
-    """A backend whose ``infer`` averages over test-time flips (``--flips``)."""
+class Averaged:
+    """A backend whose ``infer`` averages over test-time flips and shifts (``--flips``,
+    ``--shifts``)."""
 
-    def __init__(self, backend, flips: int) -> None:
-        self.backend, self.flips, self.info = backend, flips, backend.info
+    def __init__(self, backend, flips: int = 1, shifts: int = 1) -> None:
+        self.backend, self.flips, self.shifts, self.info = backend, flips, shifts, backend.info
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return infer_with_flips(self.backend, batch, self.flips)
+        return infer_averaged(self.backend, batch, self.flips, self.shifts)
 
 
 def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
-             threads: int = 2, flips: int = 1) -> dict:
+             threads: int = 2, flips: int = 1, shifts: int = 1) -> dict:
     """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict."""
     tile = load_tile()
     image, labels, classes = region(tile, box)
     with LocalBackend(model_dir, threads=threads) as backend:
         info = backend.info
         t0 = time.perf_counter()
-        maps = predict_maps(Flipped(backend, flips), image, info.size_multiple)
+        maps = predict_maps(Averaged(backend, flips, shifts), image, info.size_multiple)
         infer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
@@ -73,7 +75,7 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(info.classes))
     return {
         "model": info.name, "version": info.version, "region_rows_cols": list(box),
-        "test_time_flips": flips,
+        "test_time_flips": flips, "test_time_shifts": shifts,
         "thresholds": {"fg_threshold": info.fg_threshold, "seed_threshold": info.seed_threshold,
                        "min_area_px": info.min_area_px},
         "n_true": int(labels.max()), "n_pred": int(inst.labels.max()),
@@ -91,7 +93,8 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
-               threads: int = 2, flips: int = 1, name: str = "held_out") -> dict:
+               threads: int = 2, flips: int = 1, shifts: int = 1,
+               name: str = "held_out") -> dict:
     """Agreement of the model with itself (shifts and re-encodes, the ROI (1, 1) shift) and
     its accuracy on ``box`` re-stained as other labs' H&E; ``box``'s agreement is keyed
     ``name`` (the ``--region``)."""
@@ -99,13 +102,13 @@ def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     image, labels, classes = region(tile, box)
     targets = stain_targets(UnlabelledPool())
     with LocalBackend(model_dir, threads=threads) as backend:
-        flipped = Flipped(backend, flips)
-        quadrant = tile_agreement(flipped, np.ascontiguousarray(image))
-        cmu = tile_agreement(flipped, cmu_region())
-        restained = restained_scores(flipped, image, labels, classes, targets,
+        averaged = Averaged(backend, flips, shifts)
+        quadrant = tile_agreement(averaged, np.ascontiguousarray(image))
+        cmu = tile_agreement(averaged, cmu_region())
+        restained = restained_scores(averaged, image, labels, classes, targets,
                                      REFERENCE_STAINS)
     return {name: quadrant, "cmu_region": cmu,
-            "roi_0_0_vs_1_1": roi_agreement(model_dir, flips=flips > 1),
+            "roi_0_0_vs_1_1": roi_agreement(model_dir, flips=flips > 1, shifts=shifts > 1),
             "restained": restained}
 
 
@@ -138,15 +141,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="also the agreement under shifts, JPEG re-encodes and an ROI shift")
     p.add_argument("--flips", type=int, default=1, choices=range(1, 5),
                    help="test-time flips averaged (1: none; 4: the CLI's --test-time-flips)")
+    p.add_argument("--shifts", type=int, default=1, choices=range(1, 5),
+                   help="test-time shifts averaged (1: none; 4: the CLI's --test-time-shifts)")
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
-    result = evaluate(args.model_dir, box, args.threads, args.flips)
+    result = evaluate(args.model_dir, box, args.threads, args.flips, args.shifts)
     if args.timing:
         result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
     if args.robustness:
         result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips,
-                                         args.region)
+                                         args.shifts, args.region)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

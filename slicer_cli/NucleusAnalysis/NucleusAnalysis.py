@@ -114,6 +114,7 @@ def options_from_args(args):
         tile_size_px=args.tile_size or None,
         stain_normalize=bool(args.stain_normalize),
         test_time_flips=bool(args.test_time_flips),
+        test_time_shifts=bool(args.test_time_shifts),
         min_tissue_fraction=args.min_tissue_fraction,
         scheduler=args.scheduler or None,
         workers=args.workers,

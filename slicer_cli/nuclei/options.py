@@ -56,6 +56,7 @@ class AnalysisOptions:
     overlap_px: int | None = None
     stain_normalize: bool = False
     test_time_flips: bool = False
+    test_time_shifts: bool = False
     min_tissue_fraction: float = 0.01
     scheduler: str | None = None
     workers: int = 0

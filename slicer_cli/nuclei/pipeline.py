@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import backends
 from .arrays import array_module, to_host
-from .backends.flips import infer_with_flips
+from .backends.test_time import infer_averaged
 from .errors import BackendError
 from .features import compute_features
 from .instances import extract_instances
@@ -353,8 +353,9 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
         with ctx.infer_gate:
             t0 = time.perf_counter()
             batch = np.stack([images[k] for k in group])
-            maps = (infer_with_flips(ctx.backend, batch) if ctx.options.test_time_flips
-                    else ctx.backend.infer(batch))
+            maps = infer_averaged(ctx.backend, batch,
+                                  flips=4 if ctx.options.test_time_flips else 1,
+                                  shifts=4 if ctx.options.test_time_shifts else 1)
             dt = time.perf_counter() - t0
         with ctx.lock:
             ctx.inference_s += dt
@@ -465,7 +466,8 @@ def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions, backe
                 device: str) -> dict:
     params = {k: v for k, v in asdict(options).items()
               if k in ("region", "slide_mpp", "batch_size", "tile_size_px", "overlap_px",
-                       "stain_normalize", "test_time_flips", "min_tissue_fraction")}
+                       "stain_normalize", "test_time_flips", "test_time_shifts",
+                       "min_tissue_fraction")}
     params["backend"] = {"TritonBackend": "triton", "TorchBackend": "pytorch"}.get(
         type(backend).__name__, "onnxruntime")
     params["device"] = device
