@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from slicer_cli.nuclei.backends.test_time import infer_averaged
 from slicer_cli.nuclei.backends.local import LocalBackend
+from slicer_cli.nuclei.backends.test_time import infer_averaged
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.metrics import aggregated_jaccard_index, multiclass_pq, panoptic_quality
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
