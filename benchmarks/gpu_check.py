@@ -4,6 +4,8 @@
 2. the GPU tests (``pytest -m gpu``: CuPy against NumPy, the PyTorch backend on CUDA against
    ONNX Runtime);
 3. backend parity on real tiles: PyTorch (fp32 and fp16) against ONNX Runtime on the CPU;
+   the network's seconds per 1024^2 tile plain and with the test-time flips, shifts and
+   both (1, 4, 4, 16 calls);
 4. a whole-slide benchmark on a 40x-equivalent slide (``benchmarks/make_wsi40x.py``: 5.6
    gigapixels at 0.25 um/px, about 4.7 of them tissue): tiles/s, tissue Mpx/s, nuclei/s,
    end-to-end seconds, GPU busy fraction (NVML's utilisation, sampled) and the time split
@@ -167,6 +169,31 @@ def parity(device: str) -> dict:
     return out
 
 
+def test_time_cost(device: str, small: bool, batch_size: int) -> dict:
+    """Seconds per tile of the network (PyTorch, fp32) plain and with the test-time flips,
+    shifts and both (1, 4, 4 and 16 calls; ``backends/test_time.py``), on real tissue."""
+    from slicer_cli.nuclei.backends.pytorch import TorchBackend
+    from slicer_cli.nuclei.backends.test_time import infer_averaged
+
+    side, n, repeats = (256, 1, 1) if small else (1024, batch_size, 3)
+    tissue = _cmu_tile()
+    reps = -(-side // min(tissue.shape[:2]))
+    tile = np.tile(tissue, (reps, reps, 1))[:side, :side]
+    batch = np.ascontiguousarray(np.stack([tile] * n))
+    out = {"tile_px": side, "batch": n}
+    with TorchBackend(device=device) as backend:
+        for name, (flips, shifts) in {"plain": (1, 1), "flips": (4, 1), "shifts": (1, 4),
+                                      "flips_shifts": (4, 4)}.items():
+            _host(infer_averaged(backend, batch, flips, shifts)["FOREGROUND"])  # warm-up
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                _host(infer_averaged(backend, batch, flips, shifts)["FOREGROUND"])
+                times.append((time.perf_counter() - t0) / n)
+            out[f"{name}_s_per_tile"] = round(float(np.median(times)), 4)
+    return out
+
+
 def _cmu_tile() -> np.ndarray:
     from benchmarks.make_wsi40x import tissue_patch
 
@@ -264,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tests:
         step("gpu_tests", gpu_tests, args.out)
     step("parity", parity, args.device)
+    step("test_time_cost", test_time_cost, args.device, args.small, args.batch_size)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_check"
     work.mkdir(parents=True, exist_ok=True)
     step("whole_slide", whole_slide, args.device, args.small, work, args.batch_size)

@@ -35,6 +35,9 @@ def test_dry_run_on_the_cpu(tmp_path):
     assert report["gpu_tests"]["rc"] in (0, 5)  # every GPU test skips here (5: none ran)
     fp32 = report["parity"]["fp32"]
     assert max(fp32["max_abs_diff"].values()) <= 2e-4 and fp32["instance_agreement_pq"] >= 0.99
+    cost = report["test_time_cost"]
+    assert {f"{k}_s_per_tile" for k in ("plain", "flips", "shifts", "flips_shifts")} <= set(cost)
+    assert 0 < cost["plain_s_per_tile"] < cost["flips_shifts_s_per_tile"]  # 1 call vs 16
     run = report["whole_slide"]
     assert run["nuclei"] > 0 and run["tiles"] > 0 and run["slide"]["gigapixels"] >= 0.05
     assert {"read", "network", "instances", "features"} <= set(
