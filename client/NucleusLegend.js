@@ -58,6 +58,14 @@ function id(value) {
     return typeof value === 'string' && ID_RE.test(value) ? value : '';
 }
 
+/** How the network was run: the job's test-time averaging, if any (parameters set to true). */
+function averaging(parameters) {
+    const p = parameters && typeof parameters === 'object' ? parameters : {};
+    const on = [['test_time_flips', 'flips'], ['test_time_shifts', 'shifts']]
+        .filter(([key]) => p[key] === true).map(([, name]) => name);
+    return on.length ? `averaged over test-time ${on.join(' + ')}` : '';
+}
+
 /** The summary as the panel may use it: only well-formed values survive. */
 function sanitize(summary) {
     if (!summary || !Array.isArray(summary.classes)) {
@@ -79,6 +87,7 @@ function sanitize(summary) {
         model: summary.model,
         modelVersion: summary.modelVersion,
         classScope: summary.classScope,
+        averaging: averaging(summary.parameters),
         classes,
         files
     };
@@ -501,7 +510,8 @@ const NucleusLegend = Panel.extend({
         }).join(' &middot; ');
         this.$el.attr('data-nuclei', s.nuclei);
         this._frame(`Nuclei <span class="h-nl-total">${s.nuclei.toLocaleString()}</span>`,
-            `<div class="h-nl-model">${text(s.model)} ${text(s.modelVersion)}</div>` +
+            `<div class="h-nl-model">${text(s.model)} ${text(s.modelVersion)}` +
+            (s.averaging ? ` <span class="h-nl-averaging">(${text(s.averaging)})</span>` : '') + '</div>' +
             `<div class="h-nl-classes">${rows}</div>` +
             '<div class="h-nl-actions"><a class="h-nl-show-all" href="#">show all classes</a></div>' +
             (s.classScope ? `<div class="h-nl-scope">${text(s.classScope)}</div>` : '') +

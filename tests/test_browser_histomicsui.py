@@ -160,6 +160,7 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
             page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
         legend = page.locator("#h-nucleus-legend-panel")
         assert int(legend.get_attribute("data-nuclei")) == summary["nuclei"] > 0
+        assert legend.locator(".h-nl-averaging").count() == 0  # the default: the plain call
         rows = page.locator("#h-nucleus-legend-panel .h-nl-row")
         shown = {rows.nth(i).get_attribute("data-class"): int(rows.nth(i).get_attribute(
             "data-count")) for i in range(rows.count())}
@@ -447,6 +448,8 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
     hostile = {
         "model": XSS.format("model") + "<script>window.__xss = ['script']</script>",
         "modelVersion": XSS.format("version"),
+        # only a JSON true turns a setting on; anything else is not shown
+        "parameters": {"test_time_flips": True, "test_time_shifts": XSS.format("shifts")},
         "nuclei": XSS.format("nuclei"),
         "classes": [
             {"name": XSS.format("name"), "count": XSS.format("count"),
@@ -476,6 +479,7 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
     assert panel.locator("[onerror], [onmouseover]").count() == 0
     # the panel still renders: the hostile strings as text, the numbers coerced
     assert XSS.format("name") in panel.inner_text()
+    assert panel.locator(".h-nl-averaging").inner_text() == "(averaged over test-time flips)"
     assert panel.get_attribute("data-nuclei") == "0"
     rows = panel.locator(".h-nl-row")
     assert [rows.nth(i).get_attribute("data-count") for i in range(rows.count())] == \
