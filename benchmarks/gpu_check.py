@@ -169,7 +169,7 @@ def parity(device: str) -> dict:
     return out
 
 
-def test_time_cost(device: str, small: bool, batch_size: int) -> dict:
+def averaging_cost(device: str, small: bool, batch_size: int) -> dict:
     """Seconds per tile of the network (PyTorch, fp32) plain and with the test-time flips,
     shifts and both (1, 4, 4 and 16 calls; ``backends/test_time.py``), on real tissue."""
     from slicer_cli.nuclei.backends.pytorch import TorchBackend
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tests:
         step("gpu_tests", gpu_tests, args.out)
     step("parity", parity, args.device)
-    step("test_time_cost", test_time_cost, args.device, args.small, args.batch_size)
+    step("test_time_cost", averaging_cost, args.device, args.small, args.batch_size)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_check"
     work.mkdir(parents=True, exist_ok=True)
     step("whole_slide", whole_slide, args.device, args.small, work, args.batch_size)
