@@ -70,6 +70,9 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1) 
         raise ValueError(f"flips must be 1 to {len(FLIPS)}, got {flips}")
     if not 1 <= shifts <= len(SHIFTS):
         raise ValueError(f"shifts must be 1 to {len(SHIFTS)}, got {shifts}")
+    n = flips * shifts
+    if n == 1:  # the default: the plain call, its maps untouched
+        return backend.infer(batch)
     total: dict = {}
     for dy, dx in SHIFTS[:shifts]:
         moved = _shifted(batch, dy, dx)
@@ -78,6 +81,10 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1) 
             for name, value in maps.items():
                 xp = array_module(value)
                 value = _shifted_back(xp.flip(value, axes) if axes else value, dy, dx)
-                total[name] = value + total[name] if name in total else value.copy()
-    n = flips * shifts
-    return {name: value / n for name, value in total.items()}
+                if name in total:
+                    total[name] += value
+                else:
+                    total[name] = value.copy()
+    for value in total.values():
+        value /= n
+    return total
