@@ -112,9 +112,10 @@ def test_cli_options_run_and_are_recorded(tmp_path, cmu_svs):
         ann, csv = tmp_path / f"{name}.anot", tmp_path / f"{name}.csv"
         proc = cli(cmu_svs, ann, csv, "--region", "400,1000,768,768", *flags)
         assert proc.returncode == 0, proc.stderr
-        params = load_annotation(ann)["attributes"]["params"]
-        assert params["test_time_flips"] is True
-        assert params["test_time_shifts"] is (name == "both")
-        n = len(load_annotation(ann)["elements"])
+        doc = load_annotation(ann)
+        assert doc["attributes"]["params"]["test_time_flips"] is True
+        assert doc["attributes"]["params"]["test_time_shifts"] is (name == "both")
+        n = len(doc["elements"])
+        assert n > 50, (name, n)
         # the same tissue: a similar count (the averaged maps keep or drop a few faint nuclei)
         assert 0.75 * n_plain <= n <= 1.25 * n_plain, (name, n, n_plain)
