@@ -156,13 +156,9 @@ def parity(device: str) -> dict:
         pqs = []
         for i in range(len(tiles)):
             a = extract_instances(ref["FOREGROUND"][i], ref["DISTANCE"][i],
-                                  ref["CLASS_PROB"][i], fg_threshold=info.fg_threshold,
-                                  seed_threshold=info.seed_threshold,
-                                  min_area_px=info.min_area_px).labels
+                                  ref["CLASS_PROB"][i], **info.thresholds).labels
             b = extract_instances(got["FOREGROUND"][i], got["DISTANCE"][i],
-                                  got["CLASS_PROB"][i], fg_threshold=info.fg_threshold,
-                                  seed_threshold=info.seed_threshold,
-                                  min_area_px=info.min_area_px).labels
+                                  got["CLASS_PROB"][i], **info.thresholds).labels
             pqs.append(agreement_pq(a, b)["pq"])
         out["fp16" if half else "fp32"] = {"max_abs_diff": diff,
                                            "instance_agreement_pq": round(min(pqs), 4)}

@@ -32,8 +32,7 @@ ATOL = 2e-4
 
 def _labels(maps: dict, i: int, info) -> np.ndarray:
     return extract_instances(maps["FOREGROUND"][i], maps["DISTANCE"][i], maps["CLASS_PROB"][i],
-                             fg_threshold=info.fg_threshold, seed_threshold=info.seed_threshold,
-                             min_area_px=info.min_area_px).labels
+                             **info.thresholds).labels
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,36 @@ def test_min_area_drops_small_nuclei():
     assert (dropped.labels[30:50, 60:80] == 0).all()
 
 
+def test_peak_threshold_drops_faint_nuclei_only():
+    fg, dist, cls, _ = _disc_maps([(20, 20, 10, 0, 0.9), (40, 70, 10, 2, 0.9)])
+    fg[25:60, 55:90] *= 0.6 / 0.95  # the right disc is faint: 0.6 everywhere
+    both = extract_instances(fg, dist, cls)
+    assert int(both.labels.max()) == 2
+    for no_effect in (0.0, 0.5, 0.55):  # at or below fg_threshold, or below the faint peak
+        same = extract_instances(fg, dist, cls, fg_peak_threshold=no_effect)
+        np.testing.assert_array_equal(same.labels, both.labels)
+    bright = extract_instances(fg, dist, cls, fg_peak_threshold=0.7)
+    assert int(bright.labels.max()) == 1 and bright.class_index.tolist() == [0]
+    assert (bright.labels[25:60, 55:90] == 0).all()
+    np.testing.assert_array_equal(bright.labels > 0, (both.labels > 0) & (fg > 0.9))
+
+
+def test_peak_threshold_steadies_a_faint_blob_under_noise():
+    """A faint blob near ``fg_threshold`` comes and goes with noise (as with JPEG noise on a
+    slide); with the peak check it is never a nucleus, and the bright one always is."""
+    fg, dist, cls, _ = _disc_maps([(20, 20, 8, 0, 0.9), (40, 70, 6, 1, 0.9)])
+    fg[28:54, 58:84] *= 0.5 / 0.95
+    counts, steady = set(), set()
+    for seed in range(20):
+        noise = np.random.default_rng(seed).normal(0, 0.03, fg.shape).astype(np.float32)
+        noisy = np.clip(fg + noise, 0, 1)
+        counts.add(int(extract_instances(noisy, dist, cls, min_area_px=32).labels.max()))
+        steady.add(int(extract_instances(noisy, dist, cls, min_area_px=32,
+                                         fg_peak_threshold=0.7).labels.max()))
+    assert counts == {1, 2}  # without it the faint blob flickers (its area nears min_area_px)
+    assert steady == {1}
+
+
 def test_foreground_without_a_seed_is_still_a_nucleus():
     fg, dist, cls, _ = _disc_maps([(32, 48, 10, 1, 0.9)])
     inst = extract_instances(fg, dist * 0.3, cls, seed_threshold=0.5)  # no pixel above 0.5
@@ -108,9 +138,10 @@ def test_cupy_matches_numpy():
     for seed in range(3):
         fg, dist, cls = _random_maps(seed)
         ref = extract_instances(fg, dist, cls, fg_threshold=0.5, seed_threshold=0.4,
-                                min_area_px=10)
+                                min_area_px=10, fg_peak_threshold=0.9)
         gpu = extract_instances(cp.asarray(fg), cp.asarray(dist), cp.asarray(cls),
-                                fg_threshold=0.5, seed_threshold=0.4, min_area_px=10)
+                                fg_threshold=0.5, seed_threshold=0.4, min_area_px=10,
+                                fg_peak_threshold=0.9)
         assert isinstance(gpu.labels, cp.ndarray)
         np.testing.assert_array_equal(cp.asnumpy(gpu.labels), ref.labels)
         np.testing.assert_array_equal(cp.asnumpy(gpu.class_index), ref.class_index)
@@ -136,9 +167,10 @@ def test_gpu_code_path_on_the_numpy_twin_gives_identical_labels(hgsc_labels):
             dist[sl][truth[sl] == k] = (d / d.max())[truth[sl] == k]
     cls = np.stack([fg, 1 - fg, np.full_like(fg, 0.5)], axis=-1)
     cls = cls / cls.sum(-1, keepdims=True)
-    ref = extract_instances(fg, dist, cls, fg_threshold=0.5, seed_threshold=0.5)
+    ref = extract_instances(fg, dist, cls, fg_threshold=0.5, seed_threshold=0.5,
+                            fg_peak_threshold=0.95)
     twin = extract_instances(fg, dist, cls, fg_threshold=0.5, seed_threshold=0.5,
-                             xp=NUMPY_TWIN)
+                             fg_peak_threshold=0.95, xp=NUMPY_TWIN)
     assert int(ref.labels.max()) > 50
     np.testing.assert_array_equal(twin.labels, ref.labels)
     np.testing.assert_array_equal(twin.class_index, ref.class_index)

@@ -18,6 +18,7 @@ def test_config_honours_the_contract():
     assert info.size_multiple == 32
     assert info.tile_size % info.size_multiple == 0
     assert 0 < info.fg_threshold < 1 and 0 < info.seed_threshold < 1 and info.min_area_px >= 1
+    assert info.fg_threshold < info.fg_peak_threshold <= 1  # 5.2.0: the hysteresis is on
 
 
 def test_onnx_file_is_small_with_dynamic_axes():
@@ -83,8 +84,7 @@ def test_nucleus_count_on_a_real_quadrant_is_plausible(backend, hgsc_rgb, hgsc_l
     out = {k: v[0, :750, :750] for k, v in backend.infer(padded).items()}
     info = backend.info
     inst = extract_instances(out["FOREGROUND"], out["DISTANCE"], out["CLASS_PROB"],
-                             fg_threshold=info.fg_threshold,
-                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px)
+                             **info.thresholds)
     n_pred = int(inst.labels.max())
     assert 0.6 * n_true <= n_pred <= 1.5 * n_true, (n_pred, n_true)
     # every class of the model is used somewhere in this mixed region

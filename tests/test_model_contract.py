@@ -44,6 +44,10 @@ def _broken(edit):
 def test_good_config():
     info = info_from_config(GOOD)
     assert info.classes == ("a", "b", "c") and info.mpp == 0.5 and info.max_batch_size == 8
+    assert info.fg_peak_threshold == 0.0  # optional: no peak check in older configs
+    peaked = _broken(lambda c: c["parameters"].__setitem__("fg_peak_threshold", _param("0.7")))
+    assert info_from_config(peaked).thresholds == {
+        "fg_threshold": 0.5, "seed_threshold": 0.5, "min_area_px": 16, "fg_peak_threshold": 0.7}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -58,6 +62,13 @@ def test_good_config():
     (lambda c: c["parameters"].__setitem__("class_colors", _param("rgb(1,2,3)")), "colours"),
     (lambda c: c["parameters"].__setitem__("mpp", _param("half")), "bad numeric"),
     (lambda c: c["parameters"].__setitem__("overlap", _param("400")), "tile_size > 2"),
+    (lambda c: c["parameters"].__setitem__("fg_threshold", _param("nan")), "0 < fg_threshold"),
+    (lambda c: c["parameters"].__setitem__("seed_threshold", _param("1.5")), "seed_threshold"),
+    (lambda c: c["parameters"].__setitem__("fg_peak_threshold", _param("1.2")),
+     "fg_peak_threshold"),
+    (lambda c: c["parameters"].__setitem__("fg_peak_threshold", _param("-inf")),
+     "fg_peak_threshold"),
+    (lambda c: c["parameters"].__setitem__("min_area_px", _param("-3")), "min_area_px"),
 ])
 def test_broken_configs(edit, message):
     with pytest.raises(ModelError, match=message.replace("[", r"\[").replace("]", r"\]")):

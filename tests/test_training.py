@@ -158,15 +158,18 @@ def test_calibration_helpers_on_constructed_nuclei():
 
 def test_threshold_option_parses_fixed_settings_and_rejects_bad_ones():
     args = train_module.parse_args([])
-    assert args.thresholds == {"fg_threshold": 0.4, "seed_threshold": 0.4, "min_area_px": 32}
-    # the shipped recipe (MODEL.md, 5.1.0)
+    assert args.thresholds == {"fg_threshold": 0.4, "seed_threshold": 0.4, "min_area_px": 32,
+                               "fg_peak_threshold": 0.7}
+    # the shipped recipe (MODEL.md, 5.1.0's network, 5.2.0's peak)
     assert args.consistency == 0 and args.pairs == 4 and args.fg_weight_connective == 2.0
     assert args.split == "all" and args.settings_from is None  # the twin is trained first
     assert train_module.parse_args(["--thresholds", "tune"]).thresholds is None
     assert train_module.parse_args(["--thresholds", "0.5,0.3,64"]).thresholds == {
-        "fg_threshold": 0.5, "seed_threshold": 0.3, "min_area_px": 64}
+        "fg_threshold": 0.5, "seed_threshold": 0.3, "min_area_px": 64, "fg_peak_threshold": 0.0}
+    assert train_module.parse_args(["--thresholds", "0.5,0.3,64,0.8"]).thresholds[
+        "fg_peak_threshold"] == 0.8
     for bad in ("0.5,0.3", "1.5,0.3,64", "0.5,0,64", "0.5,0.3,-1", "0.5,0.3,2.5", "nan,0.4,32",
-                "a,b,c"):
+                "a,b,c", "0.5,0.3,64,1.5", "0.5,0.3,64,nan", "0.5,0.3,64,0.7,0.9"):
         with pytest.raises(SystemExit):
             train_module.parse_args(["--thresholds", bad])
     # export options do not change the resume key: a rerun with other thresholds resumes
@@ -284,7 +287,8 @@ def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
     summary = train_module.train(train_module.parse_args(argv))
     twin = json.loads((work / "heldout" / "summary.json").read_text())
     assert twin["split"] == "heldout" and summary["split"] == "all"
-    for key in ("fg_threshold", "seed_threshold", "min_area_px", "temperature"):
+    for key in ("fg_threshold", "seed_threshold", "min_area_px", "fg_peak_threshold",
+                "temperature"):
         assert summary[key] == twin[key]
     assert (work / "heldout_model" / "1" / "model.onnx").is_file()
     onnx = (model / "1" / "model.onnx").read_bytes()

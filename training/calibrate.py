@@ -66,10 +66,7 @@ def calibrate(net: UNet, image: np.ndarray, true_labels: np.ndarray, true_classe
     fg, dist, cls = _logits(net, image)
     probs = cls - cls.max(axis=0, keepdims=True)
     probs = np.exp(probs) / np.exp(probs).sum(axis=0, keepdims=True)
-    pred = extract_instances(fg, dist, np.moveaxis(probs, 0, -1),
-                             fg_threshold=thresholds["fg_threshold"],
-                             seed_threshold=thresholds["seed_threshold"],
-                             min_area_px=thresholds["min_area_px"]).labels
+    pred = extract_instances(fg, dist, np.moveaxis(probs, 0, -1), **thresholds).labels
     pairs = matched_nuclei(true_labels, pred)
     truth = np.array([true_classes[t - 1] for t, _ in pairs], dtype=np.int64)
     ids = np.array([p for _, p in pairs], dtype=np.int64)

@@ -68,16 +68,14 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
         infer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
-                             fg_threshold=info.fg_threshold,
-                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px)
+                             **info.thresholds)
     post_s = time.perf_counter() - t0
     binary = panoptic_quality(labels, inst.labels)
     multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(info.classes))
     return {
         "model": info.name, "version": info.version, "region_rows_cols": list(box),
         "test_time_flips": flips, "test_time_shifts": shifts,
-        "thresholds": {"fg_threshold": info.fg_threshold, "seed_threshold": info.seed_threshold,
-                       "min_area_px": info.min_area_px},
+        "thresholds": info.thresholds,
         "n_true": int(labels.max()), "n_pred": int(inst.labels.max()),
         "f1": binary["f1"], "precision": binary["precision"], "recall": binary["recall"],
         "bpq": binary["pq"], "dq": binary["dq"], "sq": binary["sq"],

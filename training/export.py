@@ -43,7 +43,8 @@ def export_onnx(net: UNet, path: Path, temperature: float = 1.0) -> Path:
 
 
 def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_threshold: float,
-                 min_area_px: int, max_batch_size: int = 16, uncertain_below: float = 0.0,
+                 min_area_px: int, fg_peak_threshold: float = 0.0, max_batch_size: int = 16,
+                 uncertain_below: float = 0.0,
                  temperature: float = 1.0) -> Path:
     """Write ``<model_dir>/config.pbtxt`` (Triton layout; metadata in ``parameters``).
 
@@ -66,6 +67,7 @@ def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_thr
         "fg_threshold": f"{fg_threshold:g}",
         "seed_threshold": f"{seed_threshold:g}",
         "min_area_px": str(int(min_area_px)),
+        "fg_peak_threshold": f"{fg_peak_threshold:g}",
         "uncertain_below": f"{uncertain_below:g}",
         "uncertain_color": UNCERTAIN_COLOR,
         "class_temperature": f"{temperature:.4g}",

@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     net = network_from_onnx(source, **json.loads(args.arch))
     tile = load_tile()
     image, labels, classes = region(tile, VALIDATION)
-    thresholds = {"fg_threshold": info.fg_threshold, "seed_threshold": info.seed_threshold,
-                  "min_area_px": info.min_area_px}
-    result = calibrate(net, image, labels, classes, thresholds)
+    result = calibrate(net, image, labels, classes, info.thresholds)
     temperature = result["temperature"]
     target = source.with_name("model.onnx")
     export_onnx(net, target, temperature)

@@ -48,8 +48,7 @@ def predict_labels(backend, image: np.ndarray) -> np.ndarray:
     info = backend.info
     maps = predict_maps(backend, np.ascontiguousarray(image), info.size_multiple)
     return extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
-                             fg_threshold=info.fg_threshold, seed_threshold=info.seed_threshold,
-                             min_area_px=info.min_area_px).labels
+                             **info.thresholds).labels
 
 
 def tile_agreement(backend, image: np.ndarray, offsets=OFFSETS,
@@ -93,8 +92,7 @@ def restained_scores(backend, image: np.ndarray, labels: np.ndarray, classes: np
     for name, target in {"as is": None, **targets}.items():
         shown = image if target is None else restain(image, source, target)
         maps = predict_maps(backend, np.ascontiguousarray(shown), info.size_multiple)
-        scores = score(maps, labels, classes, info.fg_threshold, info.seed_threshold,
-                       info.min_area_px)
+        scores = score(maps, labels, classes, info.thresholds)
         out[name] = {"bpq": round(scores["bpq"], 4), "mpq": round(scores["mpq"], 4)}
     return out
 

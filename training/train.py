@@ -66,6 +66,8 @@ from .tune import tune_thresholds
 SHIFT_PX = 32
 #: nuclei whose calibrated class probability is below this are shown as uncertain
 UNCERTAIN_BELOW = 0.5
+#: the post-processing settings tuned (or fixed) on the validation block and written to the config
+THRESHOLDS = ("fg_threshold", "seed_threshold", "min_area_px", "fg_peak_threshold")
 #: the connective class's value in the class maps (``--fg-weight-connective``)
 CONNECTIVE = CLASSES.index("connective") + 1
 
@@ -108,11 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--consistency", type=int, default=0,
                    help="mean-teacher consistency crop pairs per iteration (0, the default: "
                         "supervised only; runs A and B of MODEL.md used 4)")
-    p.add_argument("--thresholds", default="0.4,0.4,32", type=_thresholds,
-                   help="post-processing fg_threshold,seed_threshold,min_area_px, or 'tune' "
-                        "for the grid search on the validation block (training/tune.py); the "
-                        "default is 3.0.0's setting, which keeps nuclei out of the training "
-                        "tissue (MODEL.md)")
+    p.add_argument("--thresholds", default="0.4,0.4,32,0.7", type=_thresholds,
+                   help="post-processing fg_threshold,seed_threshold,min_area_px[,"
+                        "fg_peak_threshold] (peak 0 when left out), or 'tune' for the grid "
+                        "search on the validation block (training/tune.py); the default is "
+                        "3.0.0's setting, which keeps nuclei out of the training tissue, with "
+                        "5.2.0's peak (MODEL.md)")
     p.add_argument("--pairs", type=int, default=4,
                    help="crops of the batch seen twice, shifted by up to 31 px and degraded "
                         "separately, both supervised and pulled together (5.0.0: 4 pairs, "
@@ -142,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where the network trains (cuda: a GPU machine, docs/GPU.md); crops "
                         "are made on the CPU either way, and export, tuning and calibration "
                         "run on the CPU")
-    p.add_argument("--version", default="5.1.0")
+    p.add_argument("--version", default="5.2.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)
@@ -154,13 +157,16 @@ def _thresholds(text: str) -> dict | None:
     if text == "tune":
         return None
     try:
-        fg, seed, area = (float(v) for v in text.split(","))
+        fg, seed, area, *peak = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected FG,SEED,AREA or 'tune', got {text!r}") from None
-    if not (0 < fg < 1 and 0 < seed < 1 and area >= 0 and area == int(area)):
+            f"expected FG,SEED,AREA[,PEAK] or 'tune', got {text!r}") from None
+    peak = peak or [0.0]
+    if not (0 < fg < 1 and 0 < seed < 1 and area >= 0 and area == int(area)
+            and len(peak) == 1 and 0 <= peak[0] <= 1):
         raise argparse.ArgumentTypeError(f"thresholds out of range: {text!r}")
-    return {"fg_threshold": fg, "seed_threshold": seed, "min_area_px": int(area)}
+    return {"fg_threshold": fg, "seed_threshold": seed, "min_area_px": int(area),
+            "fg_peak_threshold": peak[0]}
 
 
 def _scale_range(text: str) -> tuple[float, float]:
@@ -375,18 +381,18 @@ def train(args: argparse.Namespace) -> dict:
                      seed_threshold=0.5, min_area_px=16)
         tuned = tune_thresholds(args.model_dir, tile, log=log, fixed=args.thresholds)
         image, labels, classes = region(tile, VALIDATION)
-        calibration = calibrate(teacher, image, labels, classes, tuned, log=log)
+        calibration = calibrate(teacher, image, labels, classes,
+                                {k: tuned[k] for k in THRESHOLDS}, log=log)
         temperature = calibration["temperature"]
     else:
-        tuned = {k: settings[k] for k in ("fg_threshold", "seed_threshold", "min_area_px")}
+        tuned = {k: settings.get(k, 0.0) for k in THRESHOLDS}  # no peak before 5.2.0
         calibration = {"temperature": settings["temperature"], "from": str(args.settings_from)}
         temperature = settings["temperature"]
         log(f"thresholds {tuned} and temperature {temperature} from {args.settings_from}")
     onnx_file = export_onnx(teacher, onnx_path, temperature)
     # the same network for the PyTorch backend (weights + architecture, no pickled code)
     save_weights(teacher, onnx_path.with_name("model.pt"), temperature)
-    write_config(args.model_dir, version=args.version, fg_threshold=tuned["fg_threshold"],
-                 seed_threshold=tuned["seed_threshold"], min_area_px=tuned["min_area_px"],
+    write_config(args.model_dir, version=args.version, **{k: tuned[k] for k in THRESHOLDS},
                  uncertain_below=UNCERTAIN_BELOW, temperature=temperature)
     torch.save(teacher.state_dict(), args.workdir / "teacher.pt")
     total_s = elapsed_before + time.time() - t_start

@@ -31,11 +31,11 @@ def predict_maps(backend, image: np.ndarray, multiple: int = 32) -> dict[str, np
 
 
 def score(maps: dict[str, np.ndarray], labels: np.ndarray, classes: np.ndarray,
-          fg_threshold: float, seed_threshold: float, min_area_px: int) -> dict[str, float]:
-    """bPQ, mPQ, per-class PQ (and the rest) of the post-processed maps against the truth."""
+          thresholds: dict) -> dict[str, float]:
+    """bPQ, mPQ, per-class PQ (and the rest) of the maps post-processed with ``thresholds``
+    (keywords of ``extract_instances``) against the truth."""
     inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
-                             fg_threshold=fg_threshold, seed_threshold=seed_threshold,
-                             min_area_px=min_area_px)
+                             **thresholds)
     binary = panoptic_quality(labels, inst.labels)
     multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(CLASSES))
     return {"bpq": binary["pq"], "mpq": multi["mpq"], "f1": binary["f1"],
@@ -46,9 +46,10 @@ def tune_thresholds(model_dir: Path, tile: Tile, log=print, tolerance: float = T
                     fixed: dict | None = None) -> dict[str, float]:
     """Grid-search fg / seed thresholds and min area on the validation block (bPQ + mPQ).
 
-    With ``fixed`` (``fg_threshold``, ``seed_threshold``, ``min_area_px``) that setting is
-    returned, with its own validation scores; the search still runs and is logged, so the
-    cost of the fixed setting on the validation block is on record.
+    With ``fixed`` (``fg_threshold``, ``seed_threshold``, ``min_area_px``,
+    ``fg_peak_threshold``) that setting is returned, with its own validation scores; the
+    search still runs (with the fixed peak, 0 without ``fixed``) and is logged, so the cost
+    of the fixed setting on the validation block is on record.
 
     The block holds 89 nuclei, so objectives closer than ``tolerance`` are ties; among the
     tied settings the one that finds the most nuclei wins (on slides unlike the training tile
@@ -60,9 +61,11 @@ def tune_thresholds(model_dir: Path, tile: Tile, log=print, tolerance: float = T
     image, labels, classes = region(tile, VALIDATION)
     with LocalBackend(model_dir, threads=2) as backend:
         maps = predict_maps(backend, image)
+    peak = float((fixed or {}).get("fg_peak_threshold", 0.0))
     scored = []
     for fg_t, seed_t, area in itertools.product(FG_GRID, SEED_GRID, AREA_GRID):
-        s = score(maps, labels, classes, fg_t, seed_t, area)
+        s = score(maps, labels, classes, {"fg_threshold": fg_t, "seed_threshold": seed_t,
+                                          "min_area_px": area, "fg_peak_threshold": peak})
         scored.append((s["bpq"] + s["mpq"], fg_t, seed_t, area, s))
     best = max(o for o, *_ in scored)
     tied = [t for t in scored if t[0] >= best - tolerance]
@@ -74,8 +77,9 @@ def tune_thresholds(model_dir: Path, tile: Tile, log=print, tolerance: float = T
     if fixed is not None:
         fg_t, seed_t, area = (fixed["fg_threshold"], fixed["seed_threshold"],
                               int(fixed["min_area_px"]))
-        s = score(maps, labels, classes, fg_t, seed_t, area)
-        log(f"fixed setting fg={fg_t} seed={seed_t} min_area={area} on validation: "
+        s = score(maps, labels, classes, {"fg_threshold": fg_t, "seed_threshold": seed_t,
+                                          "min_area_px": area, "fg_peak_threshold": peak})
+        log(f"fixed setting fg={fg_t} seed={seed_t} min_area={area} peak={peak} on validation: "
             f"bPQ={s['bpq']:.3f} mPQ={s['mpq']:.3f} F1={s['f1']:.3f} n_pred={s['n_pred']}")
     return {"fg_threshold": fg_t, "seed_threshold": seed_t, "min_area_px": area,
-            "val_bpq": s["bpq"], "val_mpq": s["mpq"]}
+            "fg_peak_threshold": peak, "val_bpq": s["bpq"], "val_mpq": s["mpq"]}

@@ -11,8 +11,10 @@ the CPU, CuPy + ``cupyx.scipy.ndimage`` on a GPU), so both give the same labels:
    breadth-first fronts: a geodesic Voronoi split of touching nuclei, a label-propagation
    approximation of a watershed) until nothing changes or ``max_iterations`` is reached;
 4. foreground components that hold no seed become nuclei of their own;
-5. nuclei smaller than ``min_area_px`` are dropped and the rest numbered 1..n in raster order
-   of their key;
+5. nuclei smaller than ``min_area_px``, and nuclei whose foreground probability never reaches
+   ``fg_peak_threshold`` (hysteresis: ``fg_threshold`` draws a nucleus' extent, the peak
+   decides whether it exists, so a faint blob near ``fg_threshold`` does not come and go
+   with JPEG noise), are dropped and the rest numbered 1..n in raster order of their key;
 6. class per nucleus: argmax of its mean class probability (``bincount``, no per-nucleus loop).
 """
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Instances:
 
 def extract_instances(foreground: Any, distance: Any, class_prob: Any, *,
                       fg_threshold: float = 0.5, seed_threshold: float = 0.5,
-                      min_area_px: int = 16, xp: ModuleType | None = None) -> Instances:
+                      min_area_px: int = 16, fg_peak_threshold: float = 0.0,
+                      xp: ModuleType | None = None) -> Instances:
     """Turn one tile's network maps into labelled, classified nuclei.
 
     Parameters
@@ -63,6 +66,9 @@ def extract_instances(foreground: Any, distance: Any, class_prob: Any, *,
         Foreground and seed thresholds (the model's ``config.pbtxt`` recommends values).
     min_area_px : int
         Nuclei with fewer pixels are dropped.
+    fg_peak_threshold : float
+        Nuclei whose ``foreground`` stays below it everywhere are dropped (0: none; at or
+        below ``fg_threshold`` it has no effect).
     xp : module, optional
         ``numpy`` or ``cupy``; default: the module of ``foreground``.
 
@@ -95,9 +101,12 @@ def extract_instances(foreground: Any, distance: Any, class_prob: Any, *,
     rest, n_rest = ndi.label(mask & (labels == 0))
     if int(n_rest):
         labels = labels + _first_index_keys(xp, ndi, rest, int(n_rest), index)
-    # Drop small objects and number the rest 1..n in key (raster) order.
+    # Drop small and faint objects and number the rest 1..n in key (raster) order.
     area = xp.bincount(labels.ravel(), minlength=h * w + 1)
     keep = area >= max(int(min_area_px), 1)
+    if fg_peak_threshold > fg_threshold:
+        peaked = xp.bincount(labels[fg >= fg_peak_threshold], minlength=h * w + 1)
+        keep &= peaked > 0
     keep[0] = False
     order = xp.cumsum(keep).astype(xp.int32)
     n = int(order[-1])

@@ -14,7 +14,8 @@ A model honours the contract when its ``config.pbtxt`` declares
   (comma-separated ``rgb(r,g,b)``), ``mpp`` (um/px the network expects), ``tile_size`` and
   ``overlap`` (pixels at ``mpp``), ``size_multiple`` (H and W must be multiples of it),
   ``version``, and post-processing thresholds ``fg_threshold``, ``seed_threshold``,
-  ``min_area_px``; optionally ``uncertain_below`` (nuclei whose class probability is lower
+  ``min_area_px``; optionally ``fg_peak_threshold`` (a nucleus must reach it somewhere;
+  :func:`~slicer_cli.nuclei.instances.extract_instances`), ``uncertain_below`` (nuclei whose class probability is lower
   are shown as the group ``uncertain``, in ``uncertain_color``) and ``class_scope`` (where
   the classes hold, shown next to them).
 
@@ -60,9 +61,16 @@ class ModelInfo:
     fg_threshold: float = 0.5
     seed_threshold: float = 0.5
     min_area_px: int = 16
+    fg_peak_threshold: float = 0.0
     uncertain_below: float = 0.0
     uncertain_color: str = "rgb(150,150,150)"
     class_scope: str = ""
+
+    @property
+    def thresholds(self) -> dict:
+        """The post-processing keywords of :func:`~slicer_cli.nuclei.instances.extract_instances`."""
+        return {"fg_threshold": self.fg_threshold, "seed_threshold": self.seed_threshold,
+                "min_area_px": self.min_area_px, "fg_peak_threshold": self.fg_peak_threshold}
 
     def group_of(self, class_index: int, probability: float) -> str:
         """The group a nucleus is shown in: its class, or ``uncertain``."""
@@ -136,6 +144,7 @@ def info_from_config(config: dict) -> ModelInfo:
             fg_threshold=float(params.get("fg_threshold") or 0.5),
             seed_threshold=float(params.get("seed_threshold") or 0.5),
             min_area_px=int(params.get("min_area_px") or 16),
+            fg_peak_threshold=float(params.get("fg_peak_threshold") or 0.0),
             uncertain_below=float(params.get("uncertain_below") or 0.0),
             uncertain_color=(_RGB.findall(params.get("uncertain_color") or "") or
                              ["rgb(150,150,150)"])[0],
@@ -145,6 +154,10 @@ def info_from_config(config: dict) -> ModelInfo:
         raise ModelError(f"model {name!r}: bad numeric parameter: {e}") from e
     if info.mpp <= 0 or info.tile_size <= 2 * info.overlap or info.overlap < 0:
         raise ModelError(f"model {name!r}: need mpp > 0 and tile_size > 2 * overlap >= 0")
+    if not (0.0 < info.fg_threshold < 1.0 and 0.0 < info.seed_threshold < 1.0
+            and 0.0 <= info.fg_peak_threshold <= 1.0 and info.min_area_px >= 0):
+        raise ModelError(f"model {name!r}: need 0 < fg_threshold, seed_threshold < 1, "
+                         f"0 <= fg_peak_threshold <= 1 and min_area_px >= 0")
     if not 0.0 <= info.uncertain_below <= 1.0:
         raise ModelError(f"model {name!r}: uncertain_below must be within [0, 1]")
     if UNCERTAIN in info.classes:

@@ -377,9 +377,7 @@ def _tile_nuclei(ctx: _Context, tile: Tile, image: np.ndarray, fg, dist, cls) ->
     info = ctx.info
     xp = array_module(fg)
     t0 = time.perf_counter()
-    inst = extract_instances(fg, dist, cls, fg_threshold=info.fg_threshold,
-                             seed_threshold=info.seed_threshold, min_area_px=info.min_area_px,
-                             xp=xp)
+    inst = extract_instances(fg, dist, cls, **info.thresholds, xp=xp)
     labels = inst.labels
     n = int(labels.max()) if labels.size else 0
     ctx.add_time("instances", time.perf_counter() - t0)
