@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     export_onnx(net, target, temperature)
     save_weights(net, target.with_name("model.pt"), temperature)
     write_config(args.model_dir, version=args.version, uncertain_below=UNCERTAIN_BELOW,
-                 temperature=temperature, **thresholds)
+                 temperature=temperature, **info.thresholds)
     print(json.dumps({"version": args.version, **result}, indent=2, default=float))
     return 0
 

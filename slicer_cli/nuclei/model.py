@@ -15,9 +15,9 @@ A model honours the contract when its ``config.pbtxt`` declares
   ``overlap`` (pixels at ``mpp``), ``size_multiple`` (H and W must be multiples of it),
   ``version``, and post-processing thresholds ``fg_threshold``, ``seed_threshold``,
   ``min_area_px``; optionally ``fg_peak_threshold`` (a nucleus must reach it somewhere;
-  :func:`~slicer_cli.nuclei.instances.extract_instances`), ``uncertain_below`` (nuclei whose class probability is lower
-  are shown as the group ``uncertain``, in ``uncertain_color``) and ``class_scope`` (where
-  the classes hold, shown next to them).
+  :func:`~slicer_cli.nuclei.instances.extract_instances`), ``uncertain_below`` (nuclei
+  whose class probability is lower are shown as the group ``uncertain``, in
+  ``uncertain_color``) and ``class_scope`` (where the classes hold, shown next to them).
 
 The same :class:`ModelInfo` is built from a local ``config.pbtxt`` (in-process ONNX Runtime)
 or from the config a Triton server returns, so both backends read the same facts.
@@ -68,7 +68,8 @@ class ModelInfo:
 
     @property
     def thresholds(self) -> dict:
-        """The post-processing keywords of :func:`~slicer_cli.nuclei.instances.extract_instances`."""
+        """The post-processing keywords of
+        :func:`~slicer_cli.nuclei.instances.extract_instances`."""
         return {"fg_threshold": self.fg_threshold, "seed_threshold": self.seed_threshold,
                 "min_area_px": self.min_area_px, "fg_peak_threshold": self.fg_peak_threshold}
 
