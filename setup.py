@@ -33,7 +33,7 @@ EXTRAS = {
         "ijson>=3.2",
     ],
     "train": ["torch==2.13.0", "onnx>=1.15"],
-    "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.5", "jsonschema>=4"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff==0.17.6", "jsonschema>=4"],
     # tests/girder_stack + browser test: Girder on mongomock (shims pinned to 4.3.0), celery
     # over a real Redis (redis-server from apt), Playwright driving Debian's Chromium
     "devstack": ["mongomock==4.3.0", "redis>=5", "playwright>=1.40"],
