@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slicer_cli.nuclei.model import THRESHOLDS
 from slicer_cli.nuclei.network import UNet, normalise, save_weights
 
 from .augment import photometric
@@ -66,8 +67,6 @@ from .tune import tune_thresholds
 SHIFT_PX = 32
 #: nuclei whose calibrated class probability is below this are shown as uncertain
 UNCERTAIN_BELOW = 0.5
-#: the post-processing settings tuned (or fixed) on the validation block and written to the config
-THRESHOLDS = ("fg_threshold", "seed_threshold", "min_area_px", "fg_peak_threshold")
 #: the connective class's value in the class maps (``--fg-weight-connective``)
 CONNECTIVE = CLASSES.index("connective") + 1
 
@@ -380,19 +379,19 @@ def train(args: argparse.Namespace) -> dict:
         write_config(args.model_dir, version=args.version, fg_threshold=0.5,
                      seed_threshold=0.5, min_area_px=16)
         tuned = tune_thresholds(args.model_dir, tile, log=log, fixed=args.thresholds)
+        thresholds = {k: tuned[k] for k in THRESHOLDS}  # without the validation scores
         image, labels, classes = region(tile, VALIDATION)
-        calibration = calibrate(teacher, image, labels, classes,
-                                {k: tuned[k] for k in THRESHOLDS}, log=log)
+        calibration = calibrate(teacher, image, labels, classes, thresholds, log=log)
         temperature = calibration["temperature"]
     else:
-        tuned = {k: settings.get(k, 0.0) for k in THRESHOLDS}  # no peak before 5.2.0
+        tuned = thresholds = {k: settings.get(k, 0.0) for k in THRESHOLDS}  # no peak < 5.2.0
         calibration = {"temperature": settings["temperature"], "from": str(args.settings_from)}
         temperature = settings["temperature"]
         log(f"thresholds {tuned} and temperature {temperature} from {args.settings_from}")
     onnx_file = export_onnx(teacher, onnx_path, temperature)
     # the same network for the PyTorch backend (weights + architecture, no pickled code)
     save_weights(teacher, onnx_path.with_name("model.pt"), temperature)
-    write_config(args.model_dir, version=args.version, **{k: tuned[k] for k in THRESHOLDS},
+    write_config(args.model_dir, version=args.version, **thresholds,
                  uncertain_below=UNCERTAIN_BELOW, temperature=temperature)
     torch.save(teacher.state_dict(), args.workdir / "teacher.pt")
     total_s = elapsed_before + time.time() - t_start

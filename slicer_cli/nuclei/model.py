@@ -36,6 +36,9 @@ INPUT_NAME = "IMAGE"
 #: the group of nuclei whose class probability is below the model's ``uncertain_below``
 UNCERTAIN = "uncertain"
 OUTPUT_NAMES = ("FOREGROUND", "DISTANCE", "CLASS_PROB")
+#: the post-processing settings of a model (``ModelInfo`` fields, ``config.pbtxt``
+#: parameters and the keywords of ``extract_instances``)
+THRESHOLDS = ("fg_threshold", "seed_threshold", "min_area_px", "fg_peak_threshold")
 #: the shipped model: package data of ``slicer_cli`` (``slicer_cli/models`` links to the
 #: repository's Triton model repository ``models/``; a wheel holds a copy)
 MODEL_REPOSITORY = Path(os.fspath(importlib.resources.files("slicer_cli") / "models"))
@@ -70,8 +73,7 @@ class ModelInfo:
     def thresholds(self) -> dict:
         """The post-processing keywords of
         :func:`~slicer_cli.nuclei.instances.extract_instances`."""
-        return {"fg_threshold": self.fg_threshold, "seed_threshold": self.seed_threshold,
-                "min_area_px": self.min_area_px, "fg_peak_threshold": self.fg_peak_threshold}
+        return {name: getattr(self, name) for name in THRESHOLDS}
 
     def group_of(self, class_index: int, probability: float) -> str:
         """The group a nucleus is shown in: its class, or ``uncertain``."""
