@@ -129,6 +129,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
+    p.add_argument("--distill", type=int, default=0,
+                   help="iterations of self-distillation after training (training/distill.py): "
+                        "the network taught its own test-time average; 0: none")
+    p.add_argument("--distill-crops", type=int, default=4,
+                   help="distillation crops per batch (half real unlabelled H&E)")
+    p.add_argument("--distill-sup", type=int, default=4,
+                   help="supervised crops per distillation batch")
+    p.add_argument("--distill-lr", type=float, default=5e-4)
+    p.add_argument("--w-distill", type=float, default=4.0)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--w-fg", type=float, default=1.0)
@@ -371,6 +380,13 @@ def train(args: argparse.Namespace) -> dict:
                         "elapsed_s": train_s,
                         "args": _arg_key(args)}, tmp)
             tmp.replace(ckpt_path)
+    if args.distill:
+        from .distill import distill, paint_out
+        from .unlabelled import UnlabelledPool
+
+        train_s = elapsed_before + time.time() - t_loop
+        teacher = distill(teacher, sampler, paint_out(unlabelled or UnlabelledPool()), weights,
+                          args, args.workdir, log, device)
     teacher = teacher.cpu().eval()  # export, tuning and calibration run on the CPU
     onnx_path = args.model_dir / "1" / "model.onnx"
     if settings is None:
@@ -395,7 +411,8 @@ def train(args: argparse.Namespace) -> dict:
                  uncertain_below=UNCERTAIN_BELOW, temperature=temperature)
     torch.save(teacher.state_dict(), args.workdir / "teacher.pt")
     total_s = elapsed_before + time.time() - t_start
-    summary = {"iterations": args.iterations, "split": args.split, "train_s": round(train_s, 1),
+    summary = {"iterations": args.iterations, "distill": args.distill, "split": args.split,
+               "train_s": round(train_s, 1),
                "total_s": round(total_s, 1), "onnx": str(onnx_file),
                "onnx_bytes": onnx_file.stat().st_size, **tuned,
                "temperature": temperature, "calibration": calibration}
@@ -407,8 +424,16 @@ def train(args: argparse.Namespace) -> dict:
 def _arg_key(args: argparse.Namespace) -> dict:
     # export-only options: a rerun with other values resumes and exports again
     skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from",
-            "thresholds", "device"}
-    return {k: str(v) for k, v in vars(args).items() if k not in skip}
+            "thresholds", "device",
+            # the distillation after the loop has its own checkpoint (training/distill.py)
+            "distill", "distill_crops", "distill_sup", "distill_lr", "w_distill"}
+    key = {k: str(v) for k, v in vars(args).items() if k not in skip}
+    # options added later, at the value that changes nothing: the checkpoints made before
+    # them (5.1.0's) still resume
+    for k, neutral in {"refine": "0"}.items():
+        if key.get(k) == neutral:
+            del key[k]
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:

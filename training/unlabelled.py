@@ -79,6 +79,10 @@ class UnlabelledPool:
                                    interpolation=cv2.INTER_CUBIC)
             self.images.append(image)
             self.names.append(name)
+        self.index_tissue()
+
+    def index_tissue(self) -> None:
+        """Where the crops may be centred: each image's tissue pixels and its weight."""
         self._tissue = [np.argwhere(tissue_mask(im)[::4, ::4]) * 4 for im in self.images]
         area = np.array([len(t) for t in self._tissue], dtype=float)
         self._p = np.sqrt(area) / np.sqrt(area).sum()

@@ -1,0 +1,80 @@
+"""Self-distillation (training/distill.py) on constructed cases: the teacher's average is
+the CLI's test-time average, the distillation never sees the CMU regions it is measured or
+selected on, a distilled run resumes and exports, and the base checkpoints made before the
+option still resume."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from slicer_cli.nuclei.backends.test_time import infer_averaged  # noqa: E402
+from slicer_cli.nuclei.network import Exported, UNet  # noqa: E402
+from training import train as train_module  # noqa: E402
+from training.distill import EXCLUDED_BOXES, averaged_maps, paint_out  # noqa: E402
+
+
+class _TorchBackend:
+    """The exported graph as a backend (uint8 NHWC in, the contract's maps out)."""
+
+    def __init__(self, net):
+        self.model = Exported(net).eval()
+
+    def infer(self, batch):
+        with torch.no_grad():
+            fg, dist, cls = self.model(torch.from_numpy(np.ascontiguousarray(batch)))
+        return {"FOREGROUND": fg.numpy(), "DISTANCE": dist.numpy(), "CLASS_PROB": cls.numpy()}
+
+
+def test_teacher_average_is_the_cli_test_time_average():
+    torch.manual_seed(0)
+    net = UNet(width=4, n_classes=3, max_mult=2, stem=True, antialias=True, blur_pools=2,
+               bilinear_head=True, bilinear_up=True).eval()
+    with torch.no_grad():  # weights that make the maps vary (a fresh network's barely do)
+        for param in net.parameters():
+            param.normal_(0.0, 0.5)
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    fg, dist, cls = averaged_maps(net, torch.from_numpy(images))
+    ref = infer_averaged(_TorchBackend(net), images, flips=4, shifts=4)
+    # float32 sums of 16 maps in two orders: a few ulps of values <= 1
+    np.testing.assert_allclose(fg.numpy(), ref["FOREGROUND"], atol=1e-5)
+    np.testing.assert_allclose(dist.numpy(), ref["DISTANCE"], atol=1e-5)
+    np.testing.assert_allclose(np.moveaxis(cls.numpy(), 1, -1), ref["CLASS_PROB"], atol=1e-5)
+    # and it is not the plain call (the test would pass on a no-op otherwise)
+    plain = _TorchBackend(net).infer(images)["FOREGROUND"]
+    assert np.abs(plain - ref["FOREGROUND"]).max() > 0.05
+
+
+def _pool(images, names):
+    """The unlabelled pool's crop indexing over constructed images (no files read)."""
+    from training.unlabelled import UnlabelledPool
+
+    class Pool(UnlabelledPool):
+        def __post_init__(self) -> None:
+            self.index_tissue()
+
+    return Pool(images=images, names=names)
+
+
+def test_painted_out_regions_are_never_cropped():
+    tissue = np.full((3000, 2600, 3), (150, 60, 160), dtype=np.uint8)  # all pink tissue
+    pool = _pool([tissue], ["cmu_small_region.svs"])
+    painted = paint_out(pool)
+    assert pool.images[0].min() == 60  # the original is untouched
+    for left, top, width, height in EXCLUDED_BOXES:
+        assert (painted.images[0][top:top + height, left:left + width] == 255).all()
+        centres = painted._tissue[0]
+        inside = ((centres[:, 0] >= top) & (centres[:, 0] < top + height)
+                  & (centres[:, 1] >= left) & (centres[:, 1] < left + width))
+        assert not inside.any()
+    assert len(painted._tissue[0]) < len(pool._tissue[0])
+
+
+def test_distill_options_leave_the_base_checkpoint_key_alone():
+    base = train_module._arg_key(train_module.parse_args([]))
+    distilled = train_module._arg_key(train_module.parse_args(["--distill", "300",
+                                                               "--w-distill", "2"]))
+    assert base == distilled
+    assert "refine" not in base  # at its neutral value: 5.1.0's checkpoints still resume
+    assert train_module._arg_key(train_module.parse_args(["--refine", "8"]))["refine"] == "8"
