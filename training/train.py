@@ -22,7 +22,8 @@ which teaches the network that a shift or a re-encoding changes nothing. With
 pulled towards an exponential moving average of itself on the other
 (``losses.consistency_loss``). Either way the network exported is that moving average of
 the trained weights (decay ``--ema``). The foreground cross-entropy counts the pixels of
-connective nuclei twice (``--fg-weight-connective``).
+connective nuclei twice (``--fg-weight-connective``). ``--distill N`` (0 by default; run K
+of MODEL.md) adds N iterations of self-distillation after the loop (``training/distill.py``).
 
 Checkpoints go to ``--workdir`` every ``--checkpoint-every`` iterations and a rerun with the
 same arguments resumes from the last one. At the end the network is exported to
