@@ -78,3 +78,25 @@ def test_distill_options_leave_the_base_checkpoint_key_alone():
     assert base == distilled
     assert "refine" not in base  # at its neutral value: 5.1.0's checkpoints still resume
     assert train_module._arg_key(train_module.parse_args(["--refine", "8"]))["refine"] == "8"
+
+
+def test_a_distilled_run_changes_the_network_exports_and_resumes(tmp_path):
+    """``--distill 2`` after a 2-iteration run: the exported network differs from the
+    undistilled one of the same run, and a rerun resumes from the distillation's checkpoint
+    and writes the same file."""
+    work, plain_dir, distilled_dir = tmp_path / "work", tmp_path / "plain", tmp_path / "distilled"
+    base = ["--split", "heldout", "--iterations", "2", "--workdir", str(work),
+            "--thresholds", "0.4,0.4,32,0.7"]
+    train_module.train(train_module.parse_args(base + ["--model-dir", str(plain_dir)]))
+    argv = base + ["--model-dir", str(distilled_dir), "--distill", "2",
+                   "--checkpoint-every", "1"]
+    summary = train_module.train(train_module.parse_args(argv))
+    assert summary["distill"] == 2
+    assert (work / "distill_checkpoint.pt").is_file()
+    onnx = (distilled_dir / "1" / "model.onnx").read_bytes()
+    assert onnx != (plain_dir / "1" / "model.onnx").read_bytes()
+    log = (work / "train.log").read_text()
+    assert "distill 2/2" in log
+    train_module.train(train_module.parse_args(argv))
+    assert "distillation resumed" in (work / "train.log").read_text()
+    assert (distilled_dir / "1" / "model.onnx").read_bytes() == onnx

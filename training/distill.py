@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from slicer_cli.nuclei.network import UNet, normalise
 from .augment import photometric
 from .losses import class_loss, consistency_loss, distance_loss, foreground_loss
 from .robustness import CMU_REGION
+from .train import SHIFT_PX, lr_at
 
 #: CMU slide boxes (left, top, width, height; base pixels) never shown to the distillation:
 #: the robustness evaluation's region and the two selection regions of MODEL.md
@@ -70,13 +71,6 @@ def averaged_maps(net: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Ten
     return total[:, 0], total[:, 1], total[:, 2:]
 
 
-def _lr(step: int, total: int, base: float, warmup: int = 20) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    return base * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t)))
-
-
 def paint_out(pool, boxes=EXCLUDED_BOXES, name: str = "cmu_small_region.svs"):
     """A copy of ``pool`` whose ``name`` image has ``boxes`` painted white (glass: no tissue,
     never a crop centre) -- the distillation never sees those pixels."""
@@ -101,10 +95,8 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
         param.requires_grad_(False)
     student = copy.deepcopy(net).to(device).train()
     average = copy.deepcopy(net).to(device).eval()
-    for param in list(student.parameters()) + list(average.parameters()):
+    for param in student.parameters():  # ``net`` is an exported moving average: frozen
         param.requires_grad_(True)
-    for param in average.parameters():
-        param.requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=args.distill_lr,
                             weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed + 2)
@@ -122,12 +114,12 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
             torch.set_rng_state(state["torch_rng"].cpu())
             step, elapsed = state["step"], state["elapsed_s"]
             log(f"distillation resumed from {ckpt} at iteration {step}")
-    shift, size = 32, args.crop
+    shift, size = SHIFT_PX, args.crop
     t0 = time.time()
     running: dict[str, float] = {}
     while step < args.distill:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, args.distill, args.distill_lr)
+            group["lr"] = lr_at(step, args.distill, args.distill_lr, warmup=20)
         sup = [sampler.crop(size, rng) for _ in range(args.distill_sup)]
         images, fg, dist, cls = (np.stack(c) for c in zip(*sup))
         clean, seen, offsets = [], [], []
@@ -148,10 +140,10 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
                   "dist": distance_loss(dist_l[:n], torch.from_numpy(dist).to(device)[:, None],
                                         fg_t),
                   "cls": class_loss(cls_l[:n], torch.from_numpy(cls).to(device), class_weights),
-                  "distil": consistency_loss((fg_l[n:], dist_l[n:], cls_l[n:]), target,
+                  "distill": consistency_loss((fg_l[n:], dist_l[n:], cls_l[n:]), target,
                                              offsets)}
         loss = (args.w_fg * losses["fg"] + args.w_dist * losses["dist"]
-                + args.w_class * losses["cls"] + args.w_distill * losses["distil"])
+                + args.w_class * losses["cls"] + args.w_distill * losses["distill"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -165,7 +157,7 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
         for k, v in losses.items():
             running[k] = 0.9 * running.get(k, v.item()) + 0.1 * v.item()
         if step % 10 == 0 or step == args.distill:
-            log(f"distil {step}/{args.distill} lr {opt.param_groups[0]['lr']:.2e} "
+            log(f"distill {step}/{args.distill} lr {opt.param_groups[0]['lr']:.2e} "
                 + " ".join(f"{k} {v:.4f}" for k, v in running.items())
                 + f" elapsed {elapsed + time.time() - t0:.0f}s")
         if step % args.checkpoint_every == 0 or step == args.distill:
