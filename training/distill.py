@@ -41,7 +41,8 @@ from .train import SHIFT_PX, lr_at
 #: the robustness evaluation's region and the two selection regions of MODEL.md
 #: (Stability, "Hysteresis")
 EXCLUDED_BOXES = (CMU_REGION, (700, 0, 1024, 992), (1424, 1943, 796, 1024))
-#: the teacher's flips (spatial dims of NCHW) and pixel phases (down, right): the CLI's
+#: the teacher's flips (spatial dims of NCHW) and pixel phases (down, right), the same as the
+#: CLI's --test-time-flips and --test-time-shifts
 FLIPS = ((), (3,), (2,), (2, 3))
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
