@@ -100,3 +100,26 @@ def test_a_distilled_run_changes_the_network_exports_and_resumes(tmp_path):
     train_module.train(train_module.parse_args(argv))
     assert "distillation resumed" in (work / "train.log").read_text()
     assert (distilled_dir / "1" / "model.onnx").read_bytes() == onnx
+
+
+def test_frozen_batch_norm_keeps_the_trained_statistics(tmp_path):
+    """``--distill-bn frozen``: the weights move, the batch-norm statistics do not (with
+    ``train``, run K's setting, they follow the distilled batches)."""
+    from slicer_cli.nuclei.network import load_exported
+
+    work = tmp_path / "work"
+    base = ["--split", "heldout", "--iterations", "2", "--workdir", str(work),
+            "--checkpoint-every", "1"]
+    states = {}
+    for name, extra in (("plain", []), ("frozen", ["--distill", "2", "--distill-bn", "frozen"]),
+                        ("train", ["--distill", "2"])):
+        train_module.train(train_module.parse_args(
+            base + extra + ["--model-dir", str(tmp_path / name)]))
+        states[name] = load_exported(tmp_path / name / "1" / "model.pt").net.state_dict()
+    stats = [k for k in states["plain"] if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in states["plain"] if k.endswith("weight")]
+    assert stats and weights
+    for k in stats:
+        assert torch.equal(states["frozen"][k], states["plain"][k])  # copied, not computed
+    assert any(not torch.equal(states["train"][k], states["plain"][k]) for k in stats)
+    assert any(not torch.equal(states["frozen"][k], states["plain"][k]) for k in weights)

@@ -103,6 +103,9 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
     rng = np.random.default_rng(args.seed + 2)
     key = {k: str(getattr(args, k)) for k in ("distill", "distill_crops", "distill_sup",
                                                "distill_lr", "w_distill", "seed", "crop")}
+    frozen_bn = getattr(args, "distill_bn", "train") == "frozen"
+    if frozen_bn:  # (run K's key stays as it was)
+        key["distill_bn"] = "frozen"
     ckpt = workdir / "distill_checkpoint.pt"
     step, elapsed = 0, 0.0
     if ckpt.exists() and not args.fresh:
@@ -118,6 +121,10 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
     shift, size = SHIFT_PX, args.crop
     t0 = time.time()
     running: dict[str, float] = {}
+    if frozen_bn:  # the trained network's statistics, not those of the distilled batches
+        for module in student.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     while step < args.distill:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.distill, args.distill_lr, warmup=20)

@@ -138,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill-sup", type=int, default=4,
                    help="supervised crops per distillation batch")
     p.add_argument("--distill-lr", type=float, default=5e-4)
+    p.add_argument("--distill-bn", choices=("train", "frozen"), default="train",
+                   help="batch-norm statistics during the distillation: updated by its batches "
+                        "(run K) or kept as the trained network's")
     p.add_argument("--w-distill", type=float, default=4.0)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -427,7 +430,7 @@ def _arg_key(args: argparse.Namespace) -> dict:
     skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from",
             "thresholds", "device",
             # the distillation after the loop has its own checkpoint (training/distill.py)
-            "distill", "distill_crops", "distill_sup", "distill_lr", "w_distill"}
+            "distill", "distill_crops", "distill_sup", "distill_lr", "distill_bn", "w_distill"}
     key = {k: str(v) for k, v in vars(args).items() if k not in skip}
     # options added later, at the value that changes nothing: the checkpoints made before
     # them (5.1.0's) still resume
