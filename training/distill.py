@@ -16,8 +16,9 @@ So the target does not move with the pixel phase, and what JPEG, blur or a stain
 the student's view is a difference from it to unlearn. Half of the crops come from the real
 unlabelled H&E (``training/unlabelled.py``, the CMU slide's evaluation and selection regions
 painted out as glass, :data:`EXCLUDED_BOXES`), half from the labelled tile off its reserved
-boxes; each batch keeps supervised crops so the labels still anchor the maps. The network
-exported is an exponential moving average of the student.
+boxes; each batch keeps supervised crops so the labels still anchor the maps (the base
+run's losses, without its connective foreground weight). The network exported is an
+exponential moving average of the student.
 """
 from __future__ import annotations
 
