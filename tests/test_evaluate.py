@@ -27,6 +27,11 @@ def test_evaluate_scores_a_block_and_records_the_averaging(flips, shifts):
     assert 0.6 < result["bpq"] <= 1 and 0.4 < result["mpq"] <= 1
     assert 0.75 * result["n_true"] <= result["n_pred"] <= 1.25 * result["n_true"]
     assert sum(result["n_pred_per_class"].values()) == result["n_pred"]
+    low, high = result["intervals"]["bpq"]
+    assert low < result["bpq"] < high and high - low > 0.01  # 89 nuclei: not a sharp figure
+    for (low, high), pq in zip(result["intervals"]["pq_per_class"],
+                               result["pq_per_class"].values()):
+        assert low <= pq <= high
 
 
 def test_stability_report_of_the_averaged_model():

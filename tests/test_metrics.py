@@ -13,6 +13,7 @@ from slicer_cli.nuclei.metrics import (
     detection_f1,
     multiclass_pq,
     panoptic_quality,
+    pq_intervals,
 )
 
 
@@ -196,3 +197,52 @@ def test_agreement_of_disjoint_images_is_refused():
 def test_common_region_slices():
     sl_a, sl_b = common_region((100, 80), (90, 70), (8, 17))
     assert sl_a == (slice(8, 98), slice(17, 80)) and sl_b == (slice(0, 90), slice(0, 63))
+
+
+def _grid(n: int = 8, size: int = 80) -> np.ndarray:
+    """``n`` x ``n`` squares of 6 x 6 px, ids 1.. row by row, on a ``size`` x ``size`` image."""
+    lab = np.zeros((size, size), dtype=np.int32)
+    step = size // n
+    for k in range(n * n):
+        r, c = divmod(k, n)
+        lab[r * step + 2:r * step + 8, c * step + 2:c * step + 8] = k + 1
+    return lab
+
+
+def test_pq_intervals_of_one_block_are_the_scores_themselves():
+    true = _grid()
+    classes = np.arange(64) % 3
+    pred = true.copy()
+    pred[true == 5] = 0                                   # a miss
+    moved = np.roll(true == 9, 3, axis=1)
+    pred[true == 9] = 0
+    pred[moved] = 9                                       # moved 3 px: IoU 18 / 54, a miss
+    pred[70:76, 70:76] = 99                               # a false one
+    pred_classes = classes.copy()
+    pred_classes[:10] = (pred_classes[:10] + 1) % 3       # ten called wrong
+    pred_classes = np.concatenate([pred_classes, np.zeros(35, dtype=int)])
+    res = pq_intervals(true, classes, pred, pred_classes, 3, blocks=1, n_boot=50)
+    b = panoptic_quality(true, pred)["pq"]
+    m = multiclass_pq(true, classes, pred, pred_classes, 3)
+    assert 0.5 < b < 1
+    # the same sums in another order: float rounding of a few ulps
+    assert res["bpq"] == pytest.approx([b, b], abs=1e-12)
+    assert res["mpq"] == pytest.approx([m["mpq"]] * 2, abs=1e-12)
+    for got, want in zip(res["pq_per_class"], m["pq_per_class"]):
+        assert got == pytest.approx([want, want], abs=1e-12)
+
+
+def test_pq_intervals_of_errors_in_one_quadrant_worked_by_hand():
+    """4 nuclei per quadrant; the top-left four are all missed: bPQ 12 / 14. Four quadrants
+    drawn with replacement, k of them the bad one (binomial, p = 1/4): bPQ 4(4-k) / (4(4-k)
+    + 2k) = 1, 0.857, 0.667, 0.4, 0 for k = 0..4. P(k >= 3) = 0.051, P(k = 4) = 0.004, P(k
+    = 0) = 0.32: the 95 % interval is [0.4, 1]."""
+    true = _grid(4, 40)
+    pred = np.where(np.isin(true, [1, 2, 5, 6]), 0, true)
+    classes = np.zeros(16, dtype=int)
+    res = pq_intervals(true, classes, pred, classes, 1, blocks=2, n_boot=4000)
+    assert panoptic_quality(true, pred)["pq"] == pytest.approx(12 / 14)
+    assert res["bpq"] == pytest.approx([0.4, 1.0])
+    assert res["pq_per_class"][0] == pytest.approx([0.4, 1.0])
+    perfect = pq_intervals(true, classes, true, classes, 1, blocks=2)
+    assert perfect["bpq"] == [1.0, 1.0] and perfect["mpq"] == [1.0, 1.0]

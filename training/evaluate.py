@@ -10,7 +10,8 @@ The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant a
 (reflect-padded to a multiple of 32), its maps are post-processed by
 ``slicer_cli.nuclei.instances.extract_instances`` with the thresholds of ``config.pbtxt``,
 and the result is scored against the labels: detection F1 at IoU 0.5, binary PQ (DQ, SQ),
-AJI, per-class PQ and mPQ (PanNuke / HoVer-Net conventions).
+AJI, per-class PQ and mPQ (PanNuke / HoVer-Net conventions), with 95 % block-bootstrap
+intervals of bPQ, mPQ and per-class PQ (``metrics.pq_intervals``, 4 x 4 tiles).
 
 ``--robustness`` adds the model's agreement with itself (``training/robustness.py``): on the
 held-out quadrant and on a region of the real CMU slide (no labels needed), agreement PQ
@@ -35,7 +36,12 @@ import numpy as np
 from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.backends.test_time import infer_averaged
 from slicer_cli.nuclei.instances import extract_instances
-from slicer_cli.nuclei.metrics import aggregated_jaccard_index, multiclass_pq, panoptic_quality
+from slicer_cli.nuclei.metrics import (
+    aggregated_jaccard_index,
+    multiclass_pq,
+    panoptic_quality,
+    pq_intervals,
+)
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
 from slicer_cli.nuclei.stain import REFERENCE_STAINS
 
@@ -82,6 +88,9 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
         "aji": aggregated_jaccard_index(labels, inst.labels),
         "mpq": multi["mpq"],
         "pq_per_class": dict(zip(info.classes, multi["pq_per_class"])),
+        # how much of those scores is the luck of the nuclei in the region (block bootstrap)
+        "intervals": pq_intervals(labels, classes, inst.labels, inst.class_index,
+                                  len(info.classes)),
         "n_true_per_class": dict(zip(info.classes, np.bincount(classes, minlength=len(
             info.classes)).tolist())),
         "n_pred_per_class": dict(zip(info.classes, np.bincount(inst.class_index, minlength=len(
