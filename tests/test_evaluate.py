@@ -3,6 +3,8 @@ model: scores with and without the test-time averaging, the stability report's s
 its options."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,21 @@ def test_evaluate_refuses_other_counts(option, value, capsys):
         evaluate.main([option, value])
     assert exit_.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_model_compared_with_itself_differs_by_nothing_and_with_another_by_something(
+        tmp_path):
+    same = evaluate.compare(DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR, VALIDATION)
+    assert same["bpq"] == 0 and same["mpq"] == 0
+    assert same["intervals"]["bpq"] == [0.0, 0.0] and same["intervals"]["mpq"] == [0.0, 0.0]
+    # the same network with another minimum area: fewer nuclei, a different score
+    other = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, other)
+    config = other / "config.pbtxt"
+    text = config.read_text()
+    assert 'key: "min_area_px" value: { string_value: "32" }' in text
+    config.write_text(text.replace('key: "min_area_px" value: { string_value: "32" }',
+                                   'key: "min_area_px" value: { string_value: "120" }'))
+    diff = evaluate.compare(other, DEFAULT_MODEL_DIR, VALIDATION)
+    low, high = diff["intervals"]["bpq"]
+    assert diff["bpq"] < 0 and low <= diff["bpq"] <= high and low < 0

@@ -13,6 +13,7 @@ from slicer_cli.nuclei.metrics import (
     detection_f1,
     multiclass_pq,
     panoptic_quality,
+    pq_difference_intervals,
     pq_intervals,
 )
 
@@ -246,3 +247,26 @@ def test_pq_intervals_of_errors_in_one_quadrant_worked_by_hand():
     assert res["pq_per_class"][0] == pytest.approx([0.4, 1.0])
     perfect = pq_intervals(true, classes, true, classes, 1, blocks=2)
     assert perfect["bpq"] == [1.0, 1.0] and perfect["mpq"] == [1.0, 1.0]
+
+
+def test_pq_difference_intervals_worked_by_hand_and_sharper_than_two_intervals():
+    true = _grid(4, 40)
+    classes = np.zeros(16, dtype=int)
+    perfect = (true, classes)
+    assert pq_difference_intervals(true, classes, perfect, perfect, 1, blocks=2)["bpq"] == \
+        [0.0, 0.0]
+    # B misses the top-left four (the case above), A is perfect: B - A = bPQ_B - 1, that is
+    # 0, -0.143, -0.333, -0.6, -1 for k = 0..4 bad quadrants drawn: the interval [-0.6, 0]
+    worse = (np.where(np.isin(true, [1, 2, 5, 6]), 0, true), classes)
+    res = pq_difference_intervals(true, classes, perfect, worse, 1, blocks=2, n_boot=4000)
+    assert res["bpq"] == pytest.approx([-0.6, 0.0])
+    # two predictions that share most of their errors: the paired interval is much narrower
+    # than either prediction's own (the shared luck cancels)
+    true = _grid()
+    classes = np.zeros(64, dtype=int)
+    shared = np.where(np.isin(true, [3, 12, 22, 31, 45, 50, 58, 63]), 0, true)
+    one_more = np.where(true == 27, 0, shared)
+    own = pq_intervals(true, classes, one_more, classes, 1)["bpq"]
+    diff = pq_difference_intervals(true, classes, (shared, classes), (one_more, classes),
+                                   1)["bpq"]
+    assert diff[1] <= 0 and diff[1] - diff[0] < 0.5 * (own[1] - own[0])

@@ -5,6 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python -m training.evaluate [--model-dir models/nucleus_unet] [--json out.json]
                                           [--region held_out|validation] [--timing]
                                           [--robustness] [--flips 4] [--shifts 4]
+                                          [--baseline OTHER_MODEL_DIR]
 
 The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
 (reflect-padded to a multiple of 32), its maps are post-processed by
@@ -12,6 +13,8 @@ The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant a
 and the result is scored against the labels: detection F1 at IoU 0.5, binary PQ (DQ, SQ),
 AJI, per-class PQ and mPQ (PanNuke / HoVer-Net conventions), with 95 % block-bootstrap
 intervals of bPQ, mPQ and per-class PQ (``metrics.pq_intervals``, 4 x 4 tiles).
+``--baseline DIR`` adds this model minus DIR's on the same nuclei, with paired intervals
+(``metrics.pq_difference_intervals``): how to tell whether a change made a model better.
 
 ``--robustness`` adds the model's agreement with itself (``training/robustness.py``): on the
 held-out quadrant and on a region of the real CMU slide (no labels needed), agreement PQ
@@ -40,6 +43,7 @@ from slicer_cli.nuclei.metrics import (
     aggregated_jaccard_index,
     multiclass_pq,
     panoptic_quality,
+    pq_difference_intervals,
     pq_intervals,
 )
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
@@ -99,6 +103,31 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     }
 
 
+def compare(model_dir: Path, baseline_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
+            threads: int = 2, flips: int = 1, shifts: int = 1) -> dict:
+    """The model of ``model_dir`` minus the one of ``baseline_dir`` on the same nuclei of
+    ``box``: bPQ, mPQ and per-class PQ differences, each with its paired 95 %
+    block-bootstrap interval (``metrics.pq_difference_intervals``)."""
+    image, labels, classes = region(load_tile(), box)
+    preds, scores = [], []
+    for directory in (baseline_dir, model_dir):
+        with LocalBackend(directory, threads=threads) as backend:
+            info = backend.info
+            maps = predict_maps(Averaged(backend, flips, shifts), image, info.size_multiple)
+        inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
+                                 **info.thresholds)
+        preds.append((inst.labels, inst.class_index))
+        multi = multiclass_pq(labels, classes, inst.labels, inst.class_index,
+                              len(info.classes))
+        scores.append((panoptic_quality(labels, inst.labels)["pq"], multi["mpq"],
+                       np.asarray(multi["pq_per_class"])))
+    (b0, m0, c0), (b1, m1, c1) = scores
+    return {"baseline": str(baseline_dir), "bpq": b1 - b0, "mpq": m1 - m0,
+            "pq_per_class": dict(zip(info.classes, (c1 - c0).tolist())),
+            "intervals": pq_difference_intervals(labels, classes, preds[0], preds[1],
+                                                 len(info.classes))}
+
+
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
                threads: int = 2, flips: int = 1, shifts: int = 1,
                name: str = "held_out") -> dict:
@@ -150,12 +179,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="test-time flips averaged (1: none; 4: the CLI's --test-time-flips)")
     p.add_argument("--shifts", type=int, default=1, choices=range(1, 5),
                    help="test-time shifts averaged (1: none; 4: the CLI's --test-time-shifts)")
+    p.add_argument("--baseline", type=Path,
+                   help="also this model minus the one of BASELINE on the same nuclei, with "
+                        "paired intervals (a comparison far sharper than two intervals)")
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
     result = evaluate(args.model_dir, box, args.threads, args.flips, args.shifts)
     if args.timing:
         result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
+    if args.baseline:
+        result["versus_baseline"] = compare(args.model_dir, args.baseline, box, args.threads,
+                                            args.flips, args.shifts)
     if args.robustness:
         result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips,
                                          args.shifts, args.region)
