@@ -137,6 +137,27 @@ def aggregated_jaccard_index(true_labels: np.ndarray, pred_labels: np.ndarray) -
     return total_inter / total_union if total_union else 0.0
 
 
+def _class_maps(true_labels: np.ndarray, true_classes, pred_labels: np.ndarray, pred_classes,
+                n_classes: int):
+    """For each class c, the true and predicted instance maps restricted to class c.
+
+    Raises
+    ------
+    ValueError
+        When a label has no class (``classes[k]`` is the class of label ``k + 1``).
+    """
+    true_labels = np.asarray(true_labels)
+    pred_labels = np.asarray(pred_labels)
+    t_lut = np.concatenate([[-1], np.asarray(true_classes, dtype=np.int64)])
+    p_lut = np.concatenate([[-1], np.asarray(pred_classes, dtype=np.int64)])
+    if len(t_lut) <= true_labels.max(initial=0) or len(p_lut) <= pred_labels.max(initial=0):
+        raise ValueError("need one class per label 1..max(labels)")
+    t_cls = t_lut[true_labels]
+    p_cls = p_lut[pred_labels]
+    for c in range(n_classes):
+        yield np.where(t_cls == c, true_labels, 0), np.where(p_cls == c, pred_labels, 0)
+
+
 def multiclass_pq(true_labels: np.ndarray, true_classes: np.ndarray, pred_labels: np.ndarray,
                   pred_classes: np.ndarray, n_classes: int,
                   match_iou: float = _MATCH_IOU) -> dict[str, object]:
@@ -161,19 +182,9 @@ def multiclass_pq(true_labels: np.ndarray, true_classes: np.ndarray, pred_labels
         for a class absent from truth and prediction) and ``per_class`` (the full
         :func:`panoptic_quality` dict of every class).
     """
-    true_labels = np.asarray(true_labels)
-    pred_labels = np.asarray(pred_labels)
-    t_lut = np.concatenate([[-1], np.asarray(true_classes, dtype=np.int64)])
-    p_lut = np.concatenate([[-1], np.asarray(pred_classes, dtype=np.int64)])
-    if len(t_lut) <= true_labels.max(initial=0) or len(p_lut) <= pred_labels.max(initial=0):
-        raise ValueError("need one class per label 1..max(labels)")
-    t_cls = t_lut[true_labels]
-    p_cls = p_lut[pred_labels]
     per_class = []
     pqs = []
-    for c in range(n_classes):
-        t = np.where(t_cls == c, true_labels, 0)
-        p = np.where(p_cls == c, pred_labels, 0)
+    for t, p in _class_maps(true_labels, true_classes, pred_labels, pred_classes, n_classes):
         stats = panoptic_quality(t, p, match_iou)
         per_class.append(stats)
         pqs.append(float("nan") if stats["tp"] + stats["fp"] + stats["fn"] == 0
@@ -245,15 +256,15 @@ def agreement_pq(labels_a: np.ndarray, labels_b: np.ndarray, offset: tuple[int, 
     return stats
 
 
-def _centroid_blocks(labels: np.ndarray, ids: np.ndarray, blocks: int) -> np.ndarray:
-    """Block (row-major in a ``blocks`` x ``blocks`` grid) of each id's centroid."""
+def _centroid_blocks(labels: np.ndarray, blocks: int) -> np.ndarray:
+    """Block (row-major in a ``blocks`` x ``blocks`` grid) of the centroid of every label
+    ``0..max`` (index it by label)."""
     h, w = labels.shape
     flat = labels.ravel()
-    size = int(max(flat.max(initial=0), ids.max(initial=0))) + 1
-    count = np.bincount(flat, minlength=size).astype(float)
+    count = np.maximum(np.bincount(flat), 1)
     rows, cols = np.divmod(np.arange(flat.size), w)
-    cy = np.bincount(flat, weights=rows, minlength=size)[ids] / np.maximum(count[ids], 1)
-    cx = np.bincount(flat, weights=cols, minlength=size)[ids] / np.maximum(count[ids], 1)
+    cy = np.bincount(flat, weights=rows) / count
+    cx = np.bincount(flat, weights=cols) / count
     by = np.minimum((cy * blocks / h).astype(int), blocks - 1)
     bx = np.minimum((cx * blocks / w).astype(int), blocks - 1)
     return by * blocks + bx
@@ -266,12 +277,12 @@ def _block_sums(true_labels: np.ndarray, true_classes, pred_labels: np.ndarray,
     one for a false prediction)."""
     true_labels = np.asarray(true_labels)
     pred_labels = np.asarray(pred_labels)
-    t_lut = np.concatenate([[-1], np.asarray(true_classes, dtype=np.int64)])
-    p_lut = np.concatenate([[-1], np.asarray(pred_classes, dtype=np.int64)])
-    sums = np.zeros((blocks * blocks, 1 + n_classes, 4))
-    for m in range(1 + n_classes):
-        t = true_labels if m == 0 else np.where(t_lut[true_labels] == m - 1, true_labels, 0)
-        p = pred_labels if m == 0 else np.where(p_lut[pred_labels] == m - 1, pred_labels, 0)
+    t_block = _centroid_blocks(true_labels, blocks)
+    p_block = _centroid_blocks(pred_labels, blocks)
+    maps = [(true_labels, pred_labels), *_class_maps(true_labels, true_classes, pred_labels,
+                                                      pred_classes, n_classes)]
+    sums = np.zeros((blocks * blocks, len(maps), 4))
+    for m, (t, p) in enumerate(maps):
         t_ids, t_area, p_ids, p_area, pt, pp, inter = _overlaps(t, p)
         iou = inter / (t_area[pt] + p_area[pp] - inter)
         hit = iou > match_iou
@@ -279,13 +290,18 @@ def _block_sums(true_labels: np.ndarray, true_classes, pred_labels: np.ndarray,
         t_hit[pt[hit]] = True
         p_hit = np.zeros(len(p_ids), dtype=bool)
         p_hit[pp[hit]] = True
-        t_block = _centroid_blocks(true_labels, t_ids, blocks)
-        p_block = _centroid_blocks(pred_labels, p_ids, blocks)
-        np.add.at(sums[:, m, 0], t_block[pt[hit]], 1)
-        np.add.at(sums[:, m, 3], t_block[pt[hit]], iou[hit])
-        np.add.at(sums[:, m, 1], p_block[~p_hit], 1)
-        np.add.at(sums[:, m, 2], t_block[~t_hit], 1)
+        t_of, p_of = t_block[t_ids], p_block[p_ids]
+        np.add.at(sums[:, m, 0], t_of[pt[hit]], 1)
+        np.add.at(sums[:, m, 3], t_of[pt[hit]], iou[hit])
+        np.add.at(sums[:, m, 1], p_of[~p_hit], 1)
+        np.add.at(sums[:, m, 2], t_of[~t_hit], 1)
     return sums
+
+
+def _draws(blocks: int, n_boot: int, seed: int) -> np.ndarray:
+    """``n_boot`` draws of ``blocks**2`` tile indices with replacement."""
+    n_blocks = blocks * blocks
+    return np.random.default_rng(seed).integers(0, n_blocks, (n_boot, n_blocks))
 
 
 def _drawn_scores(sums: np.ndarray, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -339,9 +355,8 @@ def pq_intervals(true_labels: np.ndarray, true_classes: np.ndarray, pred_labels:
     """
     sums = _block_sums(true_labels, true_classes, pred_labels, pred_classes, n_classes,
                        blocks, match_iou)
-    n_blocks = blocks * blocks
-    draws = np.random.default_rng(seed).integers(0, n_blocks, (n_boot, n_blocks))
-    return _intervals(*_drawn_scores(sums, draws), level, n_blocks, n_boot)
+    return _intervals(*_drawn_scores(sums, _draws(blocks, n_boot, seed)), level,
+                      blocks * blocks, n_boot)
 
 
 def pq_difference_intervals(true_labels: np.ndarray, true_classes: np.ndarray,
@@ -356,10 +371,9 @@ def pq_difference_intervals(true_labels: np.ndarray, true_classes: np.ndarray,
     nuclei the image holds, which the two share, cancels: far sharper than comparing two
     separate intervals. An interval above 0 says B scores higher on nuclei like these.
     """
-    n_blocks = blocks * blocks
-    draws = np.random.default_rng(seed).integers(0, n_blocks, (n_boot, n_blocks))
+    draws = _draws(blocks, n_boot, seed)
     scores = [_drawn_scores(_block_sums(true_labels, true_classes, labels, classes, n_classes,
                                         blocks, match_iou), draws)
               for labels, classes in (pred_a, pred_b)]
     (pq_a, mpq_a), (pq_b, mpq_b) = scores
-    return _intervals(pq_b - pq_a, mpq_b - mpq_a, level, n_blocks, n_boot)
+    return _intervals(pq_b - pq_a, mpq_b - mpq_a, level, blocks * blocks, n_boot)
