@@ -60,7 +60,8 @@ def test_evaluate_refuses_other_counts(option, value, capsys):
 
 def test_a_model_compared_with_itself_differs_by_nothing_and_with_another_by_something(
         tmp_path):
-    same = evaluate.compare(DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR, VALIDATION)
+    same = evaluate.evaluate(DEFAULT_MODEL_DIR, VALIDATION,
+                             baseline=DEFAULT_MODEL_DIR)["versus_baseline"]
     assert same["bpq"] == 0 and same["mpq"] == 0
     assert same["intervals"]["bpq"] == [0.0, 0.0] and same["intervals"]["mpq"] == [0.0, 0.0]
     # the same network with another minimum area: fewer nuclei, a different score
@@ -71,6 +72,6 @@ def test_a_model_compared_with_itself_differs_by_nothing_and_with_another_by_som
     assert 'key: "min_area_px" value: { string_value: "32" }' in text
     config.write_text(text.replace('key: "min_area_px" value: { string_value: "32" }',
                                    'key: "min_area_px" value: { string_value: "120" }'))
-    diff = evaluate.compare(other, DEFAULT_MODEL_DIR, VALIDATION)
+    diff = evaluate.evaluate(other, VALIDATION, baseline=DEFAULT_MODEL_DIR)["versus_baseline"]
     low, high = diff["intervals"]["bpq"]
     assert diff["bpq"] < 0 and low <= diff["bpq"] <= high and low < 0

@@ -66,11 +66,9 @@ class Averaged:
         return infer_averaged(self.backend, batch, self.flips, self.shifts)
 
 
-def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
-             threads: int = 2, flips: int = 1, shifts: int = 1) -> dict:
-    """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict."""
-    tile = load_tile()
-    image, labels, classes = region(tile, box)
+def _instances(model_dir: Path, image: np.ndarray, threads: int, flips: int,
+               shifts: int) -> tuple:
+    """``(info, instances, inference s, post-processing s)`` of the model on ``image``."""
     with LocalBackend(model_dir, threads=threads) as backend:
         info = backend.info
         t0 = time.perf_counter()
@@ -79,10 +77,24 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     t0 = time.perf_counter()
     inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
                              **info.thresholds)
-    post_s = time.perf_counter() - t0
+    return info, inst, infer_s, time.perf_counter() - t0
+
+
+def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
+             threads: int = 2, flips: int = 1, shifts: int = 1,
+             baseline: Path | None = None) -> dict:
+    """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict.
+
+    With ``baseline`` (another model directory) also ``versus_baseline``: this model minus
+    that one on the same nuclei, bPQ, mPQ and per-class PQ, each with its paired 95 %
+    block-bootstrap interval (``metrics.pq_difference_intervals``).
+    """
+    tile = load_tile()
+    image, labels, classes = region(tile, box)
+    info, inst, infer_s, post_s = _instances(model_dir, image, threads, flips, shifts)
     binary = panoptic_quality(labels, inst.labels)
     multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(info.classes))
-    return {
+    result = {
         "model": info.name, "version": info.version, "region_rows_cols": list(box),
         "test_time_flips": flips, "test_time_shifts": shifts,
         "thresholds": info.thresholds,
@@ -101,31 +113,20 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
             info.classes)).tolist())),
         "inference_s": round(infer_s, 3), "postprocess_s": round(post_s, 3),
     }
-
-
-def compare(model_dir: Path, baseline_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
-            threads: int = 2, flips: int = 1, shifts: int = 1) -> dict:
-    """The model of ``model_dir`` minus the one of ``baseline_dir`` on the same nuclei of
-    ``box``: bPQ, mPQ and per-class PQ differences, each with its paired 95 %
-    block-bootstrap interval (``metrics.pq_difference_intervals``)."""
-    image, labels, classes = region(load_tile(), box)
-    preds, scores = [], []
-    for directory in (baseline_dir, model_dir):
-        with LocalBackend(directory, threads=threads) as backend:
-            info = backend.info
-            maps = predict_maps(Averaged(backend, flips, shifts), image, info.size_multiple)
-        inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
-                                 **info.thresholds)
-        preds.append((inst.labels, inst.class_index))
-        multi = multiclass_pq(labels, classes, inst.labels, inst.class_index,
-                              len(info.classes))
-        scores.append((panoptic_quality(labels, inst.labels)["pq"], multi["mpq"],
-                       np.asarray(multi["pq_per_class"])))
-    (b0, m0, c0), (b1, m1, c1) = scores
-    return {"baseline": str(baseline_dir), "bpq": b1 - b0, "mpq": m1 - m0,
-            "pq_per_class": dict(zip(info.classes, (c1 - c0).tolist())),
-            "intervals": pq_difference_intervals(labels, classes, preds[0], preds[1],
-                                                 len(info.classes))}
+    if baseline is not None:
+        base = _instances(baseline, image, threads, flips, shifts)[1]
+        base_multi = multiclass_pq(labels, classes, base.labels, base.class_index,
+                                   len(info.classes))
+        result["versus_baseline"] = {
+            "baseline": str(baseline),
+            "bpq": binary["pq"] - panoptic_quality(labels, base.labels)["pq"],
+            "mpq": multi["mpq"] - base_multi["mpq"],
+            "pq_per_class": dict(zip(info.classes, (np.asarray(multi["pq_per_class"])
+                                                    - base_multi["pq_per_class"]).tolist())),
+            "intervals": pq_difference_intervals(
+                labels, classes, (base.labels, base.class_index),
+                (inst.labels, inst.class_index), len(info.classes))}
+    return result
 
 
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
@@ -185,12 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
-    result = evaluate(args.model_dir, box, args.threads, args.flips, args.shifts)
+    result = evaluate(args.model_dir, box, args.threads, args.flips, args.shifts,
+                      args.baseline)
     if args.timing:
         result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
-    if args.baseline:
-        result["versus_baseline"] = compare(args.model_dir, args.baseline, box, args.threads,
-                                            args.flips, args.shifts)
     if args.robustness:
         result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips,
                                          args.shifts, args.region)
