@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from slicer_cli.nuclei.network import UNet, normalise
 
 from .augment import photometric
-from .losses import class_loss, consistency_loss, distance_loss, foreground_loss
+from .losses import consistency_loss
 from .robustness import CMU_REGION
-from .train import SHIFT_PX, lr_at
+from .train import SHIFT_PX, lr_at, supervised_loss
 
 #: CMU slide boxes (left, top, width, height; base pixels) never shown to the distillation:
 #: the robustness evaluation's region and the two selection regions of MODEL.md
@@ -104,7 +104,7 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
     rng = np.random.default_rng(args.seed + 2)
     key = {k: str(getattr(args, k)) for k in ("distill", "distill_crops", "distill_sup",
                                                "distill_lr", "w_distill", "seed", "crop")}
-    frozen_bn = getattr(args, "distill_bn", "train") == "frozen"
+    frozen_bn = args.distill_bn == "frozen"
     if frozen_bn:  # (run K's key stays as it was)
         key["distill_bn"] = "frozen"
     ckpt = workdir / "distill_checkpoint.pt"
@@ -144,15 +144,11 @@ def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir
         batch = torch.from_numpy(np.concatenate([images, np.stack(seen)])).to(device)
         fg_l, dist_l, cls_l = student(normalise(batch))
         n = len(sup)
-        fg_t = torch.from_numpy(fg).to(device)[:, None]
-        losses = {"fg": foreground_loss(fg_l[:n], fg_t),
-                  "dist": distance_loss(dist_l[:n], torch.from_numpy(dist).to(device)[:, None],
-                                        fg_t),
-                  "cls": class_loss(cls_l[:n], torch.from_numpy(cls).to(device), class_weights),
-                  "distill": consistency_loss((fg_l[n:], dist_l[n:], cls_l[n:]), target,
-                                             offsets)}
-        loss = (args.w_fg * losses["fg"] + args.w_dist * losses["dist"]
-                + args.w_class * losses["cls"] + args.w_distill * losses["distill"])
+        losses, loss = supervised_loss(args, (fg_l[:n], dist_l[:n], cls_l[:n]),
+                                       (fg, dist, torch.from_numpy(cls).to(device)),
+                                       class_weights, device)
+        losses["distill"] = consistency_loss((fg_l[n:], dist_l[n:], cls_l[n:]), target, offsets)
+        loss = loss + args.w_distill * losses["distill"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

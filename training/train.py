@@ -228,6 +228,23 @@ def consistency_views(raws: list[np.ndarray], size: int, rng: np.random.Generato
     return np.stack(views_a), np.stack(views_b), offsets
 
 
+def supervised_loss(args: argparse.Namespace, logits: tuple, targets: tuple,
+                    class_weights: torch.Tensor, device: torch.device,
+                    fg_weight: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+    """The labelled crops' loss: ``logits`` ``(fg, dist, cls)`` against ``targets`` (the
+    crops' foreground and distance maps as NumPy, their class map as a tensor); foreground
+    pixels weighted by ``fg_weight``. Returns the terms and their sum weighted by
+    ``--w-fg``, ``--w-dist``, ``--w-class``."""
+    fg, dist, cls_t = targets
+    fg_t = torch.from_numpy(fg).to(device)[:, None]
+    dist_t = torch.from_numpy(dist).to(device)[:, None]
+    terms = {"fg": foreground_loss(logits[0], fg_t, fg_weight),
+             "dist": distance_loss(logits[1], dist_t, fg_t),
+             "cls": class_loss(logits[2], cls_t, class_weights)}
+    return terms, (args.w_fg * terms["fg"] + args.w_dist * terms["dist"]
+                   + args.w_class * terms["cls"])
+
+
 def _ramp(step: int, total: int) -> float:
     """Consistency weight ramp-up: 0 -> 1 over the first quarter (sigmoid-shaped)."""
     t = min(1.0, step / max(1, total // 4))
@@ -339,17 +356,12 @@ def train(args: argparse.Namespace) -> dict:
             view_a, view_b, offsets = consistency_views(raws, args.crop, rng)
             batch = np.concatenate([images, view_b])
         fg_l, dist_l, cls_l = net(normalise(torch.from_numpy(batch).to(device)))
-        fg_t = torch.from_numpy(fg).to(device)[:, None]
-        dist_t = torch.from_numpy(dist).to(device)[:, None]
         cls_t = torch.from_numpy(cls).to(device)
         fg_w = None
         if args.fg_weight_connective != 1.0:
             fg_w = 1.0 + (args.fg_weight_connective - 1.0) * (cls_t == CONNECTIVE).float()[:, None]
-        losses = {"fg": foreground_loss(fg_l[:n_sup], fg_t, fg_w),
-                  "dist": distance_loss(dist_l[:n_sup], dist_t, fg_t),
-                  "cls": class_loss(cls_l[:n_sup], cls_t, weights)}
-        loss = args.w_fg * losses["fg"] + args.w_dist * losses["dist"] + \
-            args.w_class * losses["cls"]
+        losses, loss = supervised_loss(args, (fg_l[:n_sup], dist_l[:n_sup], cls_l[:n_sup]),
+                                       (fg, dist, cls_t), weights, device, fg_w)
         if args.pairs:
             k0, k1 = n_sup - 2 * args.pairs, n_sup - args.pairs
             losses["pair"] = pair_consistency_loss(
@@ -388,7 +400,6 @@ def train(args: argparse.Namespace) -> dict:
         from .distill import distill, paint_out
         from .unlabelled import UnlabelledPool
 
-        train_s = elapsed_before + time.time() - t_loop
         teacher = distill(teacher, sampler, paint_out(unlabelled or UnlabelledPool()), weights,
                           args, args.workdir, log, device)
     teacher = teacher.cpu().eval()  # export, tuning and calibration run on the CPU
