@@ -169,7 +169,7 @@ def run(n: int | None, browser: bool, workdir: Path, shots: Path | None = None,
         report["field_1mm_get"] = {"seconds": round(time.perf_counter() - t0, 2),
                                    "elements": len(r.json()["annotation"]["elements"])}
         # Metadata Plot's column list with every class shown: what one plot/list costs the
-        # server (what an abandoned one that arrives late still costs: the plugin lets it run
+        # server (what an abandoned one that starts late still costs: the plugin lets it run
         # whole rather than cut the live one short, plot_requests.py)
         t0 = time.perf_counter()
         r = requests.post(f"{stack.api_url}/annotation/item/{item['_id']}/plot/list", data={

@@ -333,28 +333,81 @@ def test_datetime_shim_copies_documents_as_mongomock_does():
     assert points[0][0] == 1.5
 
 
-def test_a_plot_request_may_cancel_only_older_ones_of_its_page():
-    """Metadata Plot's requests (plot_requests.py): the newest of a page keeps a uuid of its
-    own user and route; one sent before a request that already arrived, or one without a
-    number, runs without (it cancels nothing)."""
-    run = plot_requests.run_uuid
-    assert run("page-a", "2", "list", "u1") == "u1:list:page-a"
-    assert run("page-a", "1", "list", "u1") is None           # aborted, arrived late
-    assert run("page-a", "2", "list", "u1") is None           # the same one twice
-    assert run("page-a", "3", "list", "u1") == "u1:list:page-a"
-    assert run("page-a", "1", "data", "u1") == "u1:data:page-a"  # routes counted apart
-    assert run("page-a", "1", "list", "u2") == "u2:list:page-a"  # users apart
+class _Request:
+    """What claim() needs of large_image's PlottableItemData: its ``cancel`` flag."""
+    cancel = False
+
+
+@pytest.fixture
+def plot_pages(monkeypatch):
+    """plot_requests with no page remembered, installed into the real large_image."""
+    monkeypatch.setattr(plot_requests, "_newest", type(plot_requests._newest)())
+    from girder_large_image_annotation import utils
+    monkeypatch.setattr(utils, "_cancelPlottableItemData", utils._cancelPlottableItemData)
+    assert plot_requests.install()
+    assert utils._cancelPlottableItemData is plot_requests.claim
+    yield plot_requests
+    monkeypatch.setattr(plot_requests, "_installed", False)
+
+
+def test_plot_request_uuids_are_the_users_and_the_routes_and_numbered(plot_pages):
+    run = plot_pages.run_uuid
+    assert run("page-a", "2", "list", "u1") == "u1:list:page-a#2"
+    assert run("page-a", "2", "data", "u1") == "u1:data:page-a#2"
+    assert run("page-a#7", "3", "list", None) == "None:list:page-a#7#3"
     for uuid, seq in (("page-a", None), ("", "9"), (None, "9"), ("page-a", "x"),
                       ("page-a", "0"), ("page-a", "-4"), ("page-a", str(2 ** 60)),
                       (["page-a"], "9"), ("page-a", ["9"])):
         assert run(uuid, seq, "list", "u1") is None, (uuid, seq)
 
 
-def test_plot_request_pages_are_forgotten_oldest_first(monkeypatch):
-    monkeypatch.setattr(plot_requests, "KEEP", 3)
-    monkeypatch.setattr(plot_requests, "_newest", type(plot_requests._newest)())
+def test_a_plot_request_may_cancel_only_older_ones_of_its_page(plot_pages):
+    """Metadata Plot's requests (plot_requests.py): the newest of a page to start cancels the
+    older one still running; one that starts after a newer one cancels nothing."""
+    run, claim = plot_pages.run_uuid, plot_pages.claim
+    first, second, third = _Request(), _Request(), _Request()
+    claim(run("page-a", "1", "list", "u1"), first)
+    claim(run("page-a", "2", "list", "u1"), second)
+    assert first.cancel and not second.cancel
+    claim(run("page-a", "2", "list", "u1"), third)  # the same one twice
+    claim(run("page-a", "1", "list", "u1"), third)  # aborted, started late
+    assert not second.cancel and not third.cancel
+    others = [_Request() for _ in range(3)]
+    claim(run("page-a", "1", "data", "u1"), others[0])  # routes counted apart
+    claim(run("page-a", "1", "list", "u2"), others[1])  # users apart
+    claim(None, others[2])                               # no uuid: large_image's own None
+    claim("page-a", others[2])                           # not tagged: runs whole
+    assert not second.cancel and not any(r.cancel for r in others)
+    claim(run("page-a", "3", "list", "u1"), third)
+    assert second.cancel
+
+
+def test_requests_that_pass_the_event_in_one_order_and_start_in_the_other(plot_pages):
+    """What CI saw: the page aborts request 1 and sends 2 at once; both pass the route's
+    event (run_uuid) before either starts, and 1 starts last. The live one, 2, must answer
+    whole; 1 (the page has given it up) too."""
+    older = plot_pages.run_uuid("page-b", "1", "list", "u1")
+    newer = plot_pages.run_uuid("page-b", "2", "list", "u1")
+    live, late = _Request(), _Request()
+    plot_pages.claim(newer, live)
+    plot_pages.claim(older, late)
+    assert not live.cancel and not late.cancel
+
+
+def test_plot_request_pages_are_forgotten_oldest_first(plot_pages, monkeypatch):
+    monkeypatch.setattr(plot_pages, "KEEP", 3)
     for page in "abcd":
-        assert plot_requests.run_uuid(page, "5", "list", None)
-    assert len(plot_requests._newest) == 3 and ("a", "list", "None") not in plot_requests._newest
-    assert plot_requests.run_uuid("a", "1", "list", None)   # forgotten: newest again
-    assert plot_requests.run_uuid("d", "1", "list", None) is None
+        plot_pages.claim(plot_pages.run_uuid(page, "5", "list", None), _Request())
+    assert len(plot_pages._newest) == 3 and "None:list:a" not in plot_pages._newest
+    late = _Request()
+    plot_pages.claim(plot_pages.run_uuid("a", "1", "list", None), late)  # forgotten: newest
+    assert plot_pages._newest["None:list:a"][0] == 1
+    plot_pages.claim(plot_pages.run_uuid("d", "1", "list", None), late)
+    assert plot_pages._newest["None:list:d"][0] == 5
+
+
+def test_an_unknown_large_image_leaves_every_plot_request_whole(monkeypatch):
+    from girder_large_image_annotation import utils
+    monkeypatch.setattr(utils, "PlottableItemData", type("PlottableItemData", (), {}))
+    assert not plot_requests.install()
+    assert plot_requests.run_uuid("page-a", "1", "list", "u1") is None

@@ -116,8 +116,8 @@ PLOT_ROUTES = {"rest.post.annotation/item/:id/plot/list.before": "list",
 @access.public(cookie=True, scope=TokenScope.DATA_READ)  # the routes' own access
 def order_plot_requests(event) -> None:
     """Let a Metadata Plot request cancel only older ones of its page (see
-    :mod:`.plot_requests`): its ``uuid`` is kept (made the user's and the route's) when it is
-    its page's newest, dropped otherwise."""
+    :mod:`.plot_requests`): its ``uuid`` is made the user's and the route's and tagged with its
+    number, or dropped when it has none."""
     params = event.info.get("params")
     if not isinstance(params, dict):
         return
@@ -135,5 +135,6 @@ def bind() -> None:
     for route in ("rest.get.job/:id.after", "rest.get.job.after", "rest.get.job/all.after"):
         events.bind(route, _NAME, _hide_job_token)
     events.bind("model.user.save.created", _NAME, on_user_created)
+    plot_requests.install()
     for route in PLOT_ROUTES:
         events.bind(route, _NAME, order_plot_requests)
