@@ -47,6 +47,49 @@ def test_shifts_make_a_stride_two_network_follow_a_one_pixel_shift_exactly(hgsc_
                                    atol=1e-6, err_msg=name)
 
 
+class StrideFour:
+    """As StrideTwo, for a network whose first pooling follows the stem: each output pixel
+    is a function of the input pixel at the top left of its 4 x 4 cell."""
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        seen = batch[:, ::4, ::4].astype(np.float32)
+        seen = np.repeat(np.repeat(seen, 4, axis=1), 4, axis=2)
+        return {"FOREGROUND": seen[..., 0] / 255}
+
+
+@pytest.mark.parametrize("dy, dx", [(1, 0), (2, 3), (3, 3)])
+def test_sixteen_shifts_make_a_stride_four_network_follow_any_shift(hgsc_rgb, dy, dx):
+    """The four one-pixel shifts do not undo a stride of 4; the sixteen shifts of 0-3 pixels
+    do, exactly, away from the borders the shifted calls mirror in or push out."""
+    big = hgsc_rgb[:64 + dy, :96 + dx]
+    tile, moved = big[None, :64, :96], np.ascontiguousarray(big[None, dy:, dx:])
+    net = StrideFour()
+    a4 = infer_averaged(net, np.ascontiguousarray(tile), shifts=4)["FOREGROUND"]
+    b4 = infer_averaged(net, moved, shifts=4)["FOREGROUND"]
+    a16 = infer_averaged(net, np.ascontiguousarray(tile), shifts=16)["FOREGROUND"]
+    b16 = infer_averaged(net, moved, shifts=16)["FOREGROUND"]
+    inner = (slice(None), slice(4 + dy, -4), slice(4 + dx, -4))
+    back = (slice(None), slice(4, -4 - dy), slice(4, -4 - dx))
+    assert np.abs(a4[inner] - b4[back]).max() > 0.05
+    # sixteen float32 values of k/255 summed and divided by 16: a few ulps
+    np.testing.assert_allclose(a16[inner], b16[back], atol=1e-6)
+
+
+def test_eight_flips_make_the_maps_of_a_transposed_tile_the_transposed_maps(backend, tiles):
+    """With the four transposed images too, the averaged maps no longer depend on a quarter
+    turn (a transpose is a quarter turn and a mirror image); the four flips alone do."""
+    swapped = np.ascontiguousarray(tiles.transpose(0, 2, 1, 3))
+    maps8, of_swapped8 = (infer_averaged(backend, t, flips=8) for t in (tiles, swapped))
+    maps4, of_swapped4 = (infer_averaged(backend, t, flips=4) for t in (tiles, swapped))
+    for name, value in maps8.items():
+        back = of_swapped8[name].transpose((0, 2, 1) + tuple(range(3, value.ndim)))
+        # the same eight float32 maps summed in another order: a few ulps of a probability
+        np.testing.assert_allclose(back, value, atol=2e-6, err_msg=name)
+        back4 = of_swapped4[name].transpose((0, 2, 1) + tuple(range(3, value.ndim)))
+        assert np.abs(back4 - maps4[name]).max() > 1e-3, name
+        assert value.shape == maps4[name].shape and value.dtype == np.float32
+
+
 def test_one_flip_and_one_shift_is_the_plain_call(backend, tiles):
     plain = backend.infer(tiles)
     once = infer_averaged(backend, tiles, flips=1, shifts=1)
@@ -93,9 +136,10 @@ def test_averaged_maps_of_the_shipped_model_move_with_the_tile(backend, hgsc_rgb
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"flips": 0}, "flips must be 1 to 4"), ({"flips": len(FLIPS) + 1}, "flips must be 1 to 4"),
-    ({"shifts": 0}, "shifts must be 1 to 4"),
-    ({"shifts": len(SHIFTS) + 1}, "shifts must be 1 to 4")])
+    ({"flips": 0}, "flips must be one of"), ({"flips": 3}, "flips must be one of"),
+    ({"flips": len(FLIPS) + 1}, "flips must be one of"), ({"shifts": 0}, "shifts must be one of"),
+    ({"shifts": 2}, "shifts must be one of"),
+    ({"shifts": len(SHIFTS) + 1}, "shifts must be one of")])
 def test_other_counts_are_refused(backend, tiles, kwargs, message):
     with pytest.raises(ValueError, match=message):
         infer_averaged(backend, tiles, **kwargs)

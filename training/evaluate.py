@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from slicer_cli.nuclei.backends.local import LocalBackend
-from slicer_cli.nuclei.backends.test_time import infer_averaged
+from slicer_cli.nuclei.backends.test_time import FLIP_COUNTS, SHIFT_COUNTS, infer_averaged
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.metrics import (
     aggregated_jaccard_index,
@@ -176,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing", action="store_true", help="also time 256 and 1024 px tiles")
     p.add_argument("--robustness", action="store_true",
                    help="also the agreement under shifts, JPEG re-encodes and an ROI shift")
-    p.add_argument("--flips", type=int, default=1, choices=range(1, 5),
-                   help="test-time flips averaged (1: none; 4: the CLI's --test-time-flips)")
-    p.add_argument("--shifts", type=int, default=1, choices=range(1, 5),
-                   help="test-time shifts averaged (1: none; 4: the CLI's --test-time-shifts)")
+    p.add_argument("--flips", type=int, default=1, choices=FLIP_COUNTS,
+                   help="test-time flips averaged (1: none; 4: the CLI's --test-time-flips; "
+                        "8: and the transposed images)")
+    p.add_argument("--shifts", type=int, default=1, choices=SHIFT_COUNTS,
+                   help="test-time shifts averaged (1: none; 4: the CLI's --test-time-shifts; "
+                        "16: 0-3 pixels each way)")
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")

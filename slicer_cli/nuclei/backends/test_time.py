@@ -2,16 +2,19 @@
 
 * **Flips** (``flips=4``): the tile, its left-right, up-down and doubly mirrored images.
   A flipped tile meets other weights; the mean is a little more accurate and steadier.
+  ``flips=8`` adds the four transposed (rotated by a quarter turn and mirrored) images.
 * **Shifts** (``shifts=4``): the tile moved by one pixel down, right and both. The network
   works at half resolution from its stride-2 stem, so a tile and the same tile one pixel
   further along are seen at different pixel phases and give different maps. Averaged over
   the four phases, a shift of the slide by one pixel only re-orders the calls (up to an even
   shift), so the nuclei stop depending on where the scanner or the region of interest put
-  the first pixel.
+  the first pixel. ``shifts=16`` moves by 0-3 pixels each way: the phases of the stem and
+  of the first pooling (stride 4).
 
-Both together make 16 calls. Each call's maps are moved back to the tile's own pixels
-before they are averaged; a shifted call has no estimate for the last row or column it
-pushed out, which repeat the row or column before (tiles overlap far more than a pixel).
+The CLI's flips and shifts together make 16 calls; every flip and shift, 128. Each call's
+maps are moved back to the tile's own pixels before they are averaged; a shifted call has no
+estimate for the last rows or columns it pushed out, which repeat the row or column before
+(tiles overlap far more than a few pixels).
 Works for every backend (NumPy or CuPy maps). Figures: models/nucleus_unet/MODEL.md,
 "Stability".
 """
@@ -21,10 +24,16 @@ import numpy as np
 
 from ..arrays import array_module
 
-#: the batch's spatial axes flipped for each pass (NHWC input; [N, H, W(, C)] maps)
-FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (1,), (1, 2))
-#: the (rows, columns) each pass moves the tile down and right by: the stem's pixel phases
-SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (1, 1))
+#: per pass, the batch's spatial axes flipped and whether rows and columns are then swapped
+#: (NHWC input; [N, H, W(, C)] maps): the four mirror images, then the four transposed ones
+FLIPS: tuple[tuple[tuple[int, ...], bool], ...] = tuple(
+    (axes, swap) for swap in (False, True) for axes in ((), (2,), (1,), (1, 2)))
+#: the (rows, columns) each pass moves the tile down and right by: the stem's pixel phases,
+#: then the rest of the first pooling's
+SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (1, 1)) + tuple(
+    (dy, dx) for dy in range(4) for dx in range(4) if dy > 1 or dx > 1)
+#: the counts ``infer_averaged`` takes (the first flips and shifts of the lists above)
+FLIP_COUNTS, SHIFT_COUNTS = (1, 2, 4, 8), (1, 4, 16)
 
 
 def _shifted(batch: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -46,6 +55,13 @@ def _shifted_back(value, dy: int, dx: int):
     return xp.pad(value[:, dy:, dx:], pad, mode="edge")
 
 
+def _swapped(value, swap: bool):
+    """``value`` ([N, H, W(, C)]) with rows and columns swapped when ``swap``."""
+    if not swap:
+        return value
+    return value.transpose((0, 2, 1) + tuple(range(3, value.ndim)))
+
+
 def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1) -> dict:
     """``backend.infer`` of ``batch`` under the first ``flips`` flips and ``shifts`` shifts
     (every combination), averaged.
@@ -55,31 +71,34 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1) 
     backend
         Any backend (:mod:`slicer_cli.nuclei.backends`).
     batch : uint8 array, shape (N, H, W, 3)
-        The tiles.
+        The tiles (with ``flips=8``, H and W must both suit the network, as rows and
+        columns are swapped).
     flips : int
-        1 (none) to 4 (identity, left-right, up-down, both).
+        1 (none), 2 (and left-right), 4 (and up-down, both) or 8 (and the four transposed).
     shifts : int
-        1 (none) to 4 (none, one column, one row, both).
+        1 (none), 4 (one column, one row, both) or 16 (0-3 rows and 0-3 columns).
 
     Raises
     ------
     ValueError
-        When ``flips`` or ``shifts`` is not 1 to 4.
+        When ``flips`` or ``shifts`` is not one of those.
     """
-    if not 1 <= flips <= len(FLIPS):
-        raise ValueError(f"flips must be 1 to {len(FLIPS)}, got {flips}")
-    if not 1 <= shifts <= len(SHIFTS):
-        raise ValueError(f"shifts must be 1 to {len(SHIFTS)}, got {shifts}")
+    if flips not in FLIP_COUNTS:
+        raise ValueError(f"flips must be one of {FLIP_COUNTS}, got {flips}")
+    if shifts not in SHIFT_COUNTS:
+        raise ValueError(f"shifts must be one of {SHIFT_COUNTS}, got {shifts}")
     n = flips * shifts
     if n == 1:  # the default: the plain call, its maps untouched
         return backend.infer(batch)
     total: dict = {}
     for dy, dx in SHIFTS[:shifts]:
         moved = _shifted(batch, dy, dx)
-        for axes in FLIPS[:flips]:
-            maps = backend.infer(np.ascontiguousarray(np.flip(moved, axes)) if axes else moved)
+        for axes, swap in FLIPS[:flips]:
+            shown = _swapped(np.flip(moved, axes) if axes else moved, swap)
+            maps = backend.infer(np.ascontiguousarray(shown) if axes or swap else moved)
             for name, value in maps.items():
                 xp = array_module(value)
+                value = _swapped(value, swap)
                 value = _shifted_back(xp.flip(value, axes) if axes else value, dy, dx)
                 if name in total:
                     total[name] += value
