@@ -75,3 +75,25 @@ def test_a_model_compared_with_itself_differs_by_nothing_and_with_another_by_som
     diff = evaluate.evaluate(other, VALIDATION, baseline=DEFAULT_MODEL_DIR)["versus_baseline"]
     low, high = diff["intervals"]["bpq"]
     assert diff["bpq"] < 0 and low <= diff["bpq"] <= high and low < 0
+
+
+@pytest.mark.parametrize("value", ["1,2,3", "a,b,c,d", "-1,0,512,512", "0,0,10,512",
+                                   "0,0,512,512,9"])
+def test_evaluate_refuses_a_malformed_cmu_region(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--robustness", f"--cmu-region={value}"])
+    assert exit_.value.code == 2
+    assert "left,top,width,height" in capsys.readouterr().err
+
+
+def test_averaging_beyond_the_cli_settings_does_not_claim_an_roi_shift():
+    """Two flips are not a CLI setting: the ROI shift (which runs the CLI's pipeline) is
+    said to be unmeasured rather than measured with other averaging; the CMU region asked
+    for is the one measured."""
+    report = evaluate.robustness(DEFAULT_MODEL_DIR, VALIDATION, flips=2, shifts=1,
+                                 name="validation", cmu=(700, 0, 256, 320))
+    assert report["roi_0_0_vs_1_1"] == {
+        "not measured": "the CLI averages 1 or 4 flips and 1 or 4 shifts"}
+    assert report["cmu_box"] == [700, 0, 256, 320]
+    for where in ("validation", "cmu_region"):
+        assert 0 <= report[where]["min"] <= 1 and report[where]["shift 8,0"] >= 0.8, report
