@@ -210,8 +210,13 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
 
 
 def _result(stack) -> dict:
-    """The slide's Nucleus Analysis summary; runs the analysis through REST if it has none."""
+    """The slide's settled Nucleus Analysis summary: no job of an earlier test still running
+    (a late one would replace the result under the page); runs the analysis through REST if
+    the slide has none."""
     item = stack.slide_item
+    for job in stack.admin.get("job", parameters={"limit": 0}):
+        if job["status"] not in TERMINAL:
+            stack.wait_job(job["_id"], timeout_s=900)
     if "nucleusAnalysis" not in (stack.admin.getItem(item["_id"]).get("meta") or {}):
         job = stack.admin.post(f"nucleus_analysis/item/{item['_id']}/run", json={})
         assert stack.wait_job(job["_id"], timeout_s=900)["status"] == SUCCESS
