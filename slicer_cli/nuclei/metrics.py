@@ -74,15 +74,22 @@ def panoptic_quality(true_labels: np.ndarray, pred_labels: np.ndarray,
     ValueError
         When the shapes differ or ``match_iou`` < 0.5.
     """
-    if match_iou < 0.5:
-        raise ValueError("match_iou must be >= 0.5 for unique matching")
-    t_ids, t_area, p_ids, p_area, pt, pp, inter = _overlaps(true_labels, pred_labels)
-    iou = inter / (t_area[pt] + p_area[pp] - inter)
-    matched = iou > match_iou
+    t_ids, p_ids, pt, pp, iou, matched = _matches(true_labels, pred_labels, match_iou)
     tp = int(matched.sum())
     fp = len(p_ids) - tp
     fn = len(t_ids) - tp
     return _pq_dict(tp, fp, fn, float(iou[matched].sum()))
+
+
+def _matches(true_labels: np.ndarray, pred_labels: np.ndarray, match_iou: float):
+    """``(true_ids, pred_ids, pair_t, pair_p, iou, matched)``: every overlapping pair
+    (:func:`_overlaps`), its IoU, and whether it is a match (IoU > ``match_iou``, unique for
+    ``match_iou`` >= 0.5)."""
+    if match_iou < 0.5:
+        raise ValueError("match_iou must be >= 0.5 for unique matching")
+    t_ids, t_area, p_ids, p_area, pt, pp, inter = _overlaps(true_labels, pred_labels)
+    iou = inter / (t_area[pt] + p_area[pp] - inter)
+    return t_ids, p_ids, pt, pp, iou, iou > match_iou
 
 
 def _pq_dict(tp: int, fp: int, fn: int, iou_sum: float) -> dict[str, float]:
@@ -283,9 +290,7 @@ def _block_sums(true_labels: np.ndarray, true_classes, pred_labels: np.ndarray,
                                                       pred_classes, n_classes)]
     sums = np.zeros((blocks * blocks, len(maps), 4))
     for m, (t, p) in enumerate(maps):
-        t_ids, t_area, p_ids, p_area, pt, pp, inter = _overlaps(t, p)
-        iou = inter / (t_area[pt] + p_area[pp] - inter)
-        hit = iou > match_iou
+        t_ids, p_ids, pt, pp, iou, hit = _matches(t, p, match_iou)
         t_hit = np.zeros(len(t_ids), dtype=bool)
         t_hit[pt[hit]] = True
         p_hit = np.zeros(len(p_ids), dtype=bool)
