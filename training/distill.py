@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slicer_cli.nuclei.backends import test_time
 from slicer_cli.nuclei.network import UNet, normalise
 
 from .augment import photometric
@@ -42,10 +43,10 @@ from .train import SHIFT_PX, lr_at, supervised_loss
 #: the robustness evaluation's region and the two selection regions of MODEL.md
 #: (Stability, "Hysteresis")
 EXCLUDED_BOXES = (CMU_REGION, (700, 0, 1024, 992), (1424, 1943, 796, 1024))
-#: the teacher's flips (spatial dims of NCHW) and pixel phases (down, right), the same as the
-#: CLI's --test-time-flips and --test-time-shifts
-FLIPS = ((), (3,), (2,), (2, 3))
-PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+#: the teacher's flips (spatial dims of NCHW: the NHWC axes of ``test_time.FLIPS`` moved one
+#: on) and pixel phases (down, right): the CLI's --test-time-flips and --test-time-shifts
+FLIPS = tuple(tuple(axis + 1 for axis in axes) for axes, _ in test_time.FLIPS[:4])
+PHASES = test_time.SHIFTS[:4]
 
 
 @torch.no_grad()
