@@ -277,6 +277,42 @@ def test_refinement_path_starts_as_the_plain_network_and_round_trips(tmp_path):
         UNet(**{**arch, "bilinear_head": False}, refine=4)
 
 
+def test_stem_low_pass_attenuates_what_the_stem_would_alias_and_round_trips(tmp_path):
+    """``--stem-blur``: the binomial low-pass before the stride-2 stem keeps a flat image
+    flat and passes a pattern at the half-resolution grid's Nyquist frequency (period 4 px)
+    at cos(pi/4)^2 = 1/2 (3 x 3) or cos(pi/4)^4 = 1/4 (5 x 5) of its amplitude, and the
+    finest pattern (period 2 px) not at all; a 5 x 5 network's size survives
+    ``save_weights`` / ``load_exported``, and a 3 x 3 one's saved architecture is 5.2.0's."""
+    from slicer_cli.nuclei.network import Blur, UNet, load_exported, normalise, save_weights
+
+    x = torch.arange(64, dtype=torch.float64)
+    for period, gains in ((4, {3: 0.5, 5: 0.25}), (2, {3: 0.0, 5: 0.0})):
+        wave = torch.cos(2 * torch.pi * x / period)
+        image = (wave[None, :] * torch.ones(64, 1, dtype=torch.float64))[None, None]
+        for size, gain in gains.items():
+            blur = Blur(1, size).double()
+            out = blur(image)[0, 0, 8:-8, 8:-8]  # away from the replicated border
+            inner = wave[8:-8][None, :].expand_as(out)
+            assert torch.allclose(out, gain * inner, atol=1e-12)
+            flat = blur(torch.full((1, 1, 16, 16), 3.0, dtype=torch.float64))
+            assert torch.allclose(flat, torch.full_like(flat, 3.0), atol=1e-12)
+    with pytest.raises(ValueError, match="Blur size"):
+        Blur(3, 4)
+
+    arch = {"width": 4, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
+            "bilinear_head": True, "bilinear_up": True}
+    assert "stem_blur" not in UNet(**arch).arch
+    torch.manual_seed(0)
+    net = UNet(**arch, stem_blur=5).eval()
+    assert net.blur.kernel.shape == (3, 1, 5, 5)
+    save_weights(net, tmp_path / "model.pt")
+    loaded = load_exported(tmp_path / "model.pt")
+    assert loaded.net.arch["stem_blur"] == 5
+    image = torch.from_numpy(_disc_tile(n=4, size=128).image[None].copy())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(normalise(image))[0], net(normalise(image))[0])
+
+
 def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
     """``--split all`` without settings: the twin (held-out data kept out) is trained and
     tuned first, and the shipped model takes its thresholds and temperature; a rerun

@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stride-2 stem, no 3x3 convolution at full resolution (3.0.0)")
     p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=True,
                    help="low-pass the input before the stride-2 stem (since 4.0.0)")
+    p.add_argument("--stem-blur", type=int, choices=(3, 5), default=3,
+                   help="side of the binomial low-pass before the stem (5.2.0: 3)")
     p.add_argument("--head-width", type=int, default=None,
                    help="channels of a transposed-convolution head (3.0.0: the first "
                         "level's 12)")
@@ -311,7 +313,8 @@ def train(args: argparse.Namespace) -> dict:
     net = UNet(width=args.width, n_classes=len(CLASSES), max_mult=args.max_mult,
                stem=args.stem, antialias=args.antialias, head_width=args.head_width,
                blur_pools=args.blur_pools, bilinear_head=args.bilinear_head,
-               bilinear_up=args.bilinear_up, refine=args.refine).to(device)
+               bilinear_up=args.bilinear_up, refine=args.refine,
+               stem_blur=args.stem_blur).to(device)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)

@@ -24,25 +24,35 @@ _MEAN = torch.tensor(MEAN).view(1, 3, 1, 1)
 _STD = torch.tensor(STD).view(1, 3, 1, 1)
 
 
+#: the binomial low-pass filters :class:`Blur` offers, by side
+BINOMIAL = {3: (1.0, 2.0, 1.0), 5: (1.0, 4.0, 6.0, 4.0, 1.0)}
+
+
 class Blur(nn.Module):
-    """Fixed 3 x 3 binomial low-pass ([1, 2, 1] x [1, 2, 1] / 16) per channel, stride 1.
+    """Fixed binomial low-pass per channel: 3 x 3 ([1, 2, 1] x [1, 2, 1] / 16, the default)
+    or 5 x 5 ([1, 4, 6, 4, 1] x [1, 4, 6, 4, 1] / 256, a stronger one).
 
     Before the stride-2 stem it removes what the stem would alias (Zhang 2019, "Making
     convolutional networks shift-invariant again"): an odd shift of the input no longer
-    changes the stem's output beyond interpolation.
+    changes the stem's output beyond interpolation. The 3 x 3 filter halves what lies at
+    the half-resolution grid's Nyquist frequency, the 5 x 5 one quarters it.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, size: int = 3) -> None:
         super().__init__()
-        k = torch.tensor([1.0, 2.0, 1.0])
-        k = (k[:, None] * k[None, :]) / 16.0
-        self.register_buffer("kernel", k.expand(channels, 1, 3, 3).clone())
+        if size not in BINOMIAL:
+            raise ValueError(f"Blur size must be one of {sorted(BINOMIAL)}, not {size}")
+        k = torch.tensor(BINOMIAL[size])
+        k = (k[:, None] * k[None, :]) / float(k.sum()) ** 2
+        self.register_buffer("kernel", k.expand(channels, 1, size, size).clone())
         self.channels = channels
+        self.pad = size // 2
 
     def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
         """Low-pass ``x``; with ``stride`` 2 only every other row and column is computed (the
         same values as the full low-pass subsampled, a quarter of the work)."""
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel, stride=stride,
+        pad = (self.pad,) * 4
+        return F.conv2d(F.pad(x, pad, mode="replicate"), self.kernel, stride=stride,
                         groups=self.channels)
 
 
@@ -71,6 +81,8 @@ class UNet(nn.Module):
         no 3x3 convolution runs at full resolution, where most of the time went.
     antialias : bool
         Low-pass the input (:class:`Blur`) before the stride-2 stem (model 4.0.0).
+    stem_blur : int
+        Side of that low-pass: 3 (every shipped model so far) or 5 (stronger).
     head_width : int, optional
         Channels of the full-resolution head (default: the first level's).
     blur_pools : int
@@ -98,16 +110,19 @@ class UNet(nn.Module):
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
                  stem: bool = False, antialias: bool = False, head_width: int | None = None,
                  blur_pools: int = 0, bilinear_head: bool = False, bilinear_up: bool = False,
-                 refine: int = 0):
+                 refine: int = 0, stem_blur: int = 3):
         super().__init__()
         #: the constructor's arguments (saved with the weights)
         self.arch = {"width": width, "n_classes": n_classes, "max_mult": max_mult,
                      "stem": stem, "antialias": antialias, "head_width": head_width,
                      "blur_pools": blur_pools, "bilinear_head": bilinear_head,
                      "bilinear_up": bilinear_up, "refine": refine}
+        if stem_blur != 3:
+            # only then, so a 3 x 3 model's model.pt stays readable by older code
+            self.arch["stem_blur"] = stem_blur
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
-        self.blur = Blur(3) if antialias else None
+        self.blur = Blur(3, stem_blur) if antialias else None
         self.stem = nn.Sequential(
             nn.Conv2d(3, chans[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)) if stem else None
