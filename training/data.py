@@ -46,6 +46,9 @@ class Tile:
     instances: np.ndarray  # int32 H x W, 0 background
     classes: np.ndarray    # int64 H x W, 0 background, 1..3 = CLASSES
     distance: np.ndarray   # float32 H x W, per-nucleus normalised distance (0 border, 1 centre)
+    #: bool H x W or None: pixels whose foreground is not known (pseudo-labels' uncertain
+    #: pixels off their nuclei, ``training/pseudo.py``); crops mark them class -1
+    ignore: np.ndarray | None = None
 
 
 def load_tile(data_dir: Path = DATA) -> Tile:
@@ -176,7 +179,10 @@ def warp_labelled(tile: Tile, warp: Warp) -> tuple[np.ndarray, ...]:
     dist = cv2.remap(tile.distance, warp.map_x, warp.map_y, cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REFLECT_101)
     dist = np.where(inst > 0, dist, 0.0).astype(np.float32)
-    return warp.image(tile.image), inst, np.where(inst > 0, cls, 0), dist
+    cls = np.where(inst > 0, cls, 0)
+    if tile.ignore is not None:
+        cls = np.where((inst == 0) & (warp.labels(tile.ignore.astype(np.int32)) > 0), -1, cls)
+    return warp.image(tile.image), inst, cls, dist
 
 
 def region(tile: Tile, box: Box) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,14 +6,21 @@ from torch.nn import functional as F
 
 
 def foreground_loss(logits: torch.Tensor, target: torch.Tensor,
-                    weight: torch.Tensor | None = None) -> torch.Tensor:
+                    weight: torch.Tensor | None = None,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy plus soft Dice loss on the nucleus foreground.
 
     ``weight`` (broadcastable to ``target``), if given, weighs each pixel's cross-entropy
-    (e.g. more on the pixels of a class the network tends to miss).
+    (e.g. more on the pixels of a class the network tends to miss). ``valid`` (0/1, the
+    shape of ``target``), if given, leaves the pixels at 0 out of both terms (pseudo-labels'
+    uncertain pixels, ``training/pseudo.py``).
     """
+    if valid is not None:
+        weight = valid if weight is None else weight * valid
     bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
     prob = torch.sigmoid(logits)
+    if valid is not None:
+        prob = prob * valid
     inter = (prob * target).sum()
     dice = 1.0 - (2.0 * inter + 1.0) / (prob.sum() + target.sum() + 1.0)
     return bce + dice

@@ -132,6 +132,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
+    p.add_argument("--pseudo-labels", type=Path, default=None, metavar="TEACHER_DIR",
+                   help="a twin model whose nuclei on the unlabelled H&E become training "
+                        "targets (training/pseudo.py; run M of MODEL.md; off by default)")
+    p.add_argument("--pseudo-fraction", type=float, default=0.25,
+                   help="with --pseudo-labels: share of the labelled pairs cut from them")
     p.add_argument("--distill", type=int, default=0,
                    help="iterations of self-distillation after training (training/distill.py): "
                         "the network taught its own test-time average; 0: none")
@@ -232,15 +237,16 @@ def consistency_views(raws: list[np.ndarray], size: int, rng: np.random.Generato
 
 def supervised_loss(args: argparse.Namespace, logits: tuple, targets: tuple,
                     class_weights: torch.Tensor, device: torch.device,
-                    fg_weight: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
+                    fg_weight: torch.Tensor | None = None,
+                    valid: torch.Tensor | None = None) -> tuple[dict, torch.Tensor]:
     """The labelled crops' loss: ``logits`` ``(fg, dist, cls)`` against ``targets`` (the
     crops' foreground and distance maps as NumPy, their class map as a tensor); foreground
-    pixels weighted by ``fg_weight``. Returns the terms and their sum weighted by
-    ``--w-fg``, ``--w-dist``, ``--w-class``."""
+    pixels weighted by ``fg_weight``, those where ``valid`` is 0 left out of it. Returns
+    the terms and their sum weighted by ``--w-fg``, ``--w-dist``, ``--w-class``."""
     fg, dist, cls_t = targets
     fg_t = torch.from_numpy(fg).to(device)[:, None]
     dist_t = torch.from_numpy(dist).to(device)[:, None]
-    terms = {"fg": foreground_loss(logits[0], fg_t, fg_weight),
+    terms = {"fg": foreground_loss(logits[0], fg_t, fg_weight, valid),
              "dist": distance_loss(logits[1], dist_t, fg_t),
              "cls": class_loss(logits[2], cls_t, class_weights)}
     return terms, (args.w_fg * terms["fg"] + args.w_dist * terms["dist"]
@@ -298,7 +304,7 @@ def train(args: argparse.Namespace) -> dict:
     weights = class_weights(tile, reserved).to(device)
     mean_teacher = bool(args.consistency and args.unlabelled_fraction > 0)
     unlabelled = stains = None
-    if args.stain_transfer > 0 or mean_teacher:
+    if args.stain_transfer > 0 or mean_teacher or args.pseudo_labels:
         from .unlabelled import UnlabelledPool, stain_bank
 
         unlabelled = UnlabelledPool()
@@ -307,6 +313,17 @@ def train(args: argparse.Namespace) -> dict:
     pool = unlabelled if args.consistency else None  # the mean teacher's unlabelled crops
     sampler = CropSampler(tile, reserved, stains=stains, p_stain=args.stain_transfer,
                           scale_range=args.scale_range)
+    pseudo = []
+    if args.pseudo_labels:
+        from .distill import paint_out
+        from .pseudo import PseudoSampler, pseudo_tiles
+
+        pseudo = [PseudoSampler(t, (), stains=stains, p_stain=args.stain_transfer,
+                                scale_range=args.scale_range)
+                  for t in pseudo_tiles(args.pseudo_labels, paint_out(unlabelled),
+                                        threads=args.threads)]
+        log(f"pseudo-labels of {args.pseudo_labels}: "
+            f"{dict(zip(unlabelled.names, (len(p.centres[0]) for p in pseudo)))} nuclei")
     if not 0 <= 2 * args.pairs <= args.batch:
         raise SystemExit(f"error: --pairs {args.pairs} needs a --batch of at least "
                          f"{2 * args.pairs}")
@@ -346,7 +363,8 @@ def train(args: argparse.Namespace) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.iterations, args.lr)
         crops = [sampler.crop(args.crop, rng) for _ in range(n_sup - 2 * args.pairs)]
-        pairs = [sampler.pair(args.crop, SHIFT_PX, rng) for _ in range(args.pairs)]
+        pairs = [_pair_sampler(sampler, pseudo, args.pseudo_fraction, rng).pair(
+            args.crop, SHIFT_PX, rng) for _ in range(args.pairs)]
         crops += [p[0] for p in pairs] + [p[1] for p in pairs]  # then all A, then all B
         pair_offsets = [p[2] for p in pairs]
         images, fg, dist, cls = (np.stack(c) for c in zip(*crops))
@@ -363,8 +381,9 @@ def train(args: argparse.Namespace) -> dict:
         fg_w = None
         if args.fg_weight_connective != 1.0:
             fg_w = 1.0 + (args.fg_weight_connective - 1.0) * (cls_t == CONNECTIVE).float()[:, None]
+        valid = (cls_t >= 0).float()[:, None] if bool((cls_t < 0).any()) else None
         losses, loss = supervised_loss(args, (fg_l[:n_sup], dist_l[:n_sup], cls_l[:n_sup]),
-                                       (fg, dist, cls_t), weights, device, fg_w)
+                                       (fg, dist, cls_t), weights, device, fg_w, valid)
         if args.pairs:
             k0, k1 = n_sup - 2 * args.pairs, n_sup - args.pairs
             losses["pair"] = pair_consistency_loss(
@@ -439,6 +458,17 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _pair_sampler(sampler: CropSampler, pseudo: list, fraction: float,
+                  rng: np.random.Generator) -> CropSampler:
+    """Where a labelled pair is cut: the labelled tile, or with ``fraction`` a pseudo-labelled
+    image (no random draw at all without pseudo-labels, so other runs stay bit for bit)."""
+    if pseudo and rng.random() < fraction:
+        from .pseudo import choose
+
+        return choose(pseudo, rng)
+    return sampler
+
+
 def _arg_key(args: argparse.Namespace) -> dict:
     # export-only options: a rerun with other values resumes and exports again
     skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from",
@@ -448,7 +478,8 @@ def _arg_key(args: argparse.Namespace) -> dict:
     key = {k: str(v) for k, v in vars(args).items() if k not in skip}
     # options added later, at the value that changes nothing: the checkpoints made before
     # them (5.1.0's) still resume
-    for k, neutral in {"refine": "0"}.items():
+    for k, neutral in {"refine": "0", "stem_blur": "3", "pseudo_labels": "None",
+                       "pseudo_fraction": "0.25"}.items():
         if key.get(k) == neutral:
             del key[k]
     return key
