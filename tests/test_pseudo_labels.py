@@ -113,3 +113,6 @@ def test_training_with_pseudo_labels_runs_and_records_its_teacher(tmp_path):
     plain = train_module._arg_key(train_module.parse_args(argv[:-4]))
     assert "pseudo_labels" not in plain and "pseudo_fraction" not in plain
     assert json.loads((work / "summary.json").read_text())["split"] == "heldout"
+    for bad in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(SystemExit):
+            train_module.parse_args(["--pseudo-fraction", bad])

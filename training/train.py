@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pseudo-labels", type=Path, default=None, metavar="TEACHER_DIR",
                    help="a twin model whose nuclei on the unlabelled H&E become training "
                         "targets (training/pseudo.py; run M of MODEL.md; off by default)")
-    p.add_argument("--pseudo-fraction", type=float, default=0.25,
+    p.add_argument("--pseudo-fraction", type=_fraction, default=0.25,
                    help="with --pseudo-labels: share of the labelled pairs cut from them")
     p.add_argument("--distill", type=int, default=0,
                    help="iterations of self-distillation after training (training/distill.py): "
@@ -186,6 +186,16 @@ def _thresholds(text: str) -> dict | None:
         raise argparse.ArgumentTypeError(f"thresholds out of range: {text!r}")
     return {"fg_threshold": fg, "seed_threshold": seed, "min_area_px": int(area),
             "fg_peak_threshold": peak[0]}
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a fraction in 0-1, got {text!r}")
+    return value
 
 
 def _scale_range(text: str) -> tuple[float, float]:
