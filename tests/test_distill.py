@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 from slicer_cli.nuclei.backends.test_time import infer_averaged  # noqa: E402
 from slicer_cli.nuclei.network import Exported, UNet  # noqa: E402
 from training import train as train_module  # noqa: E402
-from training.distill import EXCLUDED_BOXES, averaged_maps, paint_out  # noqa: E402
+from training.distill import averaged_maps  # noqa: E402
+from training.unlabelled import EXCLUDED_BOXES, paint_out  # noqa: E402
 
 
 class _TorchBackend:

@@ -15,10 +15,9 @@ from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR  # noqa: E402
 from training import train as train_module  # noqa: E402
 from training.augment import random_warp  # noqa: E402
 from training.data import Tile, normalised_distance, warp_labelled  # noqa: E402
-from training.distill import EXCLUDED_BOXES, paint_out  # noqa: E402
 from training.losses import foreground_loss  # noqa: E402
 from training.pseudo import PseudoSampler, choose, pseudo_tiles  # noqa: E402
-from training.unlabelled import UnlabelledPool  # noqa: E402
+from training.unlabelled import EXCLUDED_BOXES, UnlabelledPool, paint_out  # noqa: E402
 
 
 def _tile(ignore: bool = True) -> Tile:

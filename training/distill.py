@@ -15,7 +15,7 @@ call, towards that average:
 So the target does not move with the pixel phase, and what JPEG, blur or a stain does to
 the student's view is a difference from it to unlearn. Half of the crops come from the real
 unlabelled H&E (``training/unlabelled.py``, the CMU slide's evaluation and selection regions
-painted out as glass, :data:`EXCLUDED_BOXES`), half from the labelled tile off its reserved
+painted out as glass, ``unlabelled.paint_out``), half from the labelled tile off its reserved
 boxes; each batch keeps supervised crops so the labels still anchor the maps (the base
 run's losses, without its connective foreground weight). The network exported is an
 exponential moving average of the student.
@@ -36,13 +36,8 @@ from slicer_cli.nuclei.network import UNet, normalise
 
 from .augment import photometric
 from .losses import consistency_loss
-from .robustness import CMU_REGION
 from .train import SHIFT_PX, lr_at, supervised_loss
 
-#: CMU slide boxes (left, top, width, height; base pixels) never shown to the distillation:
-#: the robustness evaluation's region and the two selection regions of MODEL.md
-#: (Stability, "Hysteresis")
-EXCLUDED_BOXES = (CMU_REGION, (700, 0, 1024, 992), (1424, 1943, 796, 1024))
 #: the teacher's flips (spatial dims of NCHW: the NHWC axes of ``test_time.FLIPS`` moved one
 #: on) and pixel phases (down, right): the CLI's --test-time-flips and --test-time-shifts
 FLIPS = tuple(tuple(axis + 1 for axis in axes) for axes, _ in test_time.FLIPS[:4])
@@ -72,20 +67,6 @@ def averaged_maps(net: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Ten
             total = maps if total is None else total + maps
     total = total / (len(PHASES) * len(FLIPS))
     return total[:, 0], total[:, 1], total[:, 2:]
-
-
-def paint_out(pool, boxes=EXCLUDED_BOXES, name: str = "cmu_small_region.svs"):
-    """A copy of ``pool`` whose ``name`` image has ``boxes`` painted white (glass: no tissue,
-    never a crop centre) -- the distillation never sees those pixels."""
-    pool = copy.copy(pool)
-    pool.images = list(pool.images)
-    k = pool.names.index(name)
-    image = pool.images[k].copy()
-    for left, top, width, height in boxes:
-        image[top:top + height, left:left + width] = 255
-    pool.images[k] = image
-    pool.index_tissue()
-    return pool
 
 
 def distill(net: UNet, sampler, pool, class_weights: torch.Tensor, args, workdir: Path,

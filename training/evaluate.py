@@ -54,6 +54,7 @@ from slicer_cli.nuclei.stain import REFERENCE_STAINS
 from .data import HELD_OUT, VALIDATION, load_tile, region
 from .robustness import (
     CMU_REGION,
+    SELECTION_REGIONS,
     cmu_region,
     restained_scores,
     roi_agreement,
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cmu-region", type=_box, default=CMU_REGION, metavar="L,T,W,H",
                    help="the CMU slide's region for --robustness (base pixels; default "
                         "the measured one; MODEL.md's selection regions A and B are "
-                        "700,0,1024,992 and 1424,1943,796,1024)")
+                        + " and ".join(",".join(map(str, box)) for box in SELECTION_REGIONS)
+                        + ")")
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")

