@@ -355,7 +355,8 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
             batch = np.stack([images[k] for k in group])
             maps = infer_averaged(ctx.backend, batch,
                                   flips=4 if ctx.options.test_time_flips else 1,
-                                  shifts=4 if ctx.options.test_time_shifts else 1)
+                                  shifts=4 if ctx.options.test_time_shifts else 1,
+                                  anchor=ctx.backend.info.grid_anchor)
             dt = time.perf_counter() - t0
         with ctx.lock:
             ctx.inference_s += dt

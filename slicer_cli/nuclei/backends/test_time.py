@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..arrays import array_module
+from .grid_anchor import infer_anchored
 
 #: per pass, the batch's spatial axes flipped and whether rows and columns are then swapped
 #: (NHWC input; [N, H, W(, C)] maps): the four mirror images, then the four transposed ones
@@ -62,9 +63,12 @@ def _swapped(value, swap: bool):
     return value.transpose((0, 2, 1) + tuple(range(3, value.ndim)))
 
 
-def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1) -> dict:
+def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1,
+                   anchor: bool = False) -> dict:
     """``backend.infer`` of ``batch`` under the first ``flips`` flips and ``shifts`` shifts
-    (every combination), averaged.
+    (every combination), averaged; with ``anchor``, each tile on the grid its tissue fixes
+    (:func:`~slicer_cli.nuclei.backends.grid_anchor.infer_anchored`, the grid of the
+    backend's ``size_multiple``; the flips and shifts then happen on that grid).
 
     Parameters
     ----------
@@ -77,6 +81,8 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1) 
         1 (none), 2 (and left-right), 4 (and up-down, both) or 8 (and the four transposed).
     shifts : int
         1 (none), 4 (one column, one row, both) or 16 (0-3 rows and 0-3 columns).
+    anchor : bool
+        Place each tile's grid by its tissue (the model's ``grid_anchor``).
 
     Raises
     ------
@@ -87,6 +93,9 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1) 
         raise ValueError(f"flips must be one of {FLIP_COUNTS}, got {flips}")
     if shifts not in SHIFT_COUNTS:
         raise ValueError(f"shifts must be one of {SHIFT_COUNTS}, got {shifts}")
+    if anchor:
+        return infer_anchored(lambda windows: infer_averaged(backend, windows, flips, shifts),
+                              batch, backend.info.size_multiple)
     n = flips * shifts
     if n == 1:  # the default: the plain call, its maps untouched
         return backend.infer(batch)
