@@ -4,11 +4,14 @@ machine's drift cannot bias).
 Usage (from the repository root)::
 
     .venv/bin/python -m benchmarks.model_timing models/nucleus_unet /path/to/other_model \
-        [--repeats 15] [--threads 2] [--size 1024]
+        [--repeats 15] [--threads 2] [--size 1024] [--grid-anchor-too]
 
 Each model is loaded once through ``LocalBackend`` (ONNX Runtime, CPU), warmed up with one
 call, then the models take turns on the same ``size`` x ``size`` tile of hgsc_nest for
-``repeats`` rounds; the median and the minimum of each model's calls are printed.
+``repeats`` rounds; the median and the minimum of each model's calls are printed. With
+``--grid-anchor-too`` each model also takes a turn with the grid anchor, timed as the engine
+runs it (the landmark, the window one period wider, the network, the cut back:
+``backends.test_time.infer_averaged(anchor=True)``).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 import numpy as np
 
 from slicer_cli.nuclei.backends.local import LocalBackend
+from slicer_cli.nuclei.backends.test_time import infer_averaged
 from training.data import load_tile
 
 
@@ -28,21 +32,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--grid-anchor-too", action="store_true",
+                   help="also time each model with the grid anchor (--grid-anchor)")
     args = p.parse_args(argv)
     image = np.ascontiguousarray(load_tile().image[None, :args.size, :args.size])
-    times: dict[str, list[float]] = {m: [] for m in args.model_dirs}
+    anchors = (False, True) if args.grid_anchor_too else (False,)
+    runs = [(m, a) for m in args.model_dirs for a in anchors]
+    times: dict[tuple, list[float]] = {run: [] for run in runs}
     with contextlib.ExitStack() as stack:
-        backends = [stack.enter_context(LocalBackend(m, threads=args.threads))
-                    for m in args.model_dirs]
-        for backend in backends:
-            backend.infer(image)
+        backends = {m: stack.enter_context(LocalBackend(m, threads=args.threads))
+                    for m in args.model_dirs}
+        for model, anchor in runs:
+            infer_averaged(backends[model], image, anchor=anchor)
         for _ in range(args.repeats):
-            for model, backend in zip(args.model_dirs, backends):
+            for model, anchor in runs:
                 t0 = time.perf_counter()
-                backend.infer(image)
-                times[model].append(time.perf_counter() - t0)
-        versions = [b.info.version for b in backends]
-    for (model, t), version in zip(times.items(), versions):
+                infer_averaged(backends[model], image, anchor=anchor)
+                times[(model, anchor)].append(time.perf_counter() - t0)
+        versions = [backends[m].info.version + (", grid anchor" if a else "") for m, a in runs]
+    for ((model, _), t), version in zip(times.items(), versions):
         print(f"{model} ({version}): {args.size}^2 tile median {np.median(t):.3f} s, "
               f"min {np.min(t):.3f} s over {len(t)} calls, {args.threads} threads")
     return 0

@@ -10,6 +10,8 @@ import pytest
 from slicer_cli.nuclei.backends.grid_anchor import find_anchor, infer_anchored
 from slicer_cli.nuclei.backends.test_time import infer_averaged
 
+from .conftest import cli, load_annotation
+
 #: the shifts of the model issue's stability measure (rows, columns)
 OFFSETS = ((1, 0), (0, 3), (8, 0), (17, 9))
 
@@ -115,3 +117,26 @@ def test_flips_average_on_the_anchored_grid(backend, big):
         anchored = np.abs(maps_a[name][inner] - maps_b[name][moved])
         assert anchored.max() < 0.05 and anchored.mean() < 0.1 * plain.mean(), name
 
+
+
+def test_cli_grid_anchor_follows_a_shifted_region_and_is_recorded(tmp_path, cmu_svs):
+    """``--grid-anchor true`` through the real argument parser, on the real CMU slide: a
+    region and the same region moved by (3, 1) base pixels (one tile each, which moves with
+    the region) agree where they overlap; without the anchor they do not (measured: 0.757
+    plain, 0.985 anchored). The option is recorded in the annotation."""
+    from slicer_cli.nuclei.metrics import agreement_pq
+    from training.robustness import rasterise
+
+    agreement = {}
+    for flags in ((), ("--grid-anchor", "true")):
+        labels = []
+        for k, (left, top) in enumerate(((400, 1000), (403, 1001))):
+            ann, csv = tmp_path / f"{len(flags)}_{k}.anot", tmp_path / f"{len(flags)}_{k}.csv"
+            proc = cli(cmu_svs, ann, csv, "--region", f"{left},{top},768,768", *flags)
+            assert proc.returncode == 0, proc.stderr
+            doc = load_annotation(ann)
+            assert doc["attributes"]["params"]["grid_anchor"] is bool(flags)
+            assert len(doc["elements"]) > 50
+            labels.append(rasterise(doc, (768, 768), origin=(left, top)))
+        agreement[bool(flags)] = agreement_pq(labels[0], labels[1], (1, 3))["pq"]
+    assert agreement[False] < 0.85 and agreement[True] >= 0.95, agreement

@@ -48,11 +48,6 @@ def test_good_config():
     peaked = _broken(lambda c: c["parameters"].__setitem__("fg_peak_threshold", _param("0.7")))
     assert info_from_config(peaked).thresholds == {
         "fg_threshold": 0.5, "seed_threshold": 0.5, "min_area_px": 16, "fg_peak_threshold": 0.7}
-    assert info.grid_anchor is False  # optional: older configs run on the tile's own grid
-    for text, want in (("true", True), (" TRUE ", True), ("1", True), ("false", False),
-                       ("0", False)):
-        anchored = _broken(lambda c, t=text: c["parameters"].__setitem__("grid_anchor", _param(t)))
-        assert info_from_config(anchored).grid_anchor is want
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -74,8 +69,6 @@ def test_good_config():
     (lambda c: c["parameters"].__setitem__("fg_peak_threshold", _param("-inf")),
      "fg_peak_threshold"),
     (lambda c: c["parameters"].__setitem__("min_area_px", _param("-3")), "min_area_px"),
-    (lambda c: c["parameters"].__setitem__("grid_anchor", _param("yes please")),
-     "grid_anchor must be true or false"),
 ])
 def test_broken_configs(edit, message):
     with pytest.raises(ModelError, match=message.replace("[", r"\[").replace("]", r"\]")):

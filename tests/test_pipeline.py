@@ -84,6 +84,27 @@ def _cores(image) -> list[tuple[int, int, int, int]]:
     return [(t.core_x0, t.core_x1, t.core_y0, t.core_y1) for t in plan.tiles]
 
 
+def test_anchored_tiles_depend_a_little_on_the_tiling(tmp_path, hgsc_image, annotation_schema):
+    """With ``grid_anchor`` each tile meets the network on a grid through its own landmark,
+    so the tiled run's tiles and the single pass see many nuclei on other grids, as a copy
+    shifted by a few pixels would be seen (measured: agreement 0.93, against 0.99 on the
+    slide's one grid, above). Still every nucleus once, the same count within 2 %."""
+    from scipy.spatial import cKDTree
+
+    from slicer_cli.nuclei.metrics import panoptic_quality
+
+    kw = dict(slide_mpp=0.5, overlap_px=128, grid_anchor=True)
+    r_tiled, doc_tiled, tab_tiled = _run(tmp_path, "tiled", hgsc_image, tile_size_px=512, **kw)
+    r_single, doc_single, _ = _run(tmp_path, "single", hgsc_image, tile_size_px=1664, **kw)
+    jsonschema.validate(doc_tiled, annotation_schema)
+    assert r_tiled.tiles > 1 and r_single.tiles == 1
+    pq = panoptic_quality(rasterise(doc_single, (1500, 1500)), rasterise(doc_tiled, (1500, 1500)))
+    assert pq["pq"] >= 0.90, pq
+    assert abs(r_tiled.nuclei - r_single.nuclei) <= 0.02 * r_single.nuclei
+    xy = tab_tiled[["Identifier.CentroidX", "Identifier.CentroidY"]].to_numpy()
+    assert not cKDTree(xy).query_pairs(2.0)
+
+
 def test_plausible_count_against_labels(hgsc_runs, hgsc_labels):
     (r_tiled, _, _), _ = hgsc_runs
     n_true = len(np.unique(hgsc_labels)) - 1

@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python -m training.evaluate [--model-dir models/nucleus_unet] [--json out.json]
                                           [--region held_out|validation] [--timing]
                                           [--robustness] [--flips 4] [--shifts 4]
-                                          [--baseline OTHER_MODEL_DIR]
+                                          [--grid-anchor] [--baseline OTHER_MODEL_DIR]
 
 The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
 (reflect-padded to a multiple of 32), its maps are post-processed by
@@ -26,7 +26,9 @@ each unlabelled slide's own H&E vectors (``robustness.restained_scores``).
 ``--flips 4`` scores all of it with the test-time flips (the CLI's ``--test-time-flips``),
 ``--shifts 4`` with the test-time shifts (``--test-time-shifts``); both: every combination.
 ``--flips 8`` adds the transposed images, ``--shifts 16`` every shift of 0-3 pixels (not
-CLI settings: the ROI shift is then not measured). ``--cmu-region`` moves the CMU region.
+CLI settings: the ROI shift is then not measured). ``--grid-anchor`` places each image's
+network grid through its tissue's landmark (the CLI's ``--grid-anchor``), with or without
+them. ``--cmu-region`` moves the CMU region.
 """
 from __future__ import annotations
 
@@ -66,22 +68,23 @@ from .unlabelled import UnlabelledPool, stain_targets
 
 class Averaged:
     """A backend whose ``infer`` averages over test-time flips and shifts (``--flips``,
-    ``--shifts``)."""
+    ``--shifts``), on each image's anchored grid with ``anchor`` (``--grid-anchor``)."""
 
-    def __init__(self, backend, flips: int = 1, shifts: int = 1) -> None:
+    def __init__(self, backend, flips: int = 1, shifts: int = 1, anchor: bool = False) -> None:
         self.backend, self.flips, self.shifts, self.info = backend, flips, shifts, backend.info
+        self.anchor = anchor
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return infer_averaged(self.backend, batch, self.flips, self.shifts)
+        return infer_averaged(self.backend, batch, self.flips, self.shifts, self.anchor)
 
 
 def _instances(model_dir: Path, image: np.ndarray, threads: int, flips: int,
-               shifts: int) -> tuple:
+               shifts: int, anchor: bool = False) -> tuple:
     """``(info, instances, inference s, post-processing s)`` of the model on ``image``."""
     with LocalBackend(model_dir, threads=threads) as backend:
         info = backend.info
         t0 = time.perf_counter()
-        maps = predict_maps(Averaged(backend, flips, shifts), image, info.size_multiple)
+        maps = predict_maps(Averaged(backend, flips, shifts, anchor), image, info.size_multiple)
         infer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
@@ -91,7 +94,7 @@ def _instances(model_dir: Path, image: np.ndarray, threads: int, flips: int,
 
 def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
              threads: int = 2, flips: int = 1, shifts: int = 1,
-             baseline: Path | None = None) -> dict:
+             baseline: Path | None = None, anchor: bool = False) -> dict:
     """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict.
 
     With ``baseline`` (another model directory) also ``versus_baseline``: this model minus
@@ -100,12 +103,12 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     """
     tile = load_tile()
     image, labels, classes = region(tile, box)
-    info, inst, infer_s, post_s = _instances(model_dir, image, threads, flips, shifts)
+    info, inst, infer_s, post_s = _instances(model_dir, image, threads, flips, shifts, anchor)
     binary = panoptic_quality(labels, inst.labels)
     multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(info.classes))
     result = {
         "model": info.name, "version": info.version, "region_rows_cols": list(box),
-        "test_time_flips": flips, "test_time_shifts": shifts,
+        "test_time_flips": flips, "test_time_shifts": shifts, "grid_anchor": anchor,
         "thresholds": info.thresholds,
         "n_true": int(labels.max()), "n_pred": int(inst.labels.max()),
         "f1": binary["f1"], "precision": binary["precision"], "recall": binary["recall"],
@@ -123,7 +126,7 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
         "inference_s": round(infer_s, 3), "postprocess_s": round(post_s, 3),
     }
     if baseline is not None:
-        base = _instances(baseline, image, threads, flips, shifts)[1]
+        base = _instances(baseline, image, threads, flips, shifts, anchor)[1]
         base_multi = multiclass_pq(labels, classes, base.labels, base.class_index,
                                    len(info.classes))
         result["versus_baseline"] = {
@@ -140,7 +143,8 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
                threads: int = 2, flips: int = 1, shifts: int = 1,
-               name: str = "held_out", cmu: tuple[int, int, int, int] = CMU_REGION) -> dict:
+               name: str = "held_out", cmu: tuple[int, int, int, int] = CMU_REGION,
+               anchor: bool = False) -> dict:
     """Agreement of the model with itself (shifts and re-encodes on ``box`` and on the CMU
     slide's region ``cmu``, the ROI (1, 1) shift) and its accuracy on ``box`` re-stained as
     other labs' H&E; ``box``'s agreement is keyed ``name`` (the ``--region``). The ROI
@@ -150,13 +154,13 @@ def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     image, labels, classes = region(tile, box)
     targets = stain_targets(UnlabelledPool())
     with LocalBackend(model_dir, threads=threads) as backend:
-        averaged = Averaged(backend, flips, shifts)
+        averaged = Averaged(backend, flips, shifts, anchor)
         quadrant = tile_agreement(averaged, np.ascontiguousarray(image))
         on_cmu = tile_agreement(averaged, cmu_region(cmu))
         restained = restained_scores(averaged, image, labels, classes, targets,
                                      REFERENCE_STAINS)
     if flips in (1, 4) and shifts in (1, 4):
-        roi = roi_agreement(model_dir, flips=flips > 1, shifts=shifts > 1)
+        roi = roi_agreement(model_dir, flips=flips > 1, shifts=shifts > 1, anchor=anchor)
     else:
         roi = {"not measured": "the CLI averages 1 or 4 flips and 1 or 4 shifts"}
     return {name: quadrant, "cmu_region": on_cmu, "cmu_box": list(cmu),
@@ -214,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the measured one; MODEL.md's selection regions A and B are "
                         + " and ".join(",".join(map(str, box)) for box in SELECTION_REGIONS)
                         + ")")
+    p.add_argument("--grid-anchor", action="store_true",
+                   help="each image on a network grid placed by its tissue (the CLI's "
+                        "--grid-anchor; the baseline too)")
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")
@@ -221,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
     result = evaluate(args.model_dir, box, args.threads, args.flips, args.shifts,
-                      args.baseline)
+                      args.baseline, args.grid_anchor)
     if args.timing:
         result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
     if args.robustness:
         result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips,
-                                         args.shifts, args.region, args.cmu_region)
+                                         args.shifts, args.region, args.cmu_region,
+                                         args.grid_anchor)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -45,7 +45,7 @@ def export_onnx(net: UNet, path: Path, temperature: float = 1.0) -> Path:
 def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_threshold: float,
                  min_area_px: int, fg_peak_threshold: float = 0.0, max_batch_size: int = 16,
                  uncertain_below: float = 0.0,
-                 temperature: float = 1.0, grid_anchor: bool = False) -> Path:
+                 temperature: float = 1.0) -> Path:
     """Write ``<model_dir>/config.pbtxt`` (Triton layout; metadata in ``parameters``).
 
     The serving part is for a GPU (the reasoning is in MODEL.md, "Serving on a GPU"): ONNX
@@ -54,9 +54,7 @@ def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_thr
     The CPU development server (``scripts/serve_triton.py``) drops the accelerator.
 
     ``uncertain_below``: nuclei whose class probability is below it are shown as
-    ``uncertain`` (0 never); ``temperature``: the calibration baked into the graph (recorded);
-    ``grid_anchor``: the engine places each tile's grid by its tissue
-    (``slicer_cli/nuclei/backends/grid_anchor.py``).
+    ``uncertain`` (0 never); ``temperature``: the calibration baked into the graph (recorded).
     """
     params = {
         "classes": ",".join(CLASSES),
@@ -74,7 +72,6 @@ def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_thr
         "uncertain_color": UNCERTAIN_COLOR,
         "class_temperature": f"{temperature:.4g}",
         "class_scope": CLASS_SCOPE.format(uncertain=uncertain_below),
-        "grid_anchor": "true" if grid_anchor else "false",
         "output_semantics": ("FOREGROUND nucleus probability; DISTANCE per-nucleus normalised "
                              "distance to the border (0 border, 1 centre); CLASS_PROB softmax "
                              "over classes"),

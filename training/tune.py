@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from slicer_cli.nuclei.backends.test_time import infer_averaged
 from slicer_cli.nuclei.instances import extract_instances
 from slicer_cli.nuclei.metrics import multiclass_pq, panoptic_quality
 
@@ -23,13 +22,11 @@ TOLERANCE = 0.02  # bPQ + mPQ differences below this are noise on 89 nuclei
 
 
 def predict_maps(backend, image: np.ndarray, multiple: int = 32) -> dict[str, np.ndarray]:
-    """Network maps of one H x W x 3 image (reflect-padded to a multiple of ``multiple``), on
-    the grid its tissue fixes when the model says so (``info.grid_anchor``), as the pipeline
-    runs it."""
+    """Network maps of one H x W x 3 image (reflect-padded to a multiple of ``multiple``)."""
     h, w = image.shape[:2]
     ph, pw = -h % multiple, -w % multiple
     padded = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
-    maps = infer_averaged(backend, padded[None], anchor=backend.info.grid_anchor)
+    maps = backend.infer(padded[None])
     return {k: v[0, :h, :w] for k, v in maps.items()}
 
 

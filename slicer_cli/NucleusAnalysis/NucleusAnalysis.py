@@ -115,6 +115,7 @@ def options_from_args(args):
         stain_normalize=bool(args.stain_normalize),
         test_time_flips=bool(args.test_time_flips),
         test_time_shifts=bool(args.test_time_shifts),
+        grid_anchor=bool(args.grid_anchor),
         min_tissue_fraction=args.min_tissue_fraction,
         scheduler=args.scheduler or None,
         workers=args.workers,

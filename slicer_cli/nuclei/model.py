@@ -17,9 +17,7 @@ A model honours the contract when its ``config.pbtxt`` declares
   ``min_area_px``; optionally ``fg_peak_threshold`` (a nucleus must reach it somewhere;
   :func:`~slicer_cli.nuclei.instances.extract_instances`), ``uncertain_below`` (nuclei
   whose class probability is lower are shown as the group ``uncertain``, in
-  ``uncertain_color``), ``class_scope`` (where the classes hold, shown next to them) and
-  ``grid_anchor`` (``true``: each tile meets the network on a grid placed by its own tissue,
-  :mod:`~slicer_cli.nuclei.backends.grid_anchor`; ``false`` when absent).
+  ``uncertain_color``) and ``class_scope`` (where the classes hold, shown next to them).
 
 The same :class:`ModelInfo` is built from a local ``config.pbtxt`` (in-process ONNX Runtime)
 or from the config a Triton server returns, so both backends read the same facts.
@@ -70,7 +68,6 @@ class ModelInfo:
     uncertain_below: float = 0.0
     uncertain_color: str = "rgb(150,150,150)"
     class_scope: str = ""
-    grid_anchor: bool = False
 
     @property
     def thresholds(self) -> dict:
@@ -155,7 +152,6 @@ def info_from_config(config: dict) -> ModelInfo:
             uncertain_color=(_RGB.findall(params.get("uncertain_color") or "") or
                              ["rgb(150,150,150)"])[0],
             class_scope=params.get("class_scope", ""),
-            grid_anchor=_flag(name, "grid_anchor", params.get("grid_anchor", "")),
         )
     except ValueError as e:
         raise ModelError(f"model {name!r}: bad numeric parameter: {e}") from e
@@ -170,16 +166,6 @@ def info_from_config(config: dict) -> ModelInfo:
     if UNCERTAIN in info.classes:
         raise ModelError(f"model {name!r}: {UNCERTAIN!r} is reserved, not a class name")
     return info
-
-
-def _flag(name: str, key: str, text: str) -> bool:
-    """A yes/no parameter: ``true``/``1``, ``false``/``0`` or empty (no)."""
-    value = text.strip().lower()
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0", ""):
-        return False
-    raise ModelError(f"model {name!r}: {key} must be true or false, not {text!r}")
 
 
 def read_config(model_dir: str | Path) -> dict:

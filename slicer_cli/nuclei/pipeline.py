@@ -356,7 +356,7 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
             maps = infer_averaged(ctx.backend, batch,
                                   flips=4 if ctx.options.test_time_flips else 1,
                                   shifts=4 if ctx.options.test_time_shifts else 1,
-                                  anchor=ctx.backend.info.grid_anchor)
+                                  anchor=ctx.options.grid_anchor)
             dt = time.perf_counter() - t0
         with ctx.lock:
             ctx.inference_s += dt
@@ -465,7 +465,7 @@ def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions, backe
                 device: str) -> dict:
     params = {k: v for k, v in asdict(options).items()
               if k in ("region", "slide_mpp", "batch_size", "tile_size_px", "overlap_px",
-                       "stain_normalize", "test_time_flips", "test_time_shifts",
+                       "stain_normalize", "test_time_flips", "test_time_shifts", "grid_anchor",
                        "min_tissue_fraction")}
     params["backend"] = {"TritonBackend": "triton", "TorchBackend": "pytorch"}.get(
         type(backend).__name__, "onnxruntime")

@@ -68,7 +68,7 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1,
     """``backend.infer`` of ``batch`` under the first ``flips`` flips and ``shifts`` shifts
     (every combination), averaged; with ``anchor``, each tile on the grid its tissue fixes
     (:func:`~slicer_cli.nuclei.backends.grid_anchor.infer_anchored`, the grid of the
-    backend's ``size_multiple``; the flips and shifts then happen on that grid).
+    backend's ``info.size_multiple``; the flips and shifts then happen on that grid).
 
     Parameters
     ----------
@@ -82,7 +82,7 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1,
     shifts : int
         1 (none), 4 (one column, one row, both) or 16 (0-3 rows and 0-3 columns).
     anchor : bool
-        Place each tile's grid by its tissue (the model's ``grid_anchor``).
+        Place each tile's grid by its tissue (the CLI's ``--grid-anchor``).
 
     Raises
     ------
