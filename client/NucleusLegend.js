@@ -58,12 +58,17 @@ function id(value) {
     return typeof value === 'string' && ID_RE.test(value) ? value : '';
 }
 
-/** How the network was run: the job's test-time averaging, if any (parameters set to true). */
+/** How the network was run: the job's test-time averaging and grid anchor, if any
+ * (parameters set to true). */
 function averaging(parameters) {
     const p = parameters && typeof parameters === 'object' ? parameters : {};
     const on = [['test_time_flips', 'flips'], ['test_time_shifts', 'shifts']]
         .filter(([key]) => p[key] === true).map(([, name]) => name);
-    return on.length ? `averaged over test-time ${on.join(' + ')}` : '';
+    const parts = on.length ? [`averaged over test-time ${on.join(' + ')}`] : [];
+    if (p.grid_anchor === true) {
+        parts.push('grid anchored to the tissue');
+    }
+    return parts.join(', ');
 }
 
 /** The summary as the panel may use it: only well-formed values survive. */

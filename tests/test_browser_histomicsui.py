@@ -454,7 +454,8 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
         "model": XSS.format("model") + "<script>window.__xss = ['script']</script>",
         "modelVersion": XSS.format("version"),
         # only a JSON true turns a setting on; anything else is not shown
-        "parameters": {"test_time_flips": True, "test_time_shifts": XSS.format("shifts")},
+        "parameters": {"test_time_flips": True, "test_time_shifts": XSS.format("shifts"),
+                       "grid_anchor": True},
         "nuclei": XSS.format("nuclei"),
         "classes": [
             {"name": XSS.format("name"), "count": XSS.format("count"),
@@ -484,7 +485,8 @@ def test_hostile_metadata_does_not_run_in_the_nuclei_panel(stack, page):
     assert panel.locator("[onerror], [onmouseover]").count() == 0
     # the panel still renders: the hostile strings as text, the numbers coerced
     assert XSS.format("name") in panel.inner_text()
-    assert panel.locator(".h-nl-averaging").inner_text() == "(averaged over test-time flips)"
+    assert panel.locator(".h-nl-averaging").inner_text() == \
+        "(averaged over test-time flips, grid anchored to the tissue)"
     assert panel.get_attribute("data-nuclei") == "0"
     rows = panel.locator(".h-nl-row")
     assert [rows.nth(i).get_attribute("data-count") for i in range(rows.count())] == \
