@@ -138,8 +138,8 @@ def infer_anchored(infer: Callable[[np.ndarray], dict], batch: np.ndarray,
         ay, ax = find_anchor(tile) or (0, 0)
         # the window's first pixel is tile pixel (ay % period - period, ax % period - period)
         dy, dx = ay % period, ax % period
-        padded = np.pad(tile, ((period, period), (period, period), (0, 0)), mode="reflect")
-        windows[k] = padded[dy:dy + h + period, dx:dx + w + period]
+        windows[k] = np.pad(tile, ((period - dy, dy), (period - dx, dx), (0, 0)),
+                            mode="reflect")
         starts.append((period - dy, period - dx))
     maps = infer(windows)
     out = {}
