@@ -50,6 +50,7 @@ def test_histomicsui_bindings_are_ignored_when_not_strict():
 @pytest.mark.parametrize("params, message", [
     ({"nope": 1}, "Unknown parameter(s) nope"),
     ({"stain_normalize": "maybe"}, "must be true or false"),
+    ({"grid_anchor": "yes please"}, "must be true or false"),
     ({"batch_size": "four"}, "batch_size must be a number"),
     ({"batch_size": 2.5}, "batch_size must be an integer"),
     ({"batch_size": 65}, "must be within [1, 64]"),
