@@ -313,6 +313,95 @@ def test_stem_low_pass_attenuates_what_the_stem_would_alias_and_round_trips(tmp_
         torch.testing.assert_close(loaded.net(normalise(image))[0], net(normalise(image))[0])
 
 
+_YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+
+def _luma_chroma(x: torch.Tensor) -> torch.Tensor:
+    """BT.601 Y, Cb, Cr (0-1 scale) of a normalised NCHW batch."""
+    from slicer_cli.nuclei.network import MEAN, STD
+
+    rgb = x * torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1) + torch.tensor(
+        MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    return torch.einsum("ij,njhw->nihw", torch.tensor(_YCC, dtype=x.dtype), rgb)
+
+
+def test_chroma_low_pass_keeps_luma_and_smooths_chroma_only():
+    """``--chroma-blur``: the luma of the input passes unchanged; its chroma is exactly the
+    Gaussian of the input's chroma (scipy's, edges replicated); a flat colour stays as it
+    is; a chroma pattern at the finest period (2 px, what JPEG's 4:2:0 drops) is gone."""
+    from scipy import ndimage as ndi
+
+    from slicer_cli.nuclei.network import MEAN, STD, ChromaBlur, normalise
+
+    blur = ChromaBlur(1.5).double()
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy(rng.integers(0, 256, (2, 40, 52, 3), dtype=np.uint8))
+    x = normalise(image).double()
+    before, after = _luma_chroma(x), _luma_chroma(blur(x))
+    # float64 throughout: only the constants' float32 storage rounds (1e-7 of a unit range)
+    torch.testing.assert_close(after[:, 0], before[:, 0], atol=1e-6, rtol=0)
+    expected = ndi.gaussian_filter(before[:, 1:].numpy(), (0, 0, 1.5, 1.5), mode="nearest",
+                                   radius=(0, 0, blur.radius, blur.radius))
+    np.testing.assert_allclose(after[:, 1:].numpy(), expected, atol=1e-6, rtol=0)
+    flat = normalise(torch.tensor([200, 120, 170], dtype=torch.uint8).expand(1, 16, 16, 3))
+    torch.testing.assert_close(blur(flat.double()), flat.double(), atol=1e-6, rtol=0)
+    checker = torch.from_numpy(np.indices((32, 32)).sum(0) % 2 * 2.0 - 1.0)
+    base = torch.tensor([[0.6], [0.0], [0.0]], dtype=torch.float64)  # Y, Cb, Cr
+    ycc = base.view(1, 3, 1, 1) + torch.stack([0 * checker, 0.1 * checker, 0.1 * checker])
+    inv = torch.linalg.inv(torch.tensor(_YCC, dtype=torch.float64))
+    rgb = torch.einsum("ij,njhw->nihw", inv, ycc)
+    xn = (rgb - torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        STD, dtype=torch.float64).view(1, 3, 1, 1)
+    out = _luma_chroma(blur(xn))[0, :, 8:-8, 8:-8]
+    # the Gaussian's gain at period 2 px: exp(-2 pi^2 sigma^2 / 4) = 1.5e-5
+    assert out[1:].abs().max() < 0.1 * 1e-4
+    torch.testing.assert_close(out[0], torch.full_like(out[0], 0.6), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="sigma"):
+        ChromaBlur(0.0)
+
+
+def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips(tmp_path):
+    """The network computes chroma low-pass, input blur and stem as one convolution over
+    ``[x, G * x]`` (``UNet._chroma_stem``): the same maps as the three in turn; the sigma is
+    saved with the weights (and absent from a network without it, so its ``model.pt``
+    reads as 5.2.0's did); the ONNX file gives the PyTorch maps."""
+    import onnxruntime as ort
+
+    from slicer_cli.nuclei.network import Exported, UNet, load_exported, normalise, save_weights
+    from training.export import export_onnx
+
+    arch = {"width": 4, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
+            "bilinear_head": True, "bilinear_up": True}
+    assert "chroma_blur" not in UNet(**arch).arch
+    torch.manual_seed(0)
+    net = UNet(**arch, chroma_blur=1.5).eval()
+    for m in net.modules():  # batch norms that do something
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    assert net.fold_chroma
+    image = torch.from_numpy(_disc_tile(n=4, size=128).image[None].copy())
+    with torch.no_grad():
+        folded = net(normalise(image))
+        net.fold_chroma = False
+        plain = net(normalise(image))
+        net.fold_chroma = True
+    for a, b in zip(folded, plain):  # float32 sums in another order: ~1e-7 of logits ~1
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    save_weights(net, tmp_path / "model.pt", temperature=1.2)
+    loaded = load_exported(tmp_path / "model.pt")
+    assert loaded.net.arch["chroma_blur"] == 1.5
+    export_onnx(net, tmp_path / "model.onnx", 1.2)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    with torch.no_grad():
+        torch_maps = Exported(net, 1.2)(image)
+        for a, b, c in zip(onnx_maps, torch_maps, loaded(image)):
+            np.testing.assert_allclose(a, b.numpy(), atol=1e-5, rtol=0)
+            torch.testing.assert_close(c, b)
+
+
 def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
     """``--split all`` without settings: the twin (held-out data kept out) is trained and
     tuned first, and the shipped model takes its thresholds and temperature; a rerun

@@ -99,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bilinear-up", action=argparse.BooleanOptionalAction, default=True,
                    help="decoder upsampling by 1x1 conv + bilinear instead of transposed "
                         "convolutions (5.0.0)")
+    p.add_argument("--chroma-blur", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian low-pass (px) of the input's chroma inside the network "
+                        "(0: none, as before 5.3.0)")
     p.add_argument("--refine", type=int, default=0,
                    help="channels of a full-resolution refinement of the logits (0: none)")
     p.add_argument("--split", choices=("heldout", "all"), default="all",
@@ -341,7 +344,7 @@ def train(args: argparse.Namespace) -> dict:
                stem=args.stem, antialias=args.antialias, head_width=args.head_width,
                blur_pools=args.blur_pools, bilinear_head=args.bilinear_head,
                bilinear_up=args.bilinear_up, refine=args.refine,
-               stem_blur=args.stem_blur).to(device)
+               stem_blur=args.stem_blur, chroma_blur=args.chroma_blur).to(device)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)
@@ -488,7 +491,8 @@ def _arg_key(args: argparse.Namespace) -> dict:
     key = {k: str(v) for k, v in vars(args).items() if k not in skip}
     # options added later, at the value that changes nothing: the checkpoints made before
     # them (5.1.0's) still resume
-    for k, neutral in {"refine": "0", "stem_blur": "3", "pseudo_labels": "None",
+    for k, neutral in {"refine": "0", "stem_blur": "3", "chroma_blur": "0.0",
+                       "pseudo_labels": "None",
                        "pseudo_fraction": "0.25"}.items():
         if key.get(k) == neutral:
             del key[k]

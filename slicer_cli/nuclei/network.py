@@ -56,6 +56,60 @@ class Blur(nn.Module):
                         groups=self.channels)
 
 
+#: BT.601 (JPEG) chroma rows: Cb, Cr of RGB, and the RGB change of a unit Cb, Cr change
+_CHROMA = ((-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+_CHROMA_TO_RGB = ((0.0, 1.402), (-0.344136, -0.714136), (1.772, 0.0))
+
+
+class ChromaBlur(nn.Module):
+    """Gaussian low-pass (``sigma`` px) of the input's chroma; its luma passes untouched.
+
+    A JPEG keeps chroma (Cb, Cr) at half resolution and quantises it per 8 x 8 block, so the
+    fine chroma detail of a slide is mostly its compression's, and a re-encode changes it
+    most. The network sees only the smooth colour (what tells haematoxylin from eosin) and
+    the full-resolution luma (where the nuclei's edges are). On the normalised input
+    ``x = (rgb - MEAN) / STD``: ``x + C (G * x - x)``, ``G`` the Gaussian (edges replicated)
+    and ``C`` the matrix that keeps a normalised pixel's chroma and sets its luma to 0
+    (:meth:`mix`; the Gaussian commutes with mixing channels and keeps constants, so the
+    means drop out), so the luma is exactly the input's. In the network it is folded into
+    the stem (:meth:`UNet._chroma_stem`).
+    """
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        if not 0.0 < sigma <= 8.0:
+            raise ValueError(f"chroma blur sigma must be in (0, 8] px, not {sigma}")
+        radius = max(1, int(-(-3.0 * sigma // 1)))  # ceil(3 sigma)
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        g = torch.exp(-0.5 * (t / sigma) ** 2)
+        g = (g / g.sum()).float()
+        std = torch.tensor(STD, dtype=torch.float64)
+        to_chroma = torch.tensor(_CHROMA, dtype=torch.float64) * std[None, :]
+        to_input = torch.tensor(_CHROMA_TO_RGB, dtype=torch.float64) / std[:, None]
+        self.register_buffer("to_chroma", to_chroma.float().view(2, 3, 1, 1))
+        self.register_buffer("to_input", to_input.float().view(3, 2, 1, 1))
+        # (two channels each: the first network trained with it stored them so)
+        self.register_buffer("rows", g.view(1, 1, -1, 1).expand(2, 1, -1, 1).clone())
+        self.register_buffer("cols", g.view(1, 1, 1, -1).expand(2, 1, 1, -1).clone())
+        self.radius = radius
+
+    def mix(self) -> torch.Tensor:
+        """The 3 x 3 matrix ``C`` that keeps the chroma of a normalised pixel, its luma set
+        to 0: ``ChromaBlur(x) = x + C (G * x - x)`` (``G`` commutes with mixing channels)."""
+        return self.to_input.view(3, 2) @ self.to_chroma.view(2, 3)
+
+    def smooth(self, x: torch.Tensor) -> torch.Tensor:
+        """``G * x``: the Gaussian of every channel of ``x`` (3 channels; edges replicated)."""
+        r, n, k = self.radius, 3, 2 * self.radius + 1  # constants: the ONNX export needs them
+        rows = self.rows[:1].expand(n, 1, k, 1)
+        cols = self.cols[:1].expand(n, 1, 1, k)
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, groups=n)
+        return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, groups=n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.conv2d(self.smooth(x) - x, self.mix().view(3, 3, 1, 1))
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
@@ -102,6 +156,9 @@ class UNet(nn.Module):
         convolution of the input) mixed with the interpolated logits by a 3 x 3 convolution
         and added to them (it starts at zero), so the boundaries are drawn at full
         resolution. 0 (every shipped model so far): none.
+    chroma_blur : float
+        Sigma in px of a Gaussian low-pass of the input's chroma (:class:`ChromaBlur`),
+        before everything else; 0 (every model before 5.3.0): none.
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
@@ -110,7 +167,7 @@ class UNet(nn.Module):
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
                  stem: bool = False, antialias: bool = False, head_width: int | None = None,
                  blur_pools: int = 0, bilinear_head: bool = False, bilinear_up: bool = False,
-                 refine: int = 0, stem_blur: int = 3):
+                 refine: int = 0, stem_blur: int = 3, chroma_blur: float = 0.0):
         super().__init__()
         #: the constructor's arguments (saved with the weights)
         self.arch = {"width": width, "n_classes": n_classes, "max_mult": max_mult,
@@ -120,12 +177,17 @@ class UNet(nn.Module):
         if stem_blur != 3:
             # only then, so a 3 x 3 model's model.pt stays readable by older code
             self.arch["stem_blur"] = stem_blur
+        if chroma_blur:
+            self.arch["chroma_blur"] = float(chroma_blur)
+        self.chroma = ChromaBlur(chroma_blur) if chroma_blur else None
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
         self.blur = Blur(3, stem_blur) if antialias else None
         self.stem = nn.Sequential(
             nn.Conv2d(3, chans[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)) if stem else None
+        #: compute the chroma low-pass, input blur and stem as one (:meth:`_chroma_stem`)
+        self.fold_chroma = bool(chroma_blur and stem and antialias and not refine)
         first = chans[0] if stem else 3
         self.down = nn.ModuleList([_block(first, chans[0])] + [
             _block(chans[k], chans[k + 1]) for k in range(levels - 1)])
@@ -156,6 +218,27 @@ class UNet(nn.Module):
             nn.init.zeros_(self.refine_out.weight)
             nn.init.zeros_(self.refine_out.bias)
 
+    def _chroma_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """``stem(blur(chroma(x)))`` without mixing colours at full resolution.
+
+        Everything before the stem's batch norm is linear, and the low-passes treat every
+        channel alike, so with ``C`` the chroma-keeping matrix of :class:`ChromaBlur` and
+        ``W`` the stem's weights: ``W * B * (x + C (G * x - x)) = (W - W C) * B * x +
+        W C * B * G * x``: one stem convolution over the six channels ``[x, G * x]``,
+        equal to the plain order up to rounding. The two 1 x 1 colour mixes at full
+        resolution it saves cost ONNX Runtime more than the whole rest of the filter.
+        """
+        conv = self.stem[0]
+        wc = torch.einsum("ojhw,ji->oihw", conv.weight, self.chroma.mix())
+        both = torch.cat([x, self.chroma.smooth(x)], dim=1)
+        side = 2 * self.blur.pad + 1
+        kernel = self.blur.kernel[:1].expand(6, 1, side, side)
+        pad = (self.blur.pad,) * 4
+        both = F.conv2d(F.pad(both, pad, mode="replicate"), kernel, groups=6)
+        x = F.conv2d(both, torch.cat([conv.weight - wc, wc], dim=1), stride=conv.stride,
+                     padding=conv.padding)
+        return self.stem[1:](x)
+
     def _pool(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """The k-th 2x downsampling (k = 0 first): max-pool, anti-aliased for the first few."""
         if k < len(self.pool_blurs):
@@ -164,11 +247,16 @@ class UNet(nn.Module):
         return F.max_pool2d(x, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        full = x
-        if self.blur is not None:
-            x = self.blur(x)
-        if self.stem is not None:
-            x = self.stem(x)
+        if self.chroma is not None and self.fold_chroma:
+            full, x = None, self._chroma_stem(x)
+        else:
+            if self.chroma is not None:
+                x = self.chroma(x)
+            full = x
+            if self.blur is not None:
+                x = self.blur(x)
+            if self.stem is not None:
+                x = self.stem(x)
         skips = []
         for k, block in enumerate(self.down):
             x = block(x if k == 0 else self._pool(k - 1, x))
