@@ -361,8 +361,9 @@ def test_chroma_low_pass_keeps_luma_and_smooths_chroma_only():
 
 
 def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips(tmp_path):
-    """The network computes chroma low-pass, input blur and stem as one convolution over
-    ``[x, G * x]`` (``UNet._chroma_stem``): the same maps as the three in turn; the sigma is
+    """For inference the network computes chroma low-pass, input blur and stem as one
+    convolution over ``[x, G * x]`` (``UNet._chroma_stem``; training keeps the plain order):
+    the same maps as the three in turn; the sigma is
     saved with the weights (and absent from a network without it, so its ``model.pt``
     reads as 5.2.0's did); the ONNX file gives the PyTorch maps."""
     import onnxruntime as ort
@@ -379,13 +380,11 @@ def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    assert net.fold_chroma
+    assert net.can_fold_chroma
     image = torch.from_numpy(_disc_tile(n=4, size=128).image[None].copy())
     with torch.no_grad():
-        folded = net(normalise(image))
-        net.fold_chroma = False
-        plain = net(normalise(image))
-        net.fold_chroma = True
+        plain = net(normalise(image))  # training's order
+        folded = net(normalise(image), fold_chroma=True)
     for a, b in zip(folded, plain):  # float32 sums in another order: ~1e-7 of logits ~1
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     save_weights(net, tmp_path / "model.pt", temperature=1.2)

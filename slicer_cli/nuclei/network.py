@@ -71,8 +71,8 @@ class ChromaBlur(nn.Module):
     ``x = (rgb - MEAN) / STD``: ``x + C (G * x - x)``, ``G`` the Gaussian (edges replicated)
     and ``C`` the matrix that keeps a normalised pixel's chroma and sets its luma to 0
     (:meth:`mix`; the Gaussian commutes with mixing channels and keeps constants, so the
-    means drop out), so the luma is exactly the input's. In the network it is folded into
-    the stem (:meth:`UNet._chroma_stem`).
+    means drop out), so the luma is exactly the input's. For inference it is folded into the
+    stem (:meth:`UNet._chroma_stem`).
     """
 
     def __init__(self, sigma: float) -> None:
@@ -107,7 +107,12 @@ class ChromaBlur(nn.Module):
         return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, groups=n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + F.conv2d(self.smooth(x) - x, self.mix().view(3, 3, 1, 1))
+        # the order training uses: chroma out, smoothed, back (5.3.0 was trained so)
+        c = F.conv2d(x, self.to_chroma)
+        r = self.radius
+        smooth = F.conv2d(F.pad(c, (0, 0, r, r), mode="replicate"), self.rows, groups=2)
+        smooth = F.conv2d(F.pad(smooth, (r, r, 0, 0), mode="replicate"), self.cols, groups=2)
+        return x + F.conv2d(smooth - c, self.to_input)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -186,8 +191,10 @@ class UNet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(3, chans[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)) if stem else None
-        #: compute the chroma low-pass, input blur and stem as one (:meth:`_chroma_stem`)
-        self.fold_chroma = bool(chroma_blur and stem and antialias and not refine)
+        #: whether the chroma low-pass, input blur and stem can be computed as one
+        #: (:meth:`_chroma_stem`); :class:`Exported` (inference, the ONNX file) does so,
+        #: training keeps the plain order, so its runs repeat bit for bit
+        self.can_fold_chroma = bool(chroma_blur and stem and antialias and not refine)
         first = chans[0] if stem else 3
         self.down = nn.ModuleList([_block(first, chans[0])] + [
             _block(chans[k], chans[k + 1]) for k in range(levels - 1)])
@@ -246,8 +253,11 @@ class UNet(nn.Module):
             return self.pool_blurs[k](x, stride=2)
         return F.max_pool2d(x, 2)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.chroma is not None and self.fold_chroma:
+    def forward(self, x: torch.Tensor, fold_chroma: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of a normalised batch; ``fold_chroma``: the chroma low-pass folded into the
+        stem (:meth:`_chroma_stem`; the same maps up to rounding, less time)."""
+        if fold_chroma and self.can_fold_chroma:
             full, x = None, self._chroma_stem(x)
         else:
             if self.chroma is not None:
@@ -295,7 +305,7 @@ class Exported(nn.Module):
         self.inv_temperature = 1.0 / float(temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fg, dist, cls = self.net(normalise(image))
+        fg, dist, cls = self.net(normalise(image), fold_chroma=True)
         if self.inv_temperature != 1.0:
             cls = cls * self.inv_temperature
         # softmax over the few class channels spelt out as element-wise ops: ONNX Runtime's
