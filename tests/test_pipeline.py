@@ -20,8 +20,10 @@ def _run(tmp_path, name, slide, **kw):
 @pytest.fixture(scope="module")
 def hgsc_runs(tmp_path_factory, hgsc_image):
     tmp = tmp_path_factory.mktemp("hgsc")
-    tiled = _run(tmp, "tiled", hgsc_image, slide_mpp=0.5, tile_size_px=512, overlap_px=128)
-    single = _run(tmp, "single", hgsc_image, slide_mpp=0.5, tile_size_px=1664, overlap_px=128)
+    # on the slide's own grid (no anchor): the seams alone are measured
+    kw = dict(slide_mpp=0.5, overlap_px=128, grid_anchor=False)
+    tiled = _run(tmp, "tiled", hgsc_image, tile_size_px=512, **kw)
+    single = _run(tmp, "single", hgsc_image, tile_size_px=1664, **kw)
     return tiled, single
 
 
@@ -87,7 +89,7 @@ def _cores(image) -> list[tuple[int, int, int, int]]:
 def test_anchored_tiles_depend_a_little_on_the_tiling(tmp_path, hgsc_image, annotation_schema):
     """With ``grid_anchor`` each tile meets the network on a grid through its own landmark,
     so the tiled run's tiles and the single pass see many nuclei on other grids, as a copy
-    shifted by a few pixels would be seen (measured: agreement 0.93, against 0.99 on the
+    shifted by a few pixels would be seen (measured, 5.3.0: agreement 0.918, against 0.989 on the
     slide's one grid, above). Still every nucleus once, the same count within 2 %."""
     from scipy.spatial import cKDTree
 

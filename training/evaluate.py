@@ -5,7 +5,7 @@ Usage (from the repository root)::
     .venv/bin/python -m training.evaluate [--model-dir models/nucleus_unet] [--json out.json]
                                           [--region held_out|validation] [--timing]
                                           [--robustness] [--flips 4] [--shifts 4]
-                                          [--grid-anchor] [--baseline OTHER_MODEL_DIR]
+                                          [--no-grid-anchor] [--baseline OTHER_MODEL_DIR]
 
 The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
 (reflect-padded to a multiple of 32), its maps are post-processed by
@@ -26,9 +26,10 @@ each unlabelled slide's own H&E vectors (``robustness.restained_scores``).
 ``--flips 4`` scores all of it with the test-time flips (the CLI's ``--test-time-flips``),
 ``--shifts 4`` with the test-time shifts (``--test-time-shifts``); both: every combination.
 ``--flips 8`` adds the transposed images, ``--shifts 16`` every shift of 0-3 pixels (not
-CLI settings: the ROI shift is then not measured). ``--grid-anchor`` places each image's
-network grid through its tissue's landmark (the CLI's ``--grid-anchor``), with or without
-them. ``--cmu-region`` moves the CMU region.
+CLI settings: the ROI shift is then not measured). Each image's network grid goes through
+its tissue's landmark, as the CLI's ``--grid-anchor`` (on by default) does, with or without
+them; ``--no-grid-anchor`` leaves each image on its own grid. ``--cmu-region`` moves the CMU
+region.
 """
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def _instances(model_dir: Path, image: np.ndarray, threads: int, flips: int,
 
 def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
              threads: int = 2, flips: int = 1, shifts: int = 1,
-             baseline: Path | None = None, anchor: bool = False) -> dict:
+             baseline: Path | None = None, anchor: bool = True) -> dict:
     """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict.
 
     With ``baseline`` (another model directory) also ``versus_baseline``: this model minus
@@ -144,7 +145,7 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
                threads: int = 2, flips: int = 1, shifts: int = 1,
                name: str = "held_out", cmu: tuple[int, int, int, int] = CMU_REGION,
-               anchor: bool = False) -> dict:
+               anchor: bool = True) -> dict:
     """Agreement of the model with itself (shifts and re-encodes on ``box`` and on the CMU
     slide's region ``cmu``, the ROI (1, 1) shift) and its accuracy on ``box`` re-stained as
     other labs' H&E; ``box``'s agreement is keyed ``name`` (the ``--region``). The ROI
@@ -218,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                         "the measured one; MODEL.md's selection regions A and B are "
                         + " and ".join(",".join(map(str, box)) for box in SELECTION_REGIONS)
                         + ")")
-    p.add_argument("--grid-anchor", action="store_true",
+    p.add_argument("--grid-anchor", action=argparse.BooleanOptionalAction, default=True,
                    help="each image on a network grid placed by its tissue (the CLI's "
-                        "--grid-anchor; the baseline too)")
+                        "--grid-anchor, on by default; the baseline too); --no-grid-anchor: "
+                        "the image's own grid")
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")

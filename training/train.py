@@ -99,9 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bilinear-up", action=argparse.BooleanOptionalAction, default=True,
                    help="decoder upsampling by 1x1 conv + bilinear instead of transposed "
                         "convolutions (5.0.0)")
-    p.add_argument("--chroma-blur", type=float, default=0.0, metavar="SIGMA",
+    p.add_argument("--chroma-blur", type=float, default=1.5, metavar="SIGMA",
                    help="Gaussian low-pass (px) of the input's chroma inside the network "
-                        "(0: none, as before 5.3.0)")
+                        "(5.3.0: 1.5; 0: none, as before)")
     p.add_argument("--refine", type=int, default=0,
                    help="channels of a full-resolution refinement of the logits (0: none)")
     p.add_argument("--split", choices=("heldout", "all"), default="all",
@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where the network trains (cuda: a GPU machine, docs/GPU.md); crops "
                         "are made on the CPU either way, and export, tuning and calibration "
                         "run on the CPU")
-    p.add_argument("--version", default="5.2.0")
+    p.add_argument("--version", default="5.3.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)

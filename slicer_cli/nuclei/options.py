@@ -57,7 +57,7 @@ class AnalysisOptions:
     stain_normalize: bool = False
     test_time_flips: bool = False
     test_time_shifts: bool = False
-    grid_anchor: bool = False
+    grid_anchor: bool = True
     min_tissue_fraction: float = 0.01
     scheduler: str | None = None
     workers: int = 0
