@@ -160,7 +160,8 @@ def test_submit_in_histomicsui_draws_nuclei_and_legend(stack, page):
             page.wait_for_selector("#h-nucleus-legend-panel .h-nl-row")
         legend = page.locator("#h-nucleus-legend-panel")
         assert int(legend.get_attribute("data-nuclei")) == summary["nuclei"] > 0
-        assert legend.locator(".h-nl-averaging").count() == 0  # the default: the plain call
+        # the default: one network call per tile, on the grid anchor (no averaging)
+        assert legend.locator(".h-nl-averaging").inner_text() == "(grid anchored to the tissue)"
         rows = page.locator("#h-nucleus-legend-panel .h-nl-row")
         shown = {rows.nth(i).get_attribute("data-class"): int(rows.nth(i).get_attribute(
             "data-count")) for i in range(rows.count())}
