@@ -98,21 +98,19 @@ class ChromaBlur(nn.Module):
         to 0: ``ChromaBlur(x) = x + C (G * x - x)`` (``G`` commutes with mixing channels)."""
         return self.to_input.view(3, 2) @ self.to_chroma.view(2, 3)
 
-    def smooth(self, x: torch.Tensor) -> torch.Tensor:
-        """``G * x``: the Gaussian of every channel of ``x`` (3 channels; edges replicated)."""
-        r, n, k = self.radius, 3, 2 * self.radius + 1  # constants: the ONNX export needs them
-        rows = self.rows[:1].expand(n, 1, k, 1)
-        cols = self.cols[:1].expand(n, 1, 1, k)
-        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, groups=n)
-        return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, groups=n)
+    def smooth(self, x: torch.Tensor, channels: int = 3) -> torch.Tensor:
+        """``G * x``: the Gaussian of each of the ``channels`` channels of ``x`` (edges
+        replicated; the count a constant, as the ONNX export needs)."""
+        r, k = self.radius, 2 * self.radius + 1
+        rows = self.rows[:1].expand(channels, 1, k, 1)
+        cols = self.cols[:1].expand(channels, 1, 1, k)
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, groups=channels)
+        return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the order training uses: chroma out, smoothed, back (5.3.0 was trained so)
         c = F.conv2d(x, self.to_chroma)
-        r = self.radius
-        smooth = F.conv2d(F.pad(c, (0, 0, r, r), mode="replicate"), self.rows, groups=2)
-        smooth = F.conv2d(F.pad(smooth, (r, r, 0, 0), mode="replicate"), self.cols, groups=2)
-        return x + F.conv2d(smooth - c, self.to_input)
+        return x + F.conv2d(self.smooth(c, channels=2) - c, self.to_input)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
