@@ -48,12 +48,16 @@ class Blur(nn.Module):
         self.channels = channels
         self.pad = size // 2
 
-    def forward(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stride: int = 1,
+                channels: int | None = None) -> torch.Tensor:
         """Low-pass ``x``; with ``stride`` 2 only every other row and column is computed (the
-        same values as the full low-pass subsampled, a quarter of the work)."""
+        same values as the full low-pass subsampled, a quarter of the work). ``channels``:
+        ``x`` has that many instead of the module's own (the same filter on each)."""
         pad = (self.pad,) * 4
-        return F.conv2d(F.pad(x, pad, mode="replicate"), self.kernel, stride=stride,
-                        groups=self.channels)
+        kernel, groups = self.kernel, self.channels
+        if channels is not None and channels != self.channels:
+            kernel, groups = self.kernel[:1].expand(channels, -1, -1, -1), channels
+        return F.conv2d(F.pad(x, pad, mode="replicate"), kernel, stride=stride, groups=groups)
 
 
 #: BT.601 (JPEG) chroma rows: Cb, Cr of RGB, and the RGB change of a unit Cb, Cr change
@@ -235,11 +239,7 @@ class UNet(nn.Module):
         """
         conv = self.stem[0]
         wc = torch.einsum("ojhw,ji->oihw", conv.weight, self.chroma.mix())
-        both = torch.cat([x, self.chroma.smooth(x)], dim=1)
-        side = 2 * self.blur.pad + 1
-        kernel = self.blur.kernel[:1].expand(6, 1, side, side)
-        pad = (self.blur.pad,) * 4
-        both = F.conv2d(F.pad(both, pad, mode="replicate"), kernel, groups=6)
+        both = self.blur(torch.cat([x, self.chroma.smooth(x)], dim=1), channels=6)
         x = F.conv2d(both, torch.cat([conv.weight - wc, wc], dim=1), stride=conv.stride,
                      padding=conv.padding)
         return self.stem[1:](x)
