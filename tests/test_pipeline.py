@@ -17,14 +17,17 @@ def _run(tmp_path, name, slide, **kw):
     return result, load_annotation(ann), pd.read_csv(csv)
 
 
+def _tiled_and_single(tmp_path, slide, grid_anchor: bool):
+    """The slide in 512 px tiles and in one 1664 px pass (overlap 128, 0.5 um/px)."""
+    kw = dict(slide_mpp=0.5, overlap_px=128, grid_anchor=grid_anchor)
+    return (_run(tmp_path, "tiled", slide, tile_size_px=512, **kw),
+            _run(tmp_path, "single", slide, tile_size_px=1664, **kw))
+
+
 @pytest.fixture(scope="module")
 def hgsc_runs(tmp_path_factory, hgsc_image):
-    tmp = tmp_path_factory.mktemp("hgsc")
     # on the slide's own grid (no anchor): the seams alone are measured
-    kw = dict(slide_mpp=0.5, overlap_px=128, grid_anchor=False)
-    tiled = _run(tmp, "tiled", hgsc_image, tile_size_px=512, **kw)
-    single = _run(tmp, "single", hgsc_image, tile_size_px=1664, **kw)
-    return tiled, single
+    return _tiled_and_single(tmp_path_factory.mktemp("hgsc"), hgsc_image, grid_anchor=False)
 
 
 def test_tiled_matches_single_pass(hgsc_runs, annotation_schema, hgsc_image):
@@ -95,9 +98,8 @@ def test_anchored_tiles_depend_a_little_on_the_tiling(tmp_path, hgsc_image, anno
 
     from slicer_cli.nuclei.metrics import panoptic_quality
 
-    kw = dict(slide_mpp=0.5, overlap_px=128, grid_anchor=True)
-    r_tiled, doc_tiled, tab_tiled = _run(tmp_path, "tiled", hgsc_image, tile_size_px=512, **kw)
-    r_single, doc_single, _ = _run(tmp_path, "single", hgsc_image, tile_size_px=1664, **kw)
+    (r_tiled, doc_tiled, tab_tiled), (r_single, doc_single, _) = _tiled_and_single(
+        tmp_path, hgsc_image, grid_anchor=True)
     jsonschema.validate(doc_tiled, annotation_schema)
     assert r_tiled.tiles > 1 and r_single.tiles == 1
     pq = panoptic_quality(rasterise(doc_single, (1500, 1500)), rasterise(doc_tiled, (1500, 1500)))
