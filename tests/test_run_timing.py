@@ -26,3 +26,19 @@ def test_peak_threshold_drops_a_few_faint_nuclei_of_the_real_slide(tmp_path, cap
     with_peak, without = counts[str(DEFAULT_MODEL_DIR)], counts[str(no_peak)]
     assert without > 1000  # the CMU slide's nuclei (README run)
     assert 0.9 * without <= with_peak < without  # a few faint blobs dropped, no more
+
+
+def test_onnx_profile_splits_a_real_call_into_its_parts(capsys):
+    """benchmarks/onnx_profile.py: the shipped network's nodes, profiled by ONNX Runtime on a
+    real tile, fall into the input side, the U-Net and the output side, and the parts add up
+    to the total it prints (BENCHMARKS.md quotes these parts)."""
+    from benchmarks import onnx_profile
+
+    assert onnx_profile.main([str(DEFAULT_MODEL_DIR), "--size", "256", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    total = float(re.search(r"([\d.]+) ms of node time per call", out).group(1))
+    parts = {m.group(2): float(m.group(1)) for m in re.finditer(
+        r"^\s+([\d.]+) ms\s+[\d.]+ %\s+(input|the U-Net|output)", out, re.M)}
+    assert set(parts) == {"input", "the U-Net", "output"}, out
+    assert abs(sum(parts.values()) - total) <= 0.2  # each printed to 0.1 ms
+    assert parts["the U-Net"] > parts["input"] > 0 and parts["output"] > 0
