@@ -206,9 +206,17 @@ def windows_agreement(backend, windows: list[tuple[str, int, int, np.ndarray]],
                       bar: float = 0.90) -> dict:
     """:func:`tile_agreement` of ``backend`` on each window, summarised: the mean over
     windows of each copy's agreement and of the worst copy's, how many windows have their
-    worst copy below ``bar``, and the same per image."""
+    worst copy below ``bar``, and the same per image.
+
+    Raises
+    ------
+    ValueError
+        When there is no window (the data of ``scripts/fetch_data.py`` missing).
+    """
+    if not windows:
+        raise ValueError("no stability windows: fetch the data first (scripts/fetch_data.py)")
     rows = [(name, tile_agreement(backend, pixels)) for name, _, _, pixels in windows]
-    copies = [k for k in rows[0][1] if k != "min"] if rows else []
+    copies = [k for k in rows[0][1] if k != "min"]
 
     def summary(part):
         worst = np.array([r["min"] for _, r in part])
