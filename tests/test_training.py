@@ -4,6 +4,7 @@ they claim, re-staining changes colours and nothing else, the consistency losses
 calibration do what they say."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -390,6 +391,78 @@ def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips
     save_weights(net, tmp_path / "model.pt", temperature=1.2)
     loaded = load_exported(tmp_path / "model.pt")
     assert loaded.net.arch["chroma_blur"] == 1.5
+    export_onnx(net, tmp_path / "model.onnx", 1.2)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    with torch.no_grad():
+        torch_maps = Exported(net, 1.2)(image)
+        for a, b, c in zip(onnx_maps, torch_maps, loaded(image)):
+            np.testing.assert_allclose(a, b.numpy(), atol=1e-5, rtol=0)
+            torch.testing.assert_close(c, b)
+
+
+def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips(tmp_path):
+    """``--chroma-half``: the Gaussian at stride 2 is the full Gaussian's every other pixel;
+    the stem's output does not move when only the chroma changes at the finest period, and
+    does when the luma does; the option is saved with the weights (absent when off) and the
+    ONNX file gives the PyTorch maps."""
+    import onnxruntime as ort
+
+    from slicer_cli.nuclei.network import (
+        MEAN,
+        STD,
+        ChromaBlur,
+        Exported,
+        UNet,
+        load_exported,
+        save_weights,
+    )
+    from training.export import export_onnx
+
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    blur = ChromaBlur(1.5).double()
+    torch.testing.assert_close(blur.smooth_half(x), blur.smooth(x)[:, :, ::2, ::2],
+                               atol=1e-12, rtol=0)
+    arch = {"width": 4, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
+            "bilinear_head": True, "bilinear_up": True, "chroma_blur": 1.5}
+    assert "chroma_half" not in UNet(**arch).arch
+    with pytest.raises(ValueError, match="chroma_half"):
+        UNet(**{**arch, "chroma_blur": 0.0}, chroma_half=True)
+    torch.manual_seed(0)
+    net = UNet(**arch, chroma_half=True).eval()
+    assert not net.can_fold_chroma
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    # the stem's linear part (its batch norm and ReLU left out) on a flat colour, with a
+    # pattern of the finest period (2 px) in its chroma only, and one of 8 px in its luma
+    linear = copy.deepcopy(net)
+    linear.stem[1], linear.stem[2] = torch.nn.Identity(), torch.nn.Identity()
+    rows, cols = np.indices((64, 64))
+    fine = torch.from_numpy((rows + cols) % 2 * 2.0 - 1.0)
+    coarse = torch.from_numpy(np.cos(2 * np.pi * cols / 8))
+    inv = torch.linalg.inv(torch.tensor(_YCC, dtype=torch.float64))
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+
+    def stem(y, cb, cr):
+        ycc = torch.stack([y + 0 * fine, cb + 0 * fine, cr + 0 * fine])[None]
+        rgb = torch.einsum("ij,njhw->nihw", inv, ycc)
+        with torch.no_grad():
+            return linear._half_chroma_stem(((rgb - mean) / std).float())[:, :, 8:-8, 8:-8]
+
+    flat = stem(0.6, 0.0, 0.0)
+    in_chroma = stem(0.6, 0.05 * fine, 0.05 * fine)
+    in_luma = stem(0.6 + 0.05 * coarse, 0.0, 0.0)
+    # the Gaussian's gain at period 2 px: 1.5e-5 (of a pattern of 0.05 / STD ~ 0.3)
+    assert (in_chroma - flat).abs().max() < 1e-4
+    assert (in_luma - flat).abs().max() > 1e-3
+    image = torch.from_numpy(_disc_tile(n=4, size=128).image[None].copy())
+    save_weights(net, tmp_path / "model.pt", temperature=1.2)
+    loaded = load_exported(tmp_path / "model.pt")
+    assert loaded.net.arch["chroma_half"] is True
     export_onnx(net, tmp_path / "model.onnx", 1.2)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"),
                                    providers=["CPUExecutionProvider"])

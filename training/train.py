@@ -102,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chroma-blur", type=float, default=1.5, metavar="SIGMA",
                    help="Gaussian low-pass (px) of the input's chroma inside the network "
                         "(5.3.0: 1.5; 0: none, as before)")
+    p.add_argument("--chroma-half", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --chroma-blur: the smoothed chroma enters at half resolution, "
+                        "next to the stem, instead of at full resolution before it (less "
+                        "full-resolution work; UNet's chroma_half)")
     p.add_argument("--refine", type=int, default=0,
                    help="channels of a full-resolution refinement of the logits (0: none)")
     p.add_argument("--split", choices=("heldout", "all"), default="all",
@@ -344,7 +348,8 @@ def train(args: argparse.Namespace) -> dict:
                stem=args.stem, antialias=args.antialias, head_width=args.head_width,
                blur_pools=args.blur_pools, bilinear_head=args.bilinear_head,
                bilinear_up=args.bilinear_up, refine=args.refine,
-               stem_blur=args.stem_blur, chroma_blur=args.chroma_blur).to(device)
+               stem_blur=args.stem_blur, chroma_blur=args.chroma_blur,
+               chroma_half=args.chroma_half).to(device)
     teacher = copy.deepcopy(net)
     for param in teacher.parameters():
         param.requires_grad_(False)
@@ -492,6 +497,7 @@ def _arg_key(args: argparse.Namespace) -> dict:
     # options added later, at the value that changes nothing: the checkpoints made before
     # them (5.1.0's) still resume
     for k, neutral in {"refine": "0", "stem_blur": "3", "chroma_blur": "0.0",
+                       "chroma_half": "False",
                        "pseudo_labels": "None",
                        "pseudo_fraction": "0.25"}.items():
         if key.get(k) == neutral:

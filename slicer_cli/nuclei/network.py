@@ -111,6 +111,17 @@ class ChromaBlur(nn.Module):
         x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, groups=channels)
         return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, groups=channels)
 
+    def smooth_half(self, x: torch.Tensor, channels: int = 3) -> torch.Tensor:
+        """``G * x`` at every other row and column (pixel (2i, 2j) of :meth:`smooth`'s
+        output; a quarter of the columns' pass and half of the rows' are computed)."""
+        r, k = self.radius, 2 * self.radius + 1
+        rows = self.rows[:1].expand(channels, 1, k, 1)
+        cols = self.cols[:1].expand(channels, 1, 1, k)
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, stride=(2, 1),
+                     groups=channels)
+        return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, stride=(1, 2),
+                        groups=channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the order training uses: chroma out, smoothed, back (5.3.0 was trained so)
         c = F.conv2d(x, self.to_chroma)
@@ -166,6 +177,13 @@ class UNet(nn.Module):
     chroma_blur : float
         Sigma in px of a Gaussian low-pass of the input's chroma (:class:`ChromaBlur`),
         before everything else; 0 (every model before 5.3.0): none.
+    chroma_half : bool
+        With ``chroma_blur``, the stem, and the input blur: the low-passed chroma enters at
+        half resolution instead (:meth:`_half_chroma_stem`): the stem convolves the input's
+        luma only (its weights times the luma-keeping matrix), and a second 3 x 3
+        convolution at half resolution adds the chroma, smoothed by the Gaussian and taken
+        at every other pixel. No full-resolution pass beyond 5.2.0's but the Gaussian's,
+        itself at stride 2.
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.
@@ -174,7 +192,8 @@ class UNet(nn.Module):
     def __init__(self, width: int = 16, n_classes: int = 3, max_mult: int = 8,
                  stem: bool = False, antialias: bool = False, head_width: int | None = None,
                  blur_pools: int = 0, bilinear_head: bool = False, bilinear_up: bool = False,
-                 refine: int = 0, stem_blur: int = 3, chroma_blur: float = 0.0):
+                 refine: int = 0, stem_blur: int = 3, chroma_blur: float = 0.0,
+                 chroma_half: bool = False):
         super().__init__()
         #: the constructor's arguments (saved with the weights)
         self.arch = {"width": width, "n_classes": n_classes, "max_mult": max_mult,
@@ -186,6 +205,11 @@ class UNet(nn.Module):
             self.arch["stem_blur"] = stem_blur
         if chroma_blur:
             self.arch["chroma_blur"] = float(chroma_blur)
+        if chroma_half:
+            if not (chroma_blur and stem and antialias) or refine:
+                raise ValueError("chroma_half needs chroma_blur, the stem and antialias, "
+                                 "and no refine")
+            self.arch["chroma_half"] = True
         self.chroma = ChromaBlur(chroma_blur) if chroma_blur else None
         levels = 5 if stem else 6
         chans = [width * min(2**k, max_mult) for k in range(levels)]
@@ -196,7 +220,11 @@ class UNet(nn.Module):
         #: whether the chroma low-pass, input blur and stem can be computed as one
         #: (:meth:`_chroma_stem`); :class:`Exported` (inference, the ONNX file) does so,
         #: training keeps the plain order, so its runs repeat bit for bit
-        self.can_fold_chroma = bool(chroma_blur and stem and antialias and not refine)
+        self.can_fold_chroma = bool(chroma_blur and stem and antialias and not refine
+                                    and not chroma_half)
+        #: the half-resolution chroma path's convolution (:meth:`_half_chroma_stem`)
+        self.stem_chroma = (nn.Conv2d(3, chans[0], 3, padding=1, bias=False)
+                            if chroma_half else None)
         first = chans[0] if stem else 3
         self.down = nn.ModuleList([_block(first, chans[0])] + [
             _block(chans[k], chans[k + 1]) for k in range(levels - 1)])
@@ -244,6 +272,21 @@ class UNet(nn.Module):
                      padding=conv.padding)
         return self.stem[1:](x)
 
+    def _half_chroma_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem with the chroma at half resolution (``chroma_half``): ``(W (I - C)) * B *
+        x`` at stride 2 plus ``(V C) * (G * x)`` taken at every other pixel, ``C`` the
+        chroma-keeping matrix of :class:`ChromaBlur`, ``W`` the stem's weights, ``V`` the
+        half-resolution convolution's. Both colour mixes act on the weights, so no pass
+        mixes colours at full resolution."""
+        mix = self.chroma.mix()
+        eye = torch.eye(3, dtype=mix.dtype, device=mix.device)
+        conv = self.stem[0]
+        luma = torch.einsum("ojhw,ji->oihw", conv.weight, eye - mix)
+        y = F.conv2d(self.blur(x), luma, stride=conv.stride, padding=conv.padding)
+        chroma = torch.einsum("ojhw,ji->oihw", self.stem_chroma.weight, mix)
+        y = y + F.conv2d(self.chroma.smooth_half(x), chroma, padding=1)
+        return self.stem[1:](y)
+
     def _pool(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """The k-th 2x downsampling (k = 0 first): max-pool, anti-aliased for the first few."""
         if k < len(self.pool_blurs):
@@ -255,7 +298,9 @@ class UNet(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits of a normalised batch; ``fold_chroma``: the chroma low-pass folded into the
         stem (:meth:`_chroma_stem`; the same maps up to rounding, less time)."""
-        if fold_chroma and self.can_fold_chroma:
+        if self.stem_chroma is not None:
+            full, x = None, self._half_chroma_stem(x)
+        elif fold_chroma and self.can_fold_chroma:
             full, x = None, self._chroma_stem(x)
         else:
             if self.chroma is not None:
