@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chroma-half", action=argparse.BooleanOptionalAction, default=False,
                    help="with --chroma-blur: the smoothed chroma enters at half resolution, "
                         "next to the stem, instead of at full resolution before it (less "
-                        "full-resolution work; UNet's chroma_half)")
+                        "full-resolution work; UNet's chroma_half; run N of MODEL.md, not "
+                        "shipped)")
     p.add_argument("--refine", type=int, default=0,
                    help="channels of a full-resolution refinement of the logits (0: none)")
     p.add_argument("--split", choices=("heldout", "all"), default="all",
