@@ -361,16 +361,36 @@ def test_chroma_low_pass_keeps_luma_and_smooths_chroma_only():
         ChromaBlur(0.0)
 
 
+def _round_trip(net, image, tmp_path) -> dict:
+    """Save ``net`` as model.pt and as ONNX (temperature 1.2): the ONNX file's maps of
+    ``image`` are the PyTorch maps, the reloaded weights' too; returns the saved arch."""
+    import onnxruntime as ort
+
+    from slicer_cli.nuclei.network import Exported, load_exported, save_weights
+    from training.export import export_onnx
+
+    save_weights(net, tmp_path / "model.pt", temperature=1.2)
+    loaded = load_exported(tmp_path / "model.pt")
+    export_onnx(net, tmp_path / "model.onnx", 1.2)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    with torch.no_grad():
+        torch_maps = Exported(net, 1.2)(image)
+        for a, b, c in zip(onnx_maps, torch_maps, loaded(image)):
+            np.testing.assert_allclose(a, b.numpy(), atol=1e-5, rtol=0)
+            torch.testing.assert_close(c, b)
+    return loaded.net.arch
+
+
 def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips(tmp_path):
     """For inference the network computes chroma low-pass, input blur and stem as one
     convolution over ``[x, G * x]`` (``UNet._chroma_stem``; training keeps the plain order):
     the same maps as the three in turn; the sigma is
     saved with the weights (and absent from a network without it, so its ``model.pt``
     reads as 5.2.0's did); the ONNX file gives the PyTorch maps."""
-    import onnxruntime as ort
 
-    from slicer_cli.nuclei.network import Exported, UNet, load_exported, normalise, save_weights
-    from training.export import export_onnx
+    from slicer_cli.nuclei.network import UNet, normalise
 
     arch = {"width": 4, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
             "bilinear_head": True, "bilinear_up": True}
@@ -388,18 +408,7 @@ def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips
         folded = net(normalise(image), fold_chroma=True)
     for a, b in zip(folded, plain):  # float32 sums in another order: ~1e-7 of logits ~1
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-    save_weights(net, tmp_path / "model.pt", temperature=1.2)
-    loaded = load_exported(tmp_path / "model.pt")
-    assert loaded.net.arch["chroma_blur"] == 1.5
-    export_onnx(net, tmp_path / "model.onnx", 1.2)
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    onnx_maps = session.run(None, {session.get_inputs()[0].name: image.numpy()})
-    with torch.no_grad():
-        torch_maps = Exported(net, 1.2)(image)
-        for a, b, c in zip(onnx_maps, torch_maps, loaded(image)):
-            np.testing.assert_allclose(a, b.numpy(), atol=1e-5, rtol=0)
-            torch.testing.assert_close(c, b)
+    assert _round_trip(net, image, tmp_path)["chroma_blur"] == 1.5
 
 
 def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips(tmp_path):
@@ -407,18 +416,13 @@ def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips
     the stem's output does not move when only the chroma changes at the finest period, and
     does when the luma does; the option is saved with the weights (absent when off) and the
     ONNX file gives the PyTorch maps."""
-    import onnxruntime as ort
 
     from slicer_cli.nuclei.network import (
         MEAN,
         STD,
         ChromaBlur,
-        Exported,
         UNet,
-        load_exported,
-        save_weights,
     )
-    from training.export import export_onnx
 
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     blur = ChromaBlur(1.5).double()
@@ -460,18 +464,7 @@ def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips
     assert (in_chroma - flat).abs().max() < 1e-4
     assert (in_luma - flat).abs().max() > 1e-3
     image = torch.from_numpy(_disc_tile(n=4, size=128).image[None].copy())
-    save_weights(net, tmp_path / "model.pt", temperature=1.2)
-    loaded = load_exported(tmp_path / "model.pt")
-    assert loaded.net.arch["chroma_half"] is True
-    export_onnx(net, tmp_path / "model.onnx", 1.2)
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
-    onnx_maps = session.run(None, {session.get_inputs()[0].name: image.numpy()})
-    with torch.no_grad():
-        torch_maps = Exported(net, 1.2)(image)
-        for a, b, c in zip(onnx_maps, torch_maps, loaded(image)):
-            np.testing.assert_allclose(a, b.numpy(), atol=1e-5, rtol=0)
-            torch.testing.assert_close(c, b)
+    assert _round_trip(net, image, tmp_path)["chroma_half"] is True
 
 
 def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
