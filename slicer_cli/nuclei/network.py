@@ -102,24 +102,17 @@ class ChromaBlur(nn.Module):
         to 0: ``ChromaBlur(x) = x + C (G * x - x)`` (``G`` commutes with mixing channels)."""
         return self.to_input.view(3, 2) @ self.to_chroma.view(2, 3)
 
-    def smooth(self, x: torch.Tensor, channels: int = 3) -> torch.Tensor:
+    def smooth(self, x: torch.Tensor, channels: int = 3, stride: int = 1) -> torch.Tensor:
         """``G * x``: the Gaussian of each of the ``channels`` channels of ``x`` (edges
-        replicated; the count a constant, as the ONNX export needs)."""
+        replicated; the count a constant, as the ONNX export needs). With ``stride`` 2 only
+        every other row and column is computed (pixel (2i, 2j) of the full output; half of
+        the rows' pass and a quarter of the columns')."""
         r, k = self.radius, 2 * self.radius + 1
         rows = self.rows[:1].expand(channels, 1, k, 1)
         cols = self.cols[:1].expand(channels, 1, 1, k)
-        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, groups=channels)
-        return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, groups=channels)
-
-    def smooth_half(self, x: torch.Tensor, channels: int = 3) -> torch.Tensor:
-        """``G * x`` at every other row and column (pixel (2i, 2j) of :meth:`smooth`'s
-        output; a quarter of the columns' pass and half of the rows' are computed)."""
-        r, k = self.radius, 2 * self.radius + 1
-        rows = self.rows[:1].expand(channels, 1, k, 1)
-        cols = self.cols[:1].expand(channels, 1, 1, k)
-        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, stride=(2, 1),
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), rows, stride=(stride, 1),
                      groups=channels)
-        return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, stride=(1, 2),
+        return F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), cols, stride=(1, stride),
                         groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +277,7 @@ class UNet(nn.Module):
         luma = torch.einsum("ojhw,ji->oihw", conv.weight, eye - mix)
         y = F.conv2d(self.blur(x), luma, stride=conv.stride, padding=conv.padding)
         chroma = torch.einsum("ojhw,ji->oihw", self.stem_chroma.weight, mix)
-        y = y + F.conv2d(self.chroma.smooth_half(x), chroma, padding=1)
+        y = y + F.conv2d(self.chroma.smooth(x, stride=2), chroma, padding=1)
         return self.stem[1:](y)
 
     def _pool(self, k: int, x: torch.Tensor) -> torch.Tensor:
