@@ -415,6 +415,53 @@ def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips
     assert _round_trip(net, image, tmp_path)["chroma_blur"] == 1.5
 
 
+@pytest.mark.parametrize("extra", [
+    {"chroma_blur": 1.5},  # the shipped architecture (5.3.x), narrower
+    {},  # 5.0.0 - 5.2.0: no chroma low-pass
+    {"chroma_blur": 1.5, "stem_blur": 5, "blur_pools": 2},  # wider blur, two plain pools
+    {"antialias": False, "blur_pools": 0, "n_classes": 2},  # no low-pass at all
+])
+def test_onnx_graph_is_the_exported_network(tmp_path, extra):
+    """``export_onnx`` writes :class:`training.onnx_graph.InferenceGraph` (batch norms and
+    temperature folded, channels padded to 16, the input padded once, the output resized
+    channels-last): for every architecture it covers, on a batch of two non-square tiles,
+    its maps are ``Exported``'s (the PyTorch backend's graph) up to float rounding, in
+    PyTorch and in ONNX Runtime; an architecture it does not cover exports as before."""
+    import onnxruntime as ort
+
+    from slicer_cli.nuclei.network import Exported, UNet
+    from training.export import export_onnx
+    from training.onnx_graph import InferenceGraph, supports
+
+    arch = {"width": 6, "max_mult": 4, "stem": True, "antialias": True, "blur_pools": 4,
+            "bilinear_head": True, "bilinear_up": True, **extra}
+    torch.manual_seed(0)
+    net = UNet(**arch).eval()
+    _busy_batch_norms(net)
+    assert supports(net)
+    tile = _disc_tile(n=6, size=160).image
+    image = torch.from_numpy(np.stack([tile[:96, :128], tile[64:160, 32:160]]))
+    export_onnx(net, tmp_path / "model.onnx", 1.3)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    onnx_maps = session.run(None, {"IMAGE": image.numpy()})
+    with torch.no_grad():
+        want = Exported(net, 1.3)(image)
+        got = InferenceGraph(net, 1.3)(image)
+    # the same float32 network summed in another order (folded batch norms, split stem):
+    # about 1e-7 relative per layer on logits of order 1; 1e-5 on the probabilities
+    for a, b, c in zip(onnx_maps, got, want):
+        assert a.shape == tuple(c.shape)
+        np.testing.assert_allclose(a, c.numpy(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(b, c, atol=1e-5, rtol=0)
+    assert (want[2].sum(-1) - 1).abs().max() < 1e-5
+    plain = UNet(**{**arch, "bilinear_head": False, "bilinear_up": False}).eval()
+    assert not supports(plain)
+    with pytest.raises(ValueError, match="supports"):
+        InferenceGraph(plain)
+    _round_trip(plain, image[:1], tmp_path)  # exported as Exported: the same maps
+
+
 def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips(tmp_path):
     """``--chroma-half``: the Gaussian at stride 2 is the full Gaussian's every other pixel;
     the stem's output does not move when only the chroma changes at the finest period, and
