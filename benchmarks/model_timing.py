@@ -9,9 +9,12 @@ Usage (from the repository root)::
 Each model is loaded once through ``LocalBackend`` (ONNX Runtime, CPU), warmed up with one
 call, then the models take turns on the same ``size`` x ``size`` tile of hgsc_nest for
 ``repeats`` rounds; the median and the minimum of each model's calls are printed. With
-``--grid-anchor-too`` each model also takes a turn with the grid anchor, timed as the engine
-runs it (the landmark, the window one period wider, the network, the cut back:
-``backends.test_time.infer_averaged(anchor=True)``).
+``--grid-anchor-too`` each model also takes two turns with the grid anchor, timed as the
+engine runs it (``backends.test_time.infer_averaged(anchor=True)``: the landmark, the
+window, the network, the cut back): as a lone tile (a region no bigger than a tile: every
+pixel used, the window one period wider) and as a slide's inner tile (the edges its
+overlap leaves unused, :func:`slicer_cli.nuclei.seams.unused_edges`: a window of the
+tile's own size).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ import numpy as np
 
 from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.backends.test_time import infer_averaged
+from slicer_cli.nuclei.records import Tile
+from slicer_cli.nuclei.seams import unused_edges
 from training.data import load_tile
 
 
@@ -36,20 +41,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time each model with the grid anchor (--grid-anchor)")
     args = p.parse_args(argv)
     image = np.ascontiguousarray(load_tile().image[None, :args.size, :args.size])
-    anchors = (False, True) if args.grid_anchor_too else (False,)
+    anchors = (False, "lone", "inner") if args.grid_anchor_too else (False,)
     runs = [(m, a) for m in args.model_dirs for a in anchors]
     times: dict[tuple, list[float]] = {run: [] for run in runs}
     with contextlib.ExitStack() as stack:
         backends = {m: stack.enter_context(LocalBackend(m, threads=args.threads))
                     for m in args.model_dirs}
+        def call(model, anchor):
+            info = backends[model].info
+            unused = None
+            if anchor == "inner":  # the default plan's inner tile: cores overlap / 2 in
+                size = args.size
+                tile = Tile(index=0, x=0, y=0, width=size, height=size, core_x0=info.overlap // 2,
+                            core_y0=info.overlap // 2, core_x1=size - info.overlap // 2,
+                            core_y1=size - info.overlap // 2, base_per_px=1.0, px_width=size,
+                            px_height=size, row_y0=0)
+                unused = [unused_edges(tile)]
+            return infer_averaged(backends[model], image, anchor=bool(anchor), unused=unused)
+
         for model, anchor in runs:
-            infer_averaged(backends[model], image, anchor=anchor)
+            call(model, anchor)
         for _ in range(args.repeats):
             for model, anchor in runs:
                 t0 = time.perf_counter()
-                infer_averaged(backends[model], image, anchor=anchor)
+                call(model, anchor)
                 times[(model, anchor)].append(time.perf_counter() - t0)
-        versions = [backends[m].info.version + (", grid anchor" if a else "") for m, a in runs]
+        versions = [backends[m].info.version + (f", grid anchor, {a} tile" if a else "")
+                    for m, a in runs]
     for ((model, _), t), version in zip(times.items(), versions):
         print(f"{model} ({version}): {args.size}^2 tile median {np.median(t):.3f} s, "
               f"min {np.min(t):.3f} s over {len(t)} calls, {args.threads} threads")

@@ -191,7 +191,7 @@ def test_plot_table_and_qupath_geojson(tmp_path, cmu_svs):
     import gzip
     import json
 
-    from shapely.geometry import shape
+    from shapely.geometry import Point, shape
 
     ann, csv = tmp_path / "n.anot", tmp_path / "f.csv"
     plot, geo = tmp_path / "plot.csv", tmp_path / "nuclei.geojson.gz"
@@ -212,7 +212,10 @@ def test_plot_table_and_qupath_geojson(tmp_path, cmu_svs):
         assert element["lineColor"] == f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
         polygon = shape(feature["geometry"])
         assert polygon.is_valid and polygon.area > 0
-        assert abs(polygon.centroid.x - row["Identifier.CentroidX"]) < 3
+        # the same nucleus: its pixels' centroid lies in its outline (a thin curved nucleus'
+        # outline holds the background it curls around, so the two centroids can be apart)
+        assert polygon.buffer(1.0).contains(
+            Point(row["Identifier.CentroidX"], row["Identifier.CentroidY"]))
         for name in ("Size.Area", "Shape.Circularity", "Nucleus.Intensity.Mean"):
             # the CSV holds float32 text, the GeoJSON the float64 value
             assert props["measurements"][name] == pytest.approx(row[name], rel=1e-6)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_cli.nuclei.backends.grid_anchor import find_anchor, infer_anchored
+from slicer_cli.nuclei.backends.grid_anchor import _axis_window, find_anchor, infer_anchored
 from slicer_cli.nuclei.backends.test_time import infer_averaged
+from slicer_cli.nuclei.records import Tile
+from slicer_cli.nuclei.seams import NUCLEUS_REACH_PX, SEAM_MARGIN_PX, unused_edges
 
 from .conftest import cli, load_annotation
 
@@ -78,6 +80,80 @@ def test_each_tile_of_a_batch_gets_its_own_grid(big):
         alone = infer_anchored(net.infer, batch[k:k + 1], 32)
         for name in alone:
             np.testing.assert_array_equal(together[name][k], alone[name][0])
+
+
+@pytest.mark.parametrize("n, phase, before, after, want", [
+    (1024, 5, 0, 0, (-27, 1056)),   # a lone tile: one period wider, the whole tile inside
+    (1024, 0, 0, 0, (0, 1024)),     # its grid already passes through the landmark
+    (1024, 5, 24, 24, (5, 1024)),   # an inner tile: its own size, 5 rows left out on top
+    (1024, 20, 24, 24, (-12, 1024)),  # ... 12 mirrored on top, 12 left out at the bottom
+    (1024, 10, 0, 24, (-22, 1024)),  # the slide's edge on top: nothing left out there
+    (1024, 5, 0, 24, (-27, 1056)),  # ... unless 27 would have to go at the bottom
+    (1024, 30, 24, 0, (-2, 1056)),  # the slide's edge at the bottom, 2 would be left out
+])
+def test_window_holds_the_used_pixels_on_the_anchored_grid(n, phase, before, after, want):
+    """Along one axis: the window starts a whole number of periods before the landmark,
+    holds every pixel whose maps are used, and is the tile's own length when the unused
+    edges allow (the start nearest the tile's), one period longer otherwise."""
+    start, length = _axis_window(n, phase, 32, before, after)
+    assert (start, length) == want
+    assert (start - phase) % 32 == 0 and length % 32 == 0
+    assert start <= before and start + length >= n - after
+
+
+def test_inner_tiles_run_on_their_own_size_and_leave_their_unused_edges_out(big):
+    """With unused edges (a slide's inner tile), the constructed network runs on windows the
+    size of the tiles, each on its own anchored grid: the maps of the used pixels are the lone
+    tile's wherever the 32 x 32 cell they see lies in both windows, and the pixels left out
+    are 0 (no nucleus). A batch that mixes an inner tile and a lone one makes one call per
+    window size, each tile as if alone."""
+    net, shapes = GridOf32(), []
+
+    def infer(windows):
+        shapes.append(windows.shape[:3])
+        return net.infer(windows)
+
+    tiles = np.stack([_tile(big, 0, 0), _tile(big, 17, 9)])
+    unused = [(24, 24, 24, 24), (0, 0, 0, 0)]
+    maps = infer_anchored(infer, tiles, 32, unused)
+    assert sorted(shapes) == [(1, 512, 544), (1, 544, 576)]
+    lone = infer_anchored(net.infer, tiles[:1], 32)
+    inner = (slice(24 + 32, 512 - 24 - 32), slice(24 + 32, 544 - 24 - 32))
+    for name, value in maps.items():
+        assert value.shape[:3] == (2, 512, 544)
+        np.testing.assert_array_equal(value[0][inner], lone[name][0][inner], err_msg=name)
+        alone = infer_anchored(net.infer, tiles[1:], 32)
+        np.testing.assert_array_equal(value[1], alone[name][0], err_msg=name)
+    ay, ax = find_anchor(tiles[0])
+    sy, _ = _axis_window(512, ay % 32, 32, 24, 24)
+    sx, _ = _axis_window(544, ax % 32, 32, 24, 24)
+    if sy > 0:  # rows before the window: left out
+        assert not maps["FOREGROUND"][0, :sy].any()
+    if sx > 0:
+        assert not maps["FOREGROUND"][0, :, :sx].any()
+
+
+def test_unused_edges_of_a_tile():
+    """Beyond the core grown by the ownership margin and a nucleus' reach, in model pixels:
+    an inner tile of the default plan (1024 px, cores 64 px in) has 24 on every side; where
+    the core meets the tile's edge (the image's edge) none; a 0.25 um/px slide read at 0.5
+    um/px counts model pixels, not base pixels."""
+    reach = SEAM_MARGIN_PX + NUCLEUS_REACH_PX
+    inner = Tile(index=0, x=896, y=896, width=1024, height=1024, core_x0=960, core_y0=960,
+                 core_x1=1856, core_y1=1856, base_per_px=1.0, px_width=1024, px_height=1024,
+                 row_y0=960)
+    assert unused_edges(inner) == (int(64 - reach),) * 4 == (24,) * 4
+    first = Tile(index=0, x=0, y=0, width=1024, height=1024, core_x0=0, core_y0=0,
+                 core_x1=960, core_y1=960, base_per_px=1.0, px_width=1024, px_height=1024,
+                 row_y0=0)
+    assert unused_edges(first) == (0, 24, 0, 24)
+    fine = Tile(index=0, x=1792, y=0, width=2048, height=2048, core_x0=1920, core_y0=0,
+                core_x1=3712, core_y1=1920, base_per_px=2.0, px_width=1024, px_height=1024,
+                row_y0=0)
+    assert unused_edges(fine) == (0, 24, 24, 24)
+    lone = Tile(index=0, x=0, y=0, width=500, height=300, core_x0=0, core_y0=0, core_x1=500,
+                core_y1=300, base_per_px=1.0, px_width=512, px_height=320, row_y0=0)
+    assert unused_edges(lone) == (0, 0, 0, 0)
 
 
 @pytest.mark.parametrize("dy, dx", [(1, 0), (17, 9)])

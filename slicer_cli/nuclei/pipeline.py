@@ -30,7 +30,7 @@ from .model import DEFAULT_MODEL_DIR, UNCERTAIN, ModelInfo
 from .options import AnalysisOptions, check_slide_size, safe_address
 from .outlines import trace_outlines
 from .records import Tile, TileNuclei, TilePlan
-from .seams import SEAM_MARGIN_PX, SeamIndex, keep_owned
+from .seams import SEAM_MARGIN_PX, SeamIndex, keep_owned, unused_edges
 from .slide import Slide, open_slide, read_thumbnail, read_tile
 from .stain import normalize_stain
 from .tiling import plan_tiles
@@ -356,7 +356,8 @@ def analyse_batch(ctx: _Context, tiles: tuple[Tile, ...]) -> list[TileNuclei]:
             maps = infer_averaged(ctx.backend, batch,
                                   flips=4 if ctx.options.test_time_flips else 1,
                                   shifts=4 if ctx.options.test_time_shifts else 1,
-                                  anchor=ctx.options.grid_anchor)
+                                  anchor=ctx.options.grid_anchor,
+                                  unused=[unused_edges(tiles[k]) for k in group])
             dt = time.perf_counter() - t0
         with ctx.lock:
             ctx.inference_s += dt

@@ -22,7 +22,23 @@ import shapely
 from .records import Tile, TileNuclei
 
 SEAM_MARGIN_PX = 8.0     # model pixels: ownership margin beyond the core
+#: model pixels: the farthest a nucleus reaches from its centroid (at 0.5 um/px, 16 um: a
+#: nucleus is under about 25 um across)
+NUCLEUS_REACH_PX = 32
 MIN_SHARED_AREA = 0.3    # overlap / smaller area above which two nuclei are one
+
+
+def unused_edges(tile: Tile, margin_px: float = SEAM_MARGIN_PX,
+                 reach_px: float = NUCLEUS_REACH_PX) -> tuple[int, int, int, int]:
+    """Rows and columns (model pixels) at the tile's top, bottom, left and right edges that
+    no nucleus it keeps reaches: beyond its core grown by the ownership margin and a
+    nucleus' reach. 0 where the core meets the tile's edge (the image's edge, or a lone
+    tile). The grid anchor computes no maps there when that saves a wider window
+    (:func:`slicer_cli.nuclei.backends.grid_anchor.infer_anchored`)."""
+    f = tile.base_per_px
+    edges = ((tile.core_y0 - tile.y) / f, tile.px_height - (tile.core_y1 - tile.y) / f,
+             (tile.core_x0 - tile.x) / f, tile.px_width - (tile.core_x1 - tile.x) / f)
+    return tuple(max(0, int(e - margin_px - reach_px)) for e in edges)
 
 
 def keep_owned(centroid_x: np.ndarray, centroid_y: np.ndarray, tile: Tile,

@@ -120,8 +120,25 @@ def find_anchor(tile: np.ndarray) -> tuple[int, int] | None:
     return where
 
 
+def _axis_window(n: int, phase: int, period: int, before: int, after: int
+                 ) -> tuple[int, int]:
+    """Start (tile pixel, may be negative) and length of the window along one axis.
+
+    The window's first pixel lies a whole number of periods before the landmark (start =
+    ``phase`` mod ``period``). It must hold the tile's pixels ``[before, n - after)``: the
+    ones whose maps are used. When that span allows, the window is the tile's own length,
+    started at the fitting start nearest 0 (less network time; up to ``before`` or ``after``
+    pixels at the edges are then not computed); otherwise one period longer, holding the
+    whole tile: start ``phase - period``.
+    """
+    fits = [start for start in (phase, phase - period) if -after <= start <= before]
+    if fits:
+        return min(fits, key=abs), n
+    return phase - period, n + period
+
+
 def infer_anchored(infer: Callable[[np.ndarray], dict], batch: np.ndarray,
-                   period: int) -> dict:
+                   period: int, unused: list[tuple[int, int, int, int]] | None = None) -> dict:
     """``infer`` of ``batch``, each tile on the grid of ``period`` pixels through its
     :func:`find_anchor` landmark.
 
@@ -129,11 +146,18 @@ def infer_anchored(infer: Callable[[np.ndarray], dict], batch: np.ndarray,
     ----------
     infer
         Maps of a uint8 ``[N, H', W', 3]`` batch (a backend's ``infer``, or an average of
-        calls); called once, on windows of ``H + period`` x ``W + period`` pixels.
+        calls); called once per window shape, on windows whose sides are ``H`` or
+        ``H + period`` (``W`` or ``W + period``).
     batch : uint8 array, shape (N, H, W, 3)
         H and W multiples of ``period`` (the network's ``size_multiple``).
     period : int
         The grid the network follows exactly: its ``size_multiple``.
+    unused : list of (top, bottom, left, right), optional
+        Per tile, how many rows and columns at each edge no kept nucleus reaches (a slide's
+        inner tile: its overlap beyond what its core and the seams use; see
+        :func:`slicer_cli.nuclei.tiling.unused_edges`). Where they allow, the window is the
+        tile's own size, and the maps of the edge pixels it leaves out are 0 (no nucleus).
+        None (a lone tile): every pixel is used; the window is one period wider.
 
     Returns
     -------
@@ -142,21 +166,32 @@ def infer_anchored(infer: Callable[[np.ndarray], dict], batch: np.ndarray,
         returns them).
     """
     n, h, w = batch.shape[:3]
-    windows = np.empty((n, h + period, w + period, 3), dtype=batch.dtype)
-    starts = []
+    places = []
     for k, tile in enumerate(batch):
         ay, ax = find_anchor(tile) or (0, 0)
-        # the window's first pixel is tile pixel (ay % period - period, ax % period - period)
-        dy, dx = ay % period, ax % period
-        windows[k] = np.pad(tile, ((period - dy, dy), (period - dx, dx), (0, 0)),
-                            mode="reflect")
-        starts.append((period - dy, period - dx))
-    maps = infer(windows)
-    out = {}
-    for name, value in maps.items():
-        xp = array_module(value)
-        cut = xp.empty((n, h, w) + value.shape[3:], dtype=value.dtype)
-        for k, (top, left) in enumerate(starts):
-            cut[k] = value[k, top:top + h, left:left + w]
-        out[name] = cut
+        top, bottom, left, right = unused[k] if unused is not None else (0, 0, 0, 0)
+        places.append(_axis_window(h, ay % period, period, top, bottom)
+                      + _axis_window(w, ax % period, period, left, right))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, (_, wh, _, ww) in enumerate(places):
+        groups.setdefault((wh, ww), []).append(k)
+    out: dict = {}
+    for (wh, ww), members in groups.items():
+        windows = np.empty((len(members), wh, ww, 3), dtype=batch.dtype)
+        for j, k in enumerate(members):
+            # the tile's pixels in the window, mirrored where the window goes beyond it
+            sy, _, sx, _ = places[k]
+            part = batch[k, max(sy, 0):min(sy + wh, h), max(sx, 0):min(sx + ww, w)]
+            windows[j] = np.pad(part, ((max(-sy, 0), max(sy + wh - h, 0)),
+                                       (max(-sx, 0), max(sx + ww - w, 0)), (0, 0)),
+                                mode="reflect")
+        maps = infer(windows)
+        for name, value in maps.items():
+            xp = array_module(value)
+            if name not in out:
+                out[name] = xp.zeros((n, h, w) + value.shape[3:], dtype=value.dtype)
+            for j, k in enumerate(members):
+                sy, _, sx, _ = places[k]
+                y0, y1, x0, x1 = max(sy, 0), min(sy + wh, h), max(sx, 0), min(sx + ww, w)
+                out[name][k, y0:y1, x0:x1] = value[j, y0 - sy:y1 - sy, x0 - sx:x1 - sx]
     return out

@@ -64,7 +64,7 @@ def _swapped(value, swap: bool):
 
 
 def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1,
-                   anchor: bool = False) -> dict:
+                   anchor: bool = False, unused: list | None = None) -> dict:
     """``backend.infer`` of ``batch`` under the first ``flips`` flips and ``shifts`` shifts
     (every combination), averaged; with ``anchor``, each tile on the grid its tissue fixes
     (:func:`~slicer_cli.nuclei.backends.grid_anchor.infer_anchored`, the grid of the
@@ -83,6 +83,9 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1,
         1 (none), 4 (one column, one row, both) or 16 (0-3 rows and 0-3 columns).
     anchor : bool
         Place each tile's grid by its tissue (the CLI's ``--grid-anchor``).
+    unused : list of (top, bottom, left, right), optional
+        With ``anchor``: per tile, the edge pixels no kept nucleus reaches
+        (:func:`~slicer_cli.nuclei.backends.grid_anchor.infer_anchored`).
 
     Raises
     ------
@@ -95,7 +98,7 @@ def infer_averaged(backend, batch: np.ndarray, flips: int = 1, shifts: int = 1,
         raise ValueError(f"shifts must be one of {SHIFT_COUNTS}, got {shifts}")
     if anchor:
         return infer_anchored(lambda windows: infer_averaged(backend, windows, flips, shifts),
-                              batch, backend.info.size_multiple)
+                              batch, backend.info.size_multiple, unused)
     n = flips * shifts
     if n == 1:  # the default: the plain call, its maps untouched
         return backend.infer(batch)
