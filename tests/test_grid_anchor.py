@@ -85,11 +85,11 @@ def test_each_tile_of_a_batch_gets_its_own_grid(big):
 @pytest.mark.parametrize("n, phase, before, after, want", [
     (1024, 5, 0, 0, (-27, 1056)),   # a lone tile: one period wider, the whole tile inside
     (1024, 0, 0, 0, (0, 1024)),     # its grid already passes through the landmark
-    (1024, 5, 24, 24, (5, 1024)),   # an inner tile: its own size, 5 rows left out on top
-    (1024, 20, 24, 24, (-12, 1024)),  # ... 12 mirrored on top, 12 left out at the bottom
-    (1024, 10, 0, 24, (-22, 1024)),  # the slide's edge on top: nothing left out there
-    (1024, 5, 0, 24, (-27, 1056)),  # ... unless 27 would have to go at the bottom
-    (1024, 30, 24, 0, (-2, 1056)),  # the slide's edge at the bottom, 2 would be left out
+    (1024, 5, 16, 16, (5, 1024)),   # an inner tile: its own size, 5 rows left out on top
+    (1024, 20, 16, 16, (-12, 1024)),  # ... 12 mirrored on top, 12 left out at the bottom
+    (1024, 20, 0, 16, (-12, 1024)),  # the slide's edge on top: nothing left out there
+    (1024, 5, 0, 16, (-27, 1056)),  # ... unless 27 would have to go at the bottom
+    (1024, 30, 16, 0, (-2, 1056)),  # the slide's edge at the bottom, 2 would be left out
 ])
 def test_window_holds_the_used_pixels_on_the_anchored_grid(n, phase, before, after, want):
     """Along one axis: the window starts a whole number of periods before the landmark,
@@ -114,19 +114,19 @@ def test_inner_tiles_run_on_their_own_size_and_leave_their_unused_edges_out(big)
         return net.infer(windows)
 
     tiles = np.stack([_tile(big, 0, 0), _tile(big, 17, 9)])
-    unused = [(24, 24, 24, 24), (0, 0, 0, 0)]
+    unused = [(16, 16, 16, 16), (0, 0, 0, 0)]
     maps = infer_anchored(infer, tiles, 32, unused)
     assert sorted(shapes) == [(1, 512, 544), (1, 544, 576)]
     lone = infer_anchored(net.infer, tiles[:1], 32)
-    inner = (slice(24 + 32, 512 - 24 - 32), slice(24 + 32, 544 - 24 - 32))
+    inner = (slice(16 + 32, 512 - 16 - 32), slice(16 + 32, 544 - 16 - 32))
     for name, value in maps.items():
         assert value.shape[:3] == (2, 512, 544)
         np.testing.assert_array_equal(value[0][inner], lone[name][0][inner], err_msg=name)
         alone = infer_anchored(net.infer, tiles[1:], 32)
         np.testing.assert_array_equal(value[1], alone[name][0], err_msg=name)
     ay, ax = find_anchor(tiles[0])
-    sy, _ = _axis_window(512, ay % 32, 32, 24, 24)
-    sx, _ = _axis_window(544, ax % 32, 32, 24, 24)
+    sy, _ = _axis_window(512, ay % 32, 32, 16, 16)
+    sx, _ = _axis_window(544, ax % 32, 32, 16, 16)
     if sy > 0:  # rows before the window: left out
         assert not maps["FOREGROUND"][0, :sy].any()
     if sx > 0:
@@ -135,22 +135,22 @@ def test_inner_tiles_run_on_their_own_size_and_leave_their_unused_edges_out(big)
 
 def test_unused_edges_of_a_tile():
     """Beyond the core grown by the ownership margin and a nucleus' reach, in model pixels:
-    an inner tile of the default plan (1024 px, cores 64 px in) has 24 on every side; where
+    an inner tile of the default plan (1024 px, cores 64 px in) has 16 on every side; where
     the core meets the tile's edge (the image's edge) none; a 0.25 um/px slide read at 0.5
     um/px counts model pixels, not base pixels."""
     reach = SEAM_MARGIN_PX + NUCLEUS_REACH_PX
     inner = Tile(index=0, x=896, y=896, width=1024, height=1024, core_x0=960, core_y0=960,
                  core_x1=1856, core_y1=1856, base_per_px=1.0, px_width=1024, px_height=1024,
                  row_y0=960)
-    assert unused_edges(inner) == (int(64 - reach),) * 4 == (24,) * 4
+    assert unused_edges(inner) == (int(64 - reach),) * 4 == (16,) * 4
     first = Tile(index=0, x=0, y=0, width=1024, height=1024, core_x0=0, core_y0=0,
                  core_x1=960, core_y1=960, base_per_px=1.0, px_width=1024, px_height=1024,
                  row_y0=0)
-    assert unused_edges(first) == (0, 24, 0, 24)
+    assert unused_edges(first) == (0, 16, 0, 16)
     fine = Tile(index=0, x=1792, y=0, width=2048, height=2048, core_x0=1920, core_y0=0,
                 core_x1=3712, core_y1=1920, base_per_px=2.0, px_width=1024, px_height=1024,
                 row_y0=0)
-    assert unused_edges(fine) == (0, 24, 24, 24)
+    assert unused_edges(fine) == (0, 16, 16, 16)
     lone = Tile(index=0, x=0, y=0, width=500, height=300, core_x0=0, core_y0=0, core_x1=500,
                 core_y1=300, base_per_px=1.0, px_width=512, px_height=320, row_y0=0)
     assert unused_edges(lone) == (0, 0, 0, 0)
