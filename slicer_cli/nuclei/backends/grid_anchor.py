@@ -18,8 +18,10 @@ and gets the same maps, moved, wherever the landmark is found again at the same 
 Integer shifts keep every smoothed value bit for bit, so the landmark follows them unless a
 crop takes it away; a JPEG re-encode moves it by a pixel now and then (about one tile in
 twenty at quality 75), and that copy is then no steadier than without the anchor. One
-network call on a window 32 px wider and taller: 6 % more pixels for a 1024 px tile.
-Figures: MODEL.md, "Grid anchor".
+network call per tile: on a window 32 px wider and taller for a lone tile (6 % more pixels
+for a 1024 px tile), on one of the tile's own size for a slide's inner tile, whose outer
+pixels no nucleus it keeps reaches (the window moves by up to 16 px into that edge;
+``unused`` of :func:`infer_anchored`). Figures: MODEL.md, "Grid anchor".
 """
 from __future__ import annotations
 
