@@ -1,4 +1,5 @@
-"""Export the trained network as the contract's ONNX graph and write Triton's config.pbtxt."""
+"""Export the trained network as the contract's ONNX graph and write Triton's config.pbtxt
+(``python -m training.export --version V``: a model's ONNX file again from its model.pt)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -157,7 +157,7 @@ def infer_anchored(infer: Callable[[np.ndarray], dict], batch: np.ndarray,
     unused : list of (top, bottom, left, right), optional
         Per tile, how many rows and columns at each edge no kept nucleus reaches (a slide's
         inner tile: its overlap beyond what its core and the seams use; see
-        :func:`slicer_cli.nuclei.tiling.unused_edges`). Where they allow, the window is the
+        :func:`slicer_cli.nuclei.seams.unused_edges`). Where they allow, the window is the
         tile's own size, and the maps of the edge pixels it leaves out are 0 (no nucleus).
         None (a lone tile): every pixel is used; the window is one period wider.
 
