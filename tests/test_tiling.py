@@ -6,7 +6,7 @@ import pytest
 
 from slicer_cli.nuclei.errors import RegionError
 from slicer_cli.nuclei.slide import Slide
-from slicer_cli.nuclei.tiling import plan_tiles
+from slicer_cli.nuclei.tiling import MPP_TOLERANCE, base_per_model_px, plan_tiles
 from slicer_cli.nuclei.tissue import TissueMask
 
 
@@ -29,6 +29,20 @@ def test_cores_partition_region(mpp, region):
     inside = cover[top:top + h, left:left + w]
     assert (inside == 1).all()
     assert cover.sum() == w * h
+
+
+@pytest.mark.parametrize("mpp, f", [(0.5, 1.0), (0.499, 1.0), (0.504, 1.0), (0.4902, 1.0),
+                                     (0.45, 0.5 / 0.45), (0.25, 2.0), (0.2527, 0.5 / 0.2527)])
+def test_a_slide_near_the_models_resolution_is_read_at_its_own_pixels(mpp, f):
+    """Within 2 % of 0.5 um/px (20x scans at 0.499-0.504) each model pixel is a base
+    pixel, so every tile is an exact crop of the same image; farther off, resampled."""
+    assert MPP_TOLERANCE == 0.02
+    assert base_per_model_px(0.5, mpp) == pytest.approx(f, rel=1e-12)
+    plan = plan_tiles(Slide("x", 3000, 2500, mpp), 0.5, 1024, 128)
+    for t in plan.tiles:
+        assert t.base_per_px == pytest.approx(f, rel=1e-12)
+        if f == 1.0:
+            assert (t.width, t.height) == (t.px_width, t.px_height)
 
 
 def test_no_window_is_spent_beyond_the_image():

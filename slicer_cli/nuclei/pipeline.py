@@ -33,7 +33,7 @@ from .records import Tile, TileNuclei, TilePlan
 from .seams import SEAM_MARGIN_PX, SeamIndex, keep_owned, unused_edges
 from .slide import Slide, open_slide, read_thumbnail, read_tile
 from .stain import normalize_stain
-from .tiling import plan_tiles
+from .tiling import base_per_model_px, plan_tiles
 from .tissue import detect_tissue
 from .writers import (
     PLOT_COLUMNS,
@@ -218,7 +218,9 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
             out.geo = GeoJSONWriter(qupath_path) if qupath_path else None
             summary = _Summary()
             counts, inference_s = _run_batches(ctx, plan, out, report, summary)
-            outputs = out.commit(statistics=summary.result(info.mpp))
+            # um per model pixel: the model's, or the slide's own when read at its pixels
+            outputs = out.commit(statistics=summary.result(
+                plan.slide_mpp * base_per_model_px(plan.model_mpp, plan.slide_mpp)))
         except BaseException:
             out.abort()
             raise
@@ -254,8 +256,8 @@ def _run_batches(ctx: _Context, plan: TilePlan, out: _Outputs, report, summary: 
                                                   "int64" if c in ints else "float64")
                                      for c in PLOT_COLUMNS}))
     # a nucleus near a seam may be kept by two tiles (ownership margin): write it once
-    seams = SeamIndex(reach_px=(plan.overlap_px + SEAM_MARGIN_PX) * plan.model_mpp
-                      / plan.slide_mpp)
+    seams = SeamIndex(reach_px=(plan.overlap_px + SEAM_MARGIN_PX)
+                      * base_per_model_px(plan.model_mpp, plan.slide_mpp))
 
     def emit(results: list[TileNuclei]) -> None:
         nonlocal next_id
