@@ -1,7 +1,7 @@
 """The network as the ONNX file runs it: the same maps as :class:`Exported`, less CPU time.
 
 :class:`~slicer_cli.nuclei.network.Exported` (the PyTorch backend's graph) written out as it
-is spends a third of a tile's ONNX Runtime time outside the U-Net's convolutions: layout
+is spends nearly half of a tile's ONNX Runtime time outside convolutions: layout
 changes in and out of ONNX Runtime's blocked channel format (``NCHWc``, blocks of 16
 channels with AVX-512, 8 with AVX2), padding, copies of the full-resolution input and
 output. :class:`InferenceGraph` computes the same function in an order that avoids most of
@@ -16,13 +16,13 @@ that, every change exact but for float rounding:
   pad in its blocked format, so each skip connection and pooling went out of it and back.
   The padded channels stay exactly 0 (ReLU(0), max-pooling and blurring of 0, bilinear
   interpolation of 0), and the next layer's weights for them are 0.
-* **The first max-pooling's edge** (replicate one row and column, then 2 x 2 at stride 1)
-  becomes the max-pooling's own end padding: a padded position never wins a max, and the
+* **The anti-aliased poolings' edge** (replicate one row and column, then 2 x 2 at stride
+  1) becomes the max-pooling's own end padding: a padded position never wins a max, and the
   replicated one equalled its neighbour: the same values (:class:`_MaxPoolPadEnd`).
 * **The input padded once**, as uint8 before the cast: the Gaussian of the chroma low-pass
   runs unpadded (``valid``) on it, and the blur's one replicated pixel comes from it too,
   instead of three float pads and a six-channel concatenation. The stem is two
-  convolutions (the input and its Gaussian) summed, which ONNX Runtime fuses.
+  convolutions (the blurred input and its blurred Gaussian) summed.
 * **The output stays small until the end**: the fg / distance logits are interpolated in
   plain NCHW (two channels, not a padded block of 16), the class logits are interpolated
   channels-last and softmaxed along their last axis, so ``CLASS_PROB`` needs no
