@@ -117,20 +117,21 @@ def test_inner_tiles_run_on_their_own_size_and_leave_their_unused_edges_out(big)
     unused = [(16, 16, 16, 16), (0, 0, 0, 0)]
     maps = infer_anchored(infer, tiles, 32, unused)
     assert sorted(shapes) == [(1, 512, 544), (1, 544, 576)]
-    lone = infer_anchored(net.infer, tiles[:1], 32)
+    lone, alone = (infer_anchored(net.infer, tiles[k:k + 1], 32) for k in (0, 1))
     inner = (slice(16 + 32, 512 - 16 - 32), slice(16 + 32, 544 - 16 - 32))
     for name, value in maps.items():
         assert value.shape[:3] == (2, 512, 544)
         np.testing.assert_array_equal(value[0][inner], lone[name][0][inner], err_msg=name)
-        alone = infer_anchored(net.infer, tiles[1:], 32)
         np.testing.assert_array_equal(value[1], alone[name][0], err_msg=name)
+    # the rows and columns outside the window: 0; inside, the tissue's values
     ay, ax = find_anchor(tiles[0])
     sy, _ = _axis_window(512, ay % 32, 32, 16, 16)
     sx, _ = _axis_window(544, ax % 32, 32, 16, 16)
-    if sy > 0:  # rows before the window: left out
-        assert not maps["FOREGROUND"][0, :sy].any()
-    if sx > 0:
-        assert not maps["FOREGROUND"][0, :, :sx].any()
+    assert (sy, sx) != (0, 0)  # this tile's landmark does move its window
+    covered = np.zeros((512, 544), bool)
+    covered[max(sy, 0):min(sy + 512, 512), max(sx, 0):min(sx + 544, 544)] = True
+    assert not maps["FOREGROUND"][0][~covered].any()
+    assert maps["FOREGROUND"][0][covered].min() > 0
 
 
 def test_unused_edges_of_a_tile():
