@@ -32,10 +32,12 @@ def test_cores_partition_region(mpp, region):
 
 
 @pytest.mark.parametrize("mpp, f", [(0.5, 1.0), (0.499, 1.0), (0.504, 1.0), (0.4902, 1.0),
-                                     (0.45, 0.5 / 0.45), (0.25, 2.0), (0.2527, 0.5 / 0.2527)])
-def test_a_slide_near_the_models_resolution_is_read_at_its_own_pixels(mpp, f):
+                                     (0.45, 0.5 / 0.45), (0.25, 2.0), (0.2527, 2.0),
+                                     (0.2425, 0.5 / 0.2425), (0.1667, 3.0), (1.0, 0.5)])
+def test_a_slide_near_a_whole_multiple_of_the_models_resolution_is_read_at_it(mpp, f):
     """Within 2 % of 0.5 um/px (20x scans at 0.499-0.504) each model pixel is a base
-    pixel, so every tile is an exact crop of the same image; farther off, resampled."""
+    pixel, so every tile is an exact crop of the same image; within 2 % of 0.25 (40x at
+    0.2527) every 2nd; farther off (0.45, 0.2425), and coarser than the model, resampled."""
     assert MPP_TOLERANCE == 0.02
     assert base_per_model_px(0.5, mpp) == pytest.approx(f, rel=1e-12)
     plan = plan_tiles(Slide("x", 3000, 2500, mpp), 0.5, 1024, 128)

@@ -8,23 +8,26 @@ from .records import Tile, TilePlan
 from .slide import Slide
 from .tissue import TissueMask
 
-#: a slide whose resolution is within this fraction of the model's is read at its own pixels
+#: a slide whose resolution is within this fraction of a whole multiple of the model's is
+#: read at that whole factor (its own pixels, every 2nd, ...)
 MPP_TOLERANCE = 0.02
 
 
 def base_per_model_px(model_mpp: float, slide_mpp: float) -> float:
-    """Base pixels per model pixel: ``model_mpp / slide_mpp``, or exactly 1 when the slide's
-    resolution is within :data:`MPP_TOLERANCE` of the model's (a 20x scan at 0.499 or 0.504
-    um/px for a 0.5 um/px model).
+    """Base pixels per model pixel: ``model_mpp / slide_mpp``, or the whole number it is
+    within :data:`MPP_TOLERANCE` of (a 20x scan at 0.499 or 0.504 um/px for a 0.5 um/px
+    model: 1, its own pixels; a 40x scan at 0.2527 um/px: 2).
 
     Resampling by a fraction of a percent buys the network nothing (it was trained with
     scale jitter of 0.7-1.4) and costs consistency: each tile starts at a whole base pixel,
     so each would be resampled at its own sub-pixel phase, and the network answers such
-    phases with other nuclei (the CMU slide at 0.499 um/px, tiled against one pass: agreement
-    0.77 resampled, 0.97 at its own pixels).
+    phases with other nuclei (tiled against one pass, the CMU slide at 0.499 um/px: 0.77
+    resampled, 0.97 at its own pixels; hgsc_nest enlarged to 0.2527 um/px: 0.948 at a factor
+    of 1.979, 0.989 at 2).
     """
     f = model_mpp / slide_mpp
-    return 1.0 if abs(f - 1.0) <= MPP_TOLERANCE else f
+    whole = round(f)
+    return float(whole) if whole >= 1 and abs(f / whole - 1.0) <= MPP_TOLERANCE else f
 
 
 def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: int,
