@@ -26,8 +26,9 @@ import numpy as np
 
 from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.backends.test_time import infer_averaged
-from slicer_cli.nuclei.records import Tile
 from slicer_cli.nuclei.seams import unused_edges
+from slicer_cli.nuclei.slide import Slide
+from slicer_cli.nuclei.tiling import plan_tiles
 from training.data import load_tile
 
 
@@ -47,17 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         backends = {m: stack.enter_context(LocalBackend(m, threads=args.threads))
                     for m in args.model_dirs}
+        # an inner tile of the model's own plan of a slide three tiles wide: edges unused
+        # on every side
+        inner = {}
+        for m, backend in backends.items():
+            info = backend.info
+            plan = plan_tiles(Slide("inner", 3 * args.size, 3 * args.size, info.mpp), info.mpp,
+                              args.size, info.overlap)
+            inner[m] = [max((unused_edges(t) for t in plan.tiles), key=min)]
+
         def call(model, anchor):
-            info = backends[model].info
-            unused = None
-            if anchor == "inner":  # the default plan's inner tile: cores overlap / 2 in
-                size = args.size
-                tile = Tile(index=0, x=0, y=0, width=size, height=size, core_x0=info.overlap // 2,
-                            core_y0=info.overlap // 2, core_x1=size - info.overlap // 2,
-                            core_y1=size - info.overlap // 2, base_per_px=1.0, px_width=size,
-                            px_height=size, row_y0=0)
-                unused = [unused_edges(tile)]
-            return infer_averaged(backends[model], image, anchor=bool(anchor), unused=unused)
+            return infer_averaged(backends[model], image, anchor=bool(anchor),
+                                  unused=inner[model] if anchor == "inner" else None)
 
         for model, anchor in runs:
             call(model, anchor)

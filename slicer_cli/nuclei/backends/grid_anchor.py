@@ -180,20 +180,23 @@ def infer_anchored(infer: Callable[[np.ndarray], dict], batch: np.ndarray,
     out: dict = {}
     for (wh, ww), members in groups.items():
         windows = np.empty((len(members), wh, ww, 3), dtype=batch.dtype)
+        # per tile: the tile's pixels the window holds, and where they sit in the window
+        spans = []
         for j, k in enumerate(members):
-            # the tile's pixels in the window, mirrored where the window goes beyond it
             sy, _, sx, _ = places[k]
-            part = batch[k, max(sy, 0):min(sy + wh, h), max(sx, 0):min(sx + ww, w)]
-            windows[j] = np.pad(part, ((max(-sy, 0), max(sy + wh - h, 0)),
-                                       (max(-sx, 0), max(sx + ww - w, 0)), (0, 0)),
-                                mode="reflect")
+            tile = (slice(max(sy, 0), min(sy + wh, h)), slice(max(sx, 0), min(sx + ww, w)))
+            inside = (slice(tile[0].start - sy, tile[0].stop - sy),
+                      slice(tile[1].start - sx, tile[1].stop - sx))
+            spans.append((tile, inside))
+            # mirrored where the window goes beyond the tile
+            windows[j] = np.pad(batch[k][tile], ((inside[0].start, wh - inside[0].stop),
+                                                 (inside[1].start, ww - inside[1].stop),
+                                                 (0, 0)), mode="reflect")
         maps = infer(windows)
         for name, value in maps.items():
             xp = array_module(value)
             if name not in out:
                 out[name] = xp.zeros((n, h, w) + value.shape[3:], dtype=value.dtype)
-            for j, k in enumerate(members):
-                sy, _, sx, _ = places[k]
-                y0, y1, x0, x1 = max(sy, 0), min(sy + wh, h), max(sx, 0), min(sx + ww, w)
-                out[name][k, y0:y1, x0:x1] = value[j, y0 - sy:y1 - sy, x0 - sx:x1 - sx]
+            for j, (k, (tile, inside)) in enumerate(zip(members, spans)):
+                out[name][k][tile] = value[j][inside]
     return out
