@@ -165,12 +165,20 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 def photometric(image: np.ndarray, rng: np.random.Generator, stains: np.ndarray | None = None,
                 stain_source: np.ndarray | None = None, p_stain: float = 0.7) -> np.ndarray:
-    """One random chain of image degradations (labels unaffected).
+    """One random chain of image degradations (labels unaffected): :func:`appearance`, then
+    :func:`storage`.
 
     With a bank of real stain vectors (``stains``, K x 3 x 2) and the image's own
     (``stain_source``, 3 x 2), a :func:`stain_transfer` comes first with probability
     ``p_stain``.
     """
+    return storage(appearance(image, rng, stains, stain_source, p_stain), rng)
+
+
+def appearance(image: np.ndarray, rng: np.random.Generator, stains: np.ndarray | None = None,
+               stain_source: np.ndarray | None = None, p_stain: float = 0.7) -> np.ndarray:
+    """What the slide itself looks like: stain (re-staining, HED jitter, colour) and focus;
+    the first part of :func:`photometric`, the same for two scans of one slide."""
     if stains is not None and stain_source is not None and rng.random() < p_stain:
         image = stain_transfer(image, rng, stains, stain_source)
     image = hed_jitter(image, rng)
@@ -178,6 +186,12 @@ def photometric(image: np.ndarray, rng: np.random.Generator, stains: np.ndarray 
         image = hsv_jitter(image, rng)
     if rng.random() < 0.25:
         image = blur(image, rng.uniform(0.3, 1.2))
+    return image
+
+
+def storage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What one scan and its file add: sensor noise, then JPEG re-compression at quality
+    40-95 (blocks from the image's first pixel); the second part of :func:`photometric`."""
     if rng.random() < 0.25:
         image = noise(image, rng.uniform(1.0, 8.0), rng)
     if rng.random() < 0.5:

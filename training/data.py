@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 
 from slicer_cli.nuclei.stain import REFERENCE_STAINS
 
-from .augment import SCALE_RANGE, Warp, photometric, random_warp
+from .augment import SCALE_RANGE, Warp, appearance, photometric, random_warp, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -149,9 +149,19 @@ class CropSampler:
     def _degrade(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return photometric(image, rng, self.stains, REFERENCE_STAINS, self.p_stain)
 
-    def pair(self, size: int, shift: int, rng: np.random.Generator
+    def _appearance(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return appearance(image, rng, self.stains, REFERENCE_STAINS, self.p_stain)
+
+    def pair(self, size: int, shift: int, rng: np.random.Generator, rescan: bool = False
              ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], tuple[int, int]]:
         """The same crop seen twice: shifted by up to ``shift - 1`` px, degraded separately.
+
+        Independent views (``rescan`` false, 5.0.0-5.3.0) each get their own whole chain of
+        degradations, stain included. ``rescan``: one slide looked at twice, as a re-scan or
+        a re-encoded copy shows it: the stain, colour and focus (``augment.appearance``) and
+        the slide's own file (``augment.storage`` on the whole crop, JPEG blocks from its
+        corner) are shared; each view then adds its own sensor noise and file, whose JPEG
+        blocks start at the view's own corner.
 
         Returns views A and B as :meth:`crop` does (image, fg, distance, class) and the
         offset ``(dy, dx)``: B's pixel ``(y, x)`` shows A's ``(y + dy, x + dx)``.
@@ -159,9 +169,12 @@ class CropSampler:
         image, inst, cls, dist = warp_labelled(self.tile, self.warp(size + shift, rng))
         views = []
         corners = rng.integers(0, shift, (2, 2))
+        if rescan:
+            image = storage(self._appearance(image, rng), rng)
         for y0, x0 in corners:
             cut = (slice(y0, y0 + size), slice(x0, x0 + size))
-            views.append((self._degrade(np.ascontiguousarray(image[cut]), rng),
+            view = np.ascontiguousarray(image[cut])
+            views.append((storage(view, rng) if rescan else self._degrade(view, rng),
                           (inst[cut] > 0).astype(np.float32), np.ascontiguousarray(dist[cut]),
                           np.ascontiguousarray(cls[cut])))
         (ya, xa), (yb, xb) = corners

@@ -131,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "separately, both supervised and pulled together (5.0.0: 4 pairs, "
                         "8 views; 0: --batch independent crops)")
     p.add_argument("--w-pair", type=float, default=2.0, help="weight of the pair consistency")
+    p.add_argument("--pair-views", choices=("independent", "rescan"), default="rescan",
+                   help="how the two views of a labelled pair differ (data.CropSampler.pair): "
+                        "rescan (5.4.0), the same stain, colour and focus and each its own "
+                        "noise and JPEG file, as a re-scan or a re-encoded copy; independent "
+                        "(5.0.0-5.3.0), each its own whole chain of degradations, stain "
+                        "included")
     p.add_argument("--stain-transfer", type=float, default=0.7,
                    help="probability of re-staining a crop with real stain vectors of the "
                         "unlabelled slides (5.0.0: 0.7; 0 before)")
@@ -383,7 +389,8 @@ def train(args: argparse.Namespace) -> dict:
             group["lr"] = lr_at(step, args.iterations, args.lr)
         crops = [sampler.crop(args.crop, rng) for _ in range(n_sup - 2 * args.pairs)]
         pairs = [_pair_sampler(sampler, pseudo, args.pseudo_fraction, rng).pair(
-            args.crop, SHIFT_PX, rng) for _ in range(args.pairs)]
+            args.crop, SHIFT_PX, rng, rescan=args.pair_views == "rescan")
+            for _ in range(args.pairs)]
         crops += [p[0] for p in pairs] + [p[1] for p in pairs]  # then all A, then all B
         pair_offsets = [p[2] for p in pairs]
         images, fg, dist, cls = (np.stack(c) for c in zip(*crops))
@@ -500,7 +507,8 @@ def _arg_key(args: argparse.Namespace) -> dict:
     for k, neutral in {"refine": "0", "stem_blur": "3", "chroma_blur": "0.0",
                        "chroma_half": "False",
                        "pseudo_labels": "None",
-                       "pseudo_fraction": "0.25"}.items():
+                       "pseudo_fraction": "0.25",
+                       "pair_views": "independent"}.items():
         if key.get(k) == neutral:
             del key[k]
     return key
