@@ -11,7 +11,7 @@ from slicer_cli.nuclei.tissue import TissueMask
 
 
 @pytest.mark.parametrize("mpp", [0.5, 0.25, 0.499, 1.0])
-@pytest.mark.parametrize("region", [None, (100, 200, 1500, 1300)])
+@pytest.mark.parametrize("region", [None, (100, 200, 1500, 1300), (101, 201, 1499, 1299)])
 def test_cores_partition_region(mpp, region):
     slide = Slide("x", 2220, 2967, mpp)
     plan = plan_tiles(slide, 0.5, 512, 128, region)
@@ -26,6 +26,8 @@ def test_cores_partition_region(mpp, region):
         assert t.x <= max(0, t.core_x0 - margin) + 1 and t.y <= max(0, t.core_y0 - margin) + 1
         assert t.x + t.width >= min(slide.size_x, t.core_x1 + margin) - 2
         assert t.y + t.height >= min(slide.size_y, t.core_y1 + margin) - 2
+        if mpp == 0.25:  # read at every 2nd pixel: every window on the slide's one lattice
+            assert t.x % 2 == 0 and t.y % 2 == 0
     inside = cover[top:top + h, left:left + w]
     assert (inside == 1).all()
     assert cover.sum() == w * h
@@ -101,6 +103,7 @@ def test_windows_fit_the_tissue():
         assert t.px_width % 32 == 0 and t.px_height % 32 == 0
         assert t.px_width <= 512 and t.px_height <= 512
         assert (t.width, t.height) == (2 * t.px_width, 2 * t.px_height)
+        assert t.x % 2 == 0 and t.y % 2 == 0  # the cores fit odd tissue edges, the reads do not
         cell = next(c for c in full.tiles if c.core_x0 <= t.core_x0 < c.core_x1
                     and c.core_y0 <= t.core_y0 < c.core_y1)
         # inside the grid cell's core and window; half the overlap (64 px) around the core

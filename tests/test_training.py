@@ -209,6 +209,31 @@ def test_labelled_pairs_are_the_shifts_they_claim():
             np.testing.assert_array_equal(view_b[yb, xb], view_a[ys, xs])
 
 
+def test_rescan_pairs_share_the_stain_and_not_the_file():
+    """A rescan pair is one slide seen twice: the common region keeps its colours (only
+    noise and JPEG differ, which keep the mean) and its labels shift exactly; independent
+    views are stained apart."""
+    sampler = CropSampler(_disc_tile(), reserved=(), stains=_OTHER_STAINS, p_stain=0.7)
+    rng = np.random.default_rng(17)
+    colour_gaps = {}
+    for rescan in (True, False):
+        gaps = []
+        for _ in range(12):
+            a, b, (dy, dx) = sampler.pair(96, 32, rng, rescan=rescan)
+            ys, xs = slice(max(0, dy), min(96, 96 + dy)), slice(max(0, dx), min(96, 96 + dx))
+            yb, xb = slice(ys.start - dy, ys.stop - dy), slice(xs.start - dx, xs.stop - dx)
+            for view_a, view_b in zip(a[1:], b[1:]):  # fg, distance, class: the same shift
+                np.testing.assert_array_equal(view_b[yb, xb], view_a[ys, xs])
+            common_a = a[0][ys, xs].reshape(-1, 3).astype(float)
+            common_b = b[0][yb, xb].reshape(-1, 3).astype(float)
+            gaps.append(np.abs(common_a.mean(axis=0) - common_b.mean(axis=0)).max())
+            if rescan:  # what differs is pixel noise, not the slide
+                assert np.abs(common_a - common_b).mean() < 12
+        colour_gaps[rescan] = gaps
+    assert max(colour_gaps[True]) < 3  # noise is zero-mean, JPEG keeps each block's mean
+    assert max(colour_gaps[False]) > 10
+
+
 def test_pair_consistency_loss_is_zero_for_matching_views_and_pulls_both():
     g = torch.Generator().manual_seed(1)
     maps = [torch.randn(2, c, 48, 48, generator=g) for c in (1, 1, 3)]

@@ -131,12 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "separately, both supervised and pulled together (5.0.0: 4 pairs, "
                         "8 views; 0: --batch independent crops)")
     p.add_argument("--w-pair", type=float, default=2.0, help="weight of the pair consistency")
-    p.add_argument("--pair-views", choices=("independent", "rescan"), default="rescan",
+    p.add_argument("--pair-views", choices=("independent", "rescan"), default="independent",
                    help="how the two views of a labelled pair differ (data.CropSampler.pair): "
-                        "rescan (5.4.0), the same stain, colour and focus and each its own "
-                        "noise and JPEG file, as a re-scan or a re-encoded copy; independent "
-                        "(5.0.0-5.3.0), each its own whole chain of degradations, stain "
-                        "included")
+                        "independent (the default, 5.0.0-5.3.0), each its own whole chain of "
+                        "degradations, stain included; rescan (run O of MODEL.md, not "
+                        "shipped), the same stain, colour and focus and each its own noise "
+                        "and JPEG file, as a re-scan or a re-encoded copy")
     p.add_argument("--stain-transfer", type=float, default=0.7,
                    help="probability of re-staining a crop with real stain vectors of the "
                         "unlabelled slides (5.0.0: 0.7; 0 before)")

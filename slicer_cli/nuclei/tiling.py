@@ -123,11 +123,22 @@ def _window(origin: int, lo: int, hi: int, extent: int, f: float, half: float,
     length is rounded up to ``multiple`` model pixels (at most ``tile_size_px``).
     """
     full_end = origin + tile_size_px * f
-    start = max(origin, lo - half)
+    start = max(origin, _on_lattice(lo - half, f))
     end = min(full_end, hi + half, extent)
     px = min(tile_size_px, -(-math.ceil((end - start) / f - 1e-6) // multiple) * multiple)
     start = max(origin, min(start, full_end - px * f))
     return int(round(start)), int(px)
+
+
+def _on_lattice(x: float, f: float) -> float:
+    """``x`` moved back to a multiple of ``f`` when ``f`` is a whole number above 1, else ``x``.
+
+    At a whole factor (a 40x slide read at every 2nd pixel) a window starting there samples
+    the base pixels every other window samples, whatever the region's corner or the tissue
+    fitted to: one lattice for the slide, as at a factor of 1 (a window from an odd pixel
+    would show the network the other half of the pixels, as if moved by half a pixel).
+    """
+    return int(math.floor(x / f) * f) if f > 1 and f == int(f) else x
 
 
 def _axis(lo: int, hi: int, extent: int, f: float, tile_size_px: int,
@@ -141,7 +152,7 @@ def _axis(lo: int, hi: int, extent: int, f: float, tile_size_px: int,
     """
     half = overlap_px / 2 * f
     stride = (tile_size_px - overlap_px) * f
-    start = max(0, lo - round(half))
+    start = max(0, _on_lattice(lo - round(half), f))
     end = min(extent, hi + round(half))
     n = max(1, math.ceil((end - start - overlap_px * f) / stride))
     origins = [start + round(i * stride) for i in range(n)]
