@@ -128,31 +128,34 @@ def test_a_20x_scan_near_the_models_resolution_tiles_as_one_pass(tmp_path, hgsc_
     assert _tiled_vs_single_pq(tmp_path, hgsc_image, 0.499, 1500) >= 0.95
 
 
-def test_a_40x_scan_near_twice_the_models_resolution_tiles_as_one_pass(tmp_path, hgsc_image):
+@pytest.fixture(scope="module")
+def hgsc_40x(tmp_path_factory, hgsc_image):
+    """hgsc_nest enlarged twice (3000 x 3000), to be declared at 0.2527 um/px: an Aperio
+    40x scan of it."""
+    from PIL import Image
+
+    big = tmp_path_factory.mktemp("hgsc_40x") / "hgsc_40x.png"
+    Image.open(hgsc_image).convert("RGB").resize((3000, 3000), Image.BICUBIC).save(big)
+    return big
+
+
+def test_a_40x_scan_near_twice_the_models_resolution_tiles_as_one_pass(tmp_path, hgsc_40x):
     """hgsc_nest enlarged twice and declared at 0.2527 um/px (an Aperio 40x scan) is read at
     every 2nd pixel (a factor of 1.979 rounded to 2): tiled and single pass agree (measured
     0.989; resampled by 1.979 from each tile's own first base pixel, 0.948)."""
-    from PIL import Image
-
-    big = tmp_path / "hgsc_40x.png"
-    Image.open(hgsc_image).convert("RGB").resize((3000, 3000), Image.BICUBIC).save(big)
-    assert _tiled_vs_single_pq(tmp_path, big, 0.2527, 3000) >= 0.97
+    assert _tiled_vs_single_pq(tmp_path, hgsc_40x, 0.2527, 3000) >= 0.97
 
 
-def test_a_40x_region_one_pixel_along_reads_the_same_pixels(tmp_path, hgsc_image):
+def test_a_40x_region_one_pixel_along_reads_the_same_pixels(tmp_path, hgsc_40x):
     """At 2 base pixels per model pixel a region starting one base pixel further along
     would, read from its own corner, show the network the other half of the pixels (as if
     moved by half a pixel, which neither the anchor nor the network follows); its windows
     start on the slide's one lattice instead, so its nuclei are the first region's
     (measured 1.00, 866 of 866 nuclei; with windows from the region's corner 0.87, the
     outlines moved (SQ 0.89) and 11 nuclei changed each way)."""
-    from PIL import Image
-
     from slicer_cli.nuclei.metrics import agreement_pq
 
-    big = tmp_path / "hgsc_40x.png"
-    Image.open(hgsc_image).convert("RGB").resize((3000, 3000), Image.BICUBIC).save(big)
-    docs = [_run(tmp_path, f"roi{k}", big, slide_mpp=0.2527, region=(300 + k, 300 + k,
+    docs = [_run(tmp_path, f"roi{k}", hgsc_40x, slide_mpp=0.2527, region=(300 + k, 300 + k,
                                                                       2400 - k, 2400 - k))[1]
             for k in (0, 1)]
     assert min(len(d["elements"]) for d in docs) > 500

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from slicer_cli.nuclei.metrics import common_region  # noqa: E402
 from slicer_cli.nuclei.stain import REFERENCE_STAINS  # noqa: E402
 from training import train as train_module  # noqa: E402
 from training.augment import (  # noqa: E402
@@ -122,10 +123,8 @@ def test_consistency_views_are_the_shifts_they_claim(monkeypatch):
     view_a, view_b, offsets = train_module.consistency_views(raws, 96, rng)
     for a, b, (dy, dx) in zip(view_a, view_b, offsets):
         assert -32 < dy < 32 and -32 < dx < 32
-        ys, xs = slice(max(0, dy), min(96, 96 + dy)), slice(max(0, dx), min(96, 96 + dx))
-        yb = slice(ys.start - dy, ys.stop - dy)
-        xb = slice(xs.start - dx, xs.stop - dx)
-        np.testing.assert_array_equal(b[yb, xb], a[ys, xs])
+        in_a, in_b = common_region(a.shape, b.shape, (dy, dx))
+        np.testing.assert_array_equal(b[in_b], a[in_a])
 
 
 def test_consistency_loss_is_zero_when_aligned_and_grows_when_not():
@@ -203,10 +202,9 @@ def test_labelled_pairs_are_the_shifts_they_claim():
     for _ in range(10):
         a, b, (dy, dx) = sampler.pair(96, 32, rng)
         assert -32 < dy < 32 and -32 < dx < 32
-        ys, xs = slice(max(0, dy), min(96, 96 + dy)), slice(max(0, dx), min(96, 96 + dx))
-        yb, xb = slice(ys.start - dy, ys.stop - dy), slice(xs.start - dx, xs.stop - dx)
+        in_a, in_b = common_region(a[0].shape, b[0].shape, (dy, dx))
         for view_a, view_b in zip(a, b):  # image, fg, distance, class: same shift
-            np.testing.assert_array_equal(view_b[yb, xb], view_a[ys, xs])
+            np.testing.assert_array_equal(view_b[in_b], view_a[in_a])
 
 
 def test_rescan_pairs_share_the_stain_and_not_the_file():
@@ -220,12 +218,11 @@ def test_rescan_pairs_share_the_stain_and_not_the_file():
         gaps = []
         for _ in range(12):
             a, b, (dy, dx) = sampler.pair(96, 32, rng, rescan=rescan)
-            ys, xs = slice(max(0, dy), min(96, 96 + dy)), slice(max(0, dx), min(96, 96 + dx))
-            yb, xb = slice(ys.start - dy, ys.stop - dy), slice(xs.start - dx, xs.stop - dx)
+            in_a, in_b = common_region(a[0].shape, b[0].shape, (dy, dx))
             for view_a, view_b in zip(a[1:], b[1:]):  # fg, distance, class: the same shift
-                np.testing.assert_array_equal(view_b[yb, xb], view_a[ys, xs])
-            common_a = a[0][ys, xs].reshape(-1, 3).astype(float)
-            common_b = b[0][yb, xb].reshape(-1, 3).astype(float)
+                np.testing.assert_array_equal(view_b[in_b], view_a[in_a])
+            common_a = a[0][in_a].reshape(-1, 3).astype(float)
+            common_b = b[0][in_b].reshape(-1, 3).astype(float)
             gaps.append(np.abs(common_a.mean(axis=0) - common_b.mean(axis=0)).max())
             if rescan:  # what differs is pixel noise, not the slide
                 assert np.abs(common_a - common_b).mean() < 12
