@@ -43,8 +43,9 @@ def test_a_slide_near_a_whole_multiple_of_the_models_resolution_is_read_at_it(mp
     assert MPP_TOLERANCE == 0.02
     assert base_per_model_px(0.5, mpp) == pytest.approx(f, rel=1e-12)
     plan = plan_tiles(Slide("x", 3000, 2500, mpp), 0.5, 1024, 128)
+    assert plan.base_per_px == pytest.approx(f, rel=1e-12)
     for t in plan.tiles:
-        assert t.base_per_px == pytest.approx(f, rel=1e-12)
+        assert t.base_per_px == plan.base_per_px
         if f == 1.0:
             assert (t.width, t.height) == (t.px_width, t.px_height)
 

@@ -33,7 +33,7 @@ from .records import Tile, TileNuclei, TilePlan
 from .seams import SEAM_MARGIN_PX, SeamIndex, keep_owned, unused_edges
 from .slide import Slide, open_slide, read_thumbnail, read_tile
 from .stain import normalize_stain
-from .tiling import base_per_model_px, plan_tiles
+from .tiling import plan_tiles
 from .tissue import detect_tissue
 from .writers import (
     PLOT_COLUMNS,
@@ -220,7 +220,7 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
             counts, inference_s = _run_batches(ctx, plan, out, report, summary)
             # um per model pixel: the model's, or the slide's own when read at its pixels
             outputs = out.commit(statistics=summary.result(
-                plan.slide_mpp * base_per_model_px(plan.model_mpp, plan.slide_mpp)))
+                plan.slide_mpp * plan.base_per_px))
         except BaseException:
             out.abort()
             raise
@@ -256,8 +256,7 @@ def _run_batches(ctx: _Context, plan: TilePlan, out: _Outputs, report, summary: 
                                                   "int64" if c in ints else "float64")
                                      for c in PLOT_COLUMNS}))
     # a nucleus near a seam may be kept by two tiles (ownership margin): write it once
-    seams = SeamIndex(reach_px=(plan.overlap_px + SEAM_MARGIN_PX)
-                      * base_per_model_px(plan.model_mpp, plan.slide_mpp))
+    seams = SeamIndex(reach_px=(plan.overlap_px + SEAM_MARGIN_PX) * plan.base_per_px)
 
     def emit(results: list[TileNuclei]) -> None:
         nonlocal next_id

@@ -63,6 +63,8 @@ class TilePlan:
     overlap_px: int
     region: tuple[int, int, int, int]
     tiles: tuple[Tile, ...]
+    #: base pixels per model pixel (``tiling.base_per_model_px``; every tile's ``base_per_px``)
+    base_per_px: float = 1.0
     tissue_fraction: float = 1.0
     skipped_tiles: int = 0
 

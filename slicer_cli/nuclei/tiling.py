@@ -100,7 +100,8 @@ def plan_tiles(slide: Slide, model_mpp: float, tile_size_px: int, overlap_px: in
     return TilePlan(slide_path=slide.path, size_x=slide.size_x, size_y=slide.size_y,
                     slide_mpp=slide.mpp, model_mpp=model_mpp, tile_size_px=tile_size_px,
                     overlap_px=overlap_px, region=(left, top, right - left, bottom - top),
-                    tiles=tuple(tiles), tissue_fraction=frac, skipped_tiles=skipped)
+                    tiles=tuple(tiles), base_per_px=f, tissue_fraction=frac,
+                    skipped_tiles=skipped)
 
 
 def _fit_core(core: tuple[int, int, int, int], tissue: TissueMask,
