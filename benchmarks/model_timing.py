@@ -4,9 +4,10 @@ machine's drift cannot bias).
 Usage (from the repository root)::
 
     .venv/bin/python -m benchmarks.model_timing models/nucleus_unet /path/to/other_model \
-        [--repeats 15] [--threads 2] [--size 1024] [--grid-anchor-too]
+        [--repeats 15] [--threads 2] [--size 1024] [--grid-anchor-too] [--float-too]
 
-Each model is loaded once through ``LocalBackend`` (ONNX Runtime, CPU), warmed up with one
+Each model is loaded once through ``LocalBackend`` (ONNX Runtime, CPU: its int8 graph where
+it ships one, as the CLI runs it; ``--float-too`` adds its float graph), warmed up with one
 call, then the models take turns on the same ``size`` x ``size`` tile of hgsc_nest for
 ``repeats`` rounds; the median and the minimum of each model's calls are printed. With
 ``--grid-anchor-too`` each model also takes two turns with the grid anchor, timed as the
@@ -38,16 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--float-too", action="store_true",
+                   help="also time the float graph of each model that ships an int8 one")
     p.add_argument("--grid-anchor-too", action="store_true",
                    help="also time each model with the grid anchor (--grid-anchor)")
     args = p.parse_args(argv)
     image = np.ascontiguousarray(load_tile().image[None, :args.size, :args.size])
     anchors = (False, "lone", "inner") if args.grid_anchor_too else (False,)
-    runs = [(m, a) for m in args.model_dirs for a in anchors]
-    times: dict[tuple, list[float]] = {run: [] for run in runs}
     with contextlib.ExitStack() as stack:
-        backends = {m: stack.enter_context(LocalBackend(m, threads=args.threads))
-                    for m in args.model_dirs}
+        # each model as the CLI runs it on the CPU (its int8 graph where it ships one), and
+        # with --float-too its float graph as well
+        backends = {}
+        for m in args.model_dirs:
+            backends[m] = stack.enter_context(LocalBackend(m, threads=args.threads))
+            if args.float_too and backends[m].precision == "int8":
+                backends[m + " [float]"] = stack.enter_context(
+                    LocalBackend(m, threads=args.threads, precision="float"))
+        runs = [(m, a) for m in backends for a in anchors]
+        times = {run: [] for run in runs}
         # an inner tile of the model's own plan of a slide three tiles wide: edges unused
         # on every side
         inner = {}
@@ -68,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 call(model, anchor)
                 times[(model, anchor)].append(time.perf_counter() - t0)
-        versions = [backends[m].info.version + (f", grid anchor, {a} tile" if a else "")
-                    for m, a in runs]
+        versions = [backends[m].info.version + f", {backends[m].precision}"
+                    + (f", grid anchor, {a} tile" if a else "") for m, a in runs]
     for ((model, _), t), version in zip(times.items(), versions):
         print(f"{model} ({version}): {args.size}^2 tile median {np.median(t):.3f} s, "
               f"min {np.min(t):.3f} s over {len(t)} calls, {args.threads} threads")

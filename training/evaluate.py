@@ -88,37 +88,41 @@ class Averaged:
 
 
 def _instances(model_dir: Path, image: np.ndarray, threads: int, flips: int,
-               shifts: int, anchor: bool = False) -> tuple:
-    """``(info, instances, inference s, post-processing s)`` of the model on ``image``."""
-    with LocalBackend(model_dir, threads=threads) as backend:
-        info = backend.info
+               shifts: int, anchor: bool = False, precision: str = "auto") -> tuple:
+    """``(info, instances, inference s, post-processing s, graph precision)`` of the model
+    on ``image``."""
+    with LocalBackend(model_dir, threads=threads, precision=precision) as backend:
+        info, ran = backend.info, backend.precision
         t0 = time.perf_counter()
         maps = predict_maps(Averaged(backend, flips, shifts, anchor), image, info.size_multiple)
         infer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
                              **info.thresholds)
-    return info, inst, infer_s, time.perf_counter() - t0
+    return info, inst, infer_s, time.perf_counter() - t0, ran
 
 
 def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
              threads: int = 2, flips: int = 1, shifts: int = 1,
-             baseline: Path | None = None, anchor: bool = True) -> dict:
+             baseline: Path | None = None, anchor: bool = True,
+             precision: str = "auto") -> dict:
     """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict.
 
     With ``baseline`` (another model directory) also ``versus_baseline``: this model minus
     that one on the same nuclei, bPQ, mPQ and per-class PQ, each with its paired 95 %
-    block-bootstrap interval (``metrics.pq_difference_intervals``).
+    block-bootstrap interval (``metrics.pq_difference_intervals``). ``precision``: the graph
+    (``LocalBackend``'s: ``auto`` is the CLI's, int8 on the CPU where the model ships one).
     """
     tile = load_tile()
     image, labels, classes = region(tile, box)
-    info, inst, infer_s, post_s = _instances(model_dir, image, threads, flips, shifts, anchor)
+    info, inst, infer_s, post_s, ran = _instances(model_dir, image, threads, flips, shifts,
+                                                  anchor, precision)
     binary = panoptic_quality(labels, inst.labels)
     multi = multiclass_pq(labels, classes, inst.labels, inst.class_index, len(info.classes))
     result = {
         "model": info.name, "version": info.version, "region_rows_cols": list(box),
         "test_time_flips": flips, "test_time_shifts": shifts, "grid_anchor": anchor,
-        "thresholds": info.thresholds,
+        "graph": ran, "thresholds": info.thresholds,
         "n_true": int(labels.max()), "n_pred": int(inst.labels.max()),
         "f1": binary["f1"], "precision": binary["precision"], "recall": binary["recall"],
         "bpq": binary["pq"], "dq": binary["dq"], "sq": binary["sq"],
@@ -135,7 +139,7 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
         "inference_s": round(infer_s, 3), "postprocess_s": round(post_s, 3),
     }
     if baseline is not None:
-        base = _instances(baseline, image, threads, flips, shifts, anchor)[1]
+        base = _instances(baseline, image, threads, flips, shifts, anchor, precision)[1]
         base_multi = multiclass_pq(labels, classes, base.labels, base.class_index,
                                    len(info.classes))
         result["versus_baseline"] = {
@@ -153,7 +157,7 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
                threads: int = 2, flips: int = 1, shifts: int = 1,
                name: str = "held_out", cmu: tuple[int, int, int, int] = CMU_REGION,
-               anchor: bool = True) -> dict:
+               anchor: bool = True, precision: str = "auto") -> dict:
     """Agreement of the model with itself (shifts and re-encodes on ``box`` and on the CMU
     slide's region ``cmu``, the ROI (1, 1) shift) and its accuracy on ``box`` re-stained as
     other labs' H&E; ``box``'s agreement is keyed ``name`` (the ``--region``). The ROI
@@ -162,14 +166,15 @@ def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     tile = load_tile()
     image, labels, classes = region(tile, box)
     targets = stain_targets(UnlabelledPool())
-    with LocalBackend(model_dir, threads=threads) as backend:
+    with LocalBackend(model_dir, threads=threads, precision=precision) as backend:
         averaged = Averaged(backend, flips, shifts, anchor)
         quadrant = tile_agreement(averaged, np.ascontiguousarray(image))
         on_cmu = tile_agreement(averaged, cmu_region(cmu))
         restained = restained_scores(averaged, image, labels, classes, targets,
                                      REFERENCE_STAINS)
     if flips in (1, 4) and shifts in (1, 4):
-        roi = roi_agreement(model_dir, flips=flips > 1, shifts=shifts > 1, anchor=anchor)
+        roi = roi_agreement(model_dir, flips=flips > 1, shifts=shifts > 1, anchor=anchor,
+                            precision=precision)
     else:
         roi = {"not measured": "the CLI averages 1 or 4 flips and 1 or 4 shifts"}
     return {name: quadrant, "cmu_region": on_cmu, "cmu_box": list(cmu),
@@ -177,11 +182,11 @@ def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 
 def time_inference(model_dir: Path, sizes: tuple[int, ...] = (256, 1024), repeats: int = 3,
-                   threads: int = 2) -> dict[str, float]:
+                   threads: int = 2, precision: str = "auto") -> dict[str, float]:
     """Median ONNX Runtime seconds for one real tile of each size (batch of 1)."""
     tile = load_tile()
     out = {}
-    with LocalBackend(model_dir, threads=threads) as backend:
+    with LocalBackend(model_dir, threads=threads, precision=precision) as backend:
         for size in sizes:
             batch = np.ascontiguousarray(tile.image[None, :size, :size])
             backend.infer(batch)
@@ -237,19 +242,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")
+    p.add_argument("--precision", choices=("auto", "float"), default="auto",
+                   help="the graph on the CPU: auto, the CLI's (the model's int8 graph where "
+                        "it ships one), or float")
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
     result = evaluate(args.model_dir, box, args.threads, args.flips, args.shifts,
-                      args.baseline, args.grid_anchor)
+                      args.baseline, args.grid_anchor, args.precision)
     if args.timing:
-        result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads)
+        result["timing_cpu"] = time_inference(args.model_dir, threads=args.threads,
+                                              precision=args.precision)
     if args.robustness:
         result["agreement"] = robustness(args.model_dir, box, args.threads, args.flips,
                                          args.shifts, args.region, args.cmu_region,
-                                         args.grid_anchor)
+                                         args.grid_anchor, args.precision)
     if args.windows:
-        with LocalBackend(args.model_dir, threads=args.threads) as backend:
+        with LocalBackend(args.model_dir, threads=args.threads,
+                          precision=args.precision) as backend:
             result["windows"] = windows_agreement(
                 Averaged(backend, args.flips, args.shifts, args.grid_anchor),
                 stability_windows())

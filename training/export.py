@@ -6,10 +6,12 @@ from pathlib import Path
 
 import torch
 
+from slicer_cli.nuclei.backends.local import INT8_NAME
 from slicer_cli.nuclei.network import Exported, UNet
 
 from .data import CLASSES
 from .onnx_graph import InferenceGraph, supports
+from .quantize import quantize_model_dir
 
 CLASS_COLORS = ("rgb(0,160,0)", "rgb(255,200,0)", "rgb(220,20,60)")
 OPSET = 17
@@ -32,6 +34,8 @@ def export_onnx(net: UNet, path: Path, temperature: float = 1.0) -> Path:
     architecture, ``Exported`` otherwise.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    # an int8 graph beside it was made from the float graph this one replaces
+    path.with_name(INT8_NAME).unlink(missing_ok=True)
     net = net.eval()
     model = (InferenceGraph(net, temperature) if supports(net)
              else Exported(net, temperature)).eval()
@@ -131,6 +135,7 @@ def reexport(model_dir: Path, version: str) -> Path:
     weights = version_file(model_dir, "model.pt")
     temperature = float(torch.load(str(weights), weights_only=True).get("temperature", 1.0))
     path = export_onnx(load_exported(weights).net, weights.with_name("model.onnx"), temperature)
+    quantize_model_dir(model_dir)  # the CPU's int8 graph of the new float one
     write_config(model_dir, version=version, max_batch_size=info.max_batch_size,
                  uncertain_below=info.uncertain_below, temperature=temperature,
                  **info.thresholds)

@@ -134,10 +134,10 @@ def rasterise(annotation: dict, shape: tuple[int, int], origin=(0, 0)) -> np.nda
 
 def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_region.svs",
                   flips: bool = False, shifts: bool = False,
-                  anchor: bool = True) -> dict[str, float]:
+                  anchor: bool = True, precision: str = "auto") -> dict[str, float]:
     """The whole-slide pipeline with its region starting at (0, 0) and at (1, 1) (with the
     test-time flips when ``flips``, the test-time shifts when ``shifts``, the grid anchor
-    when ``anchor``).
+    when ``anchor``, the CLI's ``--precision``).
 
     Returns
     -------
@@ -157,7 +157,8 @@ def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_regi
             run_analysis(str(slide), str(ann), str(csv),
                          AnalysisOptions(region=region, model_dir=str(model_dir),
                                          parquet=False, test_time_flips=flips,
-                                         test_time_shifts=shifts, grid_anchor=anchor))
+                                         test_time_shifts=shifts, grid_anchor=anchor,
+                                         precision=precision))
             docs.append(json.loads(ann.read_text()))
     a = rasterise(docs[0], (h, w))
     b = rasterise(docs[1], (h - 1, w - 1), origin=(1, 1))

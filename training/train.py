@@ -62,6 +62,7 @@ from .losses import (
     foreground_loss,
     pair_consistency_loss,
 )
+from .quantize import calibration_images, quantize
 from .tune import tune_thresholds
 
 #: the views of a consistency pair are cut from a crop this much larger (max shift + 1)
@@ -468,6 +469,8 @@ def train(args: argparse.Namespace) -> dict:
         temperature = settings["temperature"]
         log(f"thresholds {tuned} and temperature {temperature} from {args.settings_from}")
     onnx_file = export_onnx(teacher, onnx_path, temperature)
+    # the in-process CPU's graph: levels 1-4 in int8 (training/quantize.py)
+    int8_file = quantize(onnx_file, calibration_images(tile.image))
     # the same network for the PyTorch backend (weights + architecture, no pickled code)
     save_weights(teacher, onnx_path.with_name("model.pt"), temperature)
     write_config(args.model_dir, version=args.version, **thresholds,
@@ -477,7 +480,7 @@ def train(args: argparse.Namespace) -> dict:
     summary = {"iterations": args.iterations, "distill": args.distill, "split": args.split,
                "train_s": round(train_s, 1),
                "total_s": round(total_s, 1), "onnx": str(onnx_file),
-               "onnx_bytes": onnx_file.stat().st_size, **tuned,
+               "onnx_bytes": onnx_file.stat().st_size, "int8": str(int8_file), **tuned,
                "temperature": temperature, "calibration": calibration}
     log(f"done: {json.dumps(summary)}")
     (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -121,6 +121,7 @@ def options_from_args(args):
         workers=args.workers,
         parquet=not args.no_parquet,
         device=args.device,
+        precision=args.precision,
         **extra,
     )
 

@@ -187,7 +187,7 @@ def run_analysis(slide_path: str, annotation_path: str, table_path: str,
     check_slide_size(slide.size_x, slide.size_y, options.max_slide_px)
     device = backends.resolve_device(options.device)
     backend = backends.open_backend(options.triton_url, options.model_dir or DEFAULT_MODEL_DIR,
-                                    options.model_name, device)
+                                    options.model_name, device, options.precision)
     with backend:
         info = backend.info
         tile_size = _round_up(options.tile_size_px or info.tile_size, info.size_multiple)
@@ -472,6 +472,8 @@ def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions, backe
     params["backend"] = {"TritonBackend": "triton", "TorchBackend": "pytorch"}.get(
         type(backend).__name__, "onnxruntime")
     params["device"] = device
+    # the in-process CPU backend runs the int8 graph where one is shipped
+    params["precision"] = getattr(backend, "precision", "float")
     return {"model": {"name": info.name, "version": info.version, "mpp": info.mpp,
                       "classes": list(info.classes), "class_colors": list(info.class_colors),
                       "uncertain_below": info.uncertain_below,
@@ -503,7 +505,8 @@ def _worker_context(key: tuple) -> _Context:
             backend = backends.open_backend(options.triton_url,
                                             options.model_dir or DEFAULT_MODEL_DIR,
                                             options.model_name,
-                                            backends.resolve_device(options.device))
+                                            backends.resolve_device(options.device),
+                                            options.precision)
             ctx = _Context(slide=slide, source=source, backend=backend, info=backend.info,
                            options=options, region=region,
                            infer_gate=threading.Semaphore(max(1, backend.concurrency)))

@@ -85,7 +85,8 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def open_backend(url: str | None = None, model_dir: str | Path = DEFAULT_MODEL_DIR,
-                 model_name: str | None = None, device: str = "cpu") -> Backend:
+                 model_name: str | None = None, device: str = "cpu",
+                 precision: str = "auto") -> Backend:
     """Open the backend named by ``url`` (``None`` or ``""`` -> in-process).
 
     Parameters
@@ -100,13 +101,17 @@ def open_backend(url: str | None = None, model_dir: str | Path = DEFAULT_MODEL_D
     device : str
         ``cpu`` (ONNX Runtime on the CPU: the reference) or ``cuda`` (resolved already, see
         :func:`resolve_device`).
+    precision : str
+        In-process on the CPU: ``auto`` runs the model's int8 graph where it ships one,
+        ``float`` the float graph (:class:`~.local.LocalBackend`). The GPU and Triton always
+        run the float graph.
     """
     if not url:
         if device == "cuda":
             return _cuda_backend(model_dir)
         from .local import LocalBackend
 
-        return LocalBackend(model_dir)
+        return LocalBackend(model_dir, precision=precision)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https", "grpc"):
         from .triton import TritonBackend
@@ -124,7 +129,7 @@ def _cuda_backend(model_dir: str | Path) -> Backend:
         if "CUDAExecutionProvider" in ort.get_available_providers():
             from .local import LocalBackend
 
-            return LocalBackend(model_dir)
+            return LocalBackend(model_dir, precision="float")
     except ImportError:
         pass
     from .pytorch import TorchBackend
