@@ -1,6 +1,7 @@
 """The int8 CPU graph: which convolutions it quantizes, that it is made the same way every
 time, that it finds the float graph's nuclei on real tissue, and that the in-process backend
-runs it on the CPU unless told otherwise (``training/quantize.py``, ``LocalBackend``)."""
+runs it on the CPU when asked (``--precision int8``; ``training/quantize.py``,
+``LocalBackend``)."""
 from __future__ import annotations
 
 import json
@@ -126,26 +127,25 @@ def test_int8_graph_finds_the_float_graphs_nuclei(where):
     assert 0.9 <= labels["int8"].max() / labels["float"].max() <= 1.1
 
 
-def test_backend_runs_int8_on_the_cpu_unless_told(tmp_path):
+def test_backend_runs_the_int8_graph_when_asked(tmp_path):
     with_int8, float_only = _float_copy(tmp_path, True), _float_copy(tmp_path, False)
     with LocalBackend(with_int8, threads=1) as backend:
+        assert backend.precision == "float"
+    with LocalBackend(with_int8, threads=1, precision="int8") as backend:
         assert backend.precision == "int8"
-    with LocalBackend(with_int8, threads=1, precision="float") as backend:
-        assert backend.precision == "float"
-    with LocalBackend(float_only, threads=1) as backend:
-        assert backend.precision == "float"
     with pytest.raises(ModelError, match="no int8 graph"):
         LocalBackend(float_only, threads=1, precision="int8")
     with pytest.raises(ValueError, match="precision"):
         LocalBackend(with_int8, threads=1, precision="fp16")
-    with pytest.raises(OptionsError, match="--precision"):
-        AnalysisOptions(precision="int8")
+    for bad in ("auto", "fp16", "", None):
+        with pytest.raises(OptionsError, match="--precision"):
+            AnalysisOptions(precision=bad)
 
 
 def test_the_annotation_names_the_graph_it_ran(cmu_svs, tmp_path):
     """A run records which graph made its nuclei (``params.precision``)."""
     region = (1424, 1943, 512, 512)
-    for precision, ran in (("auto", "int8"), ("float", "float")):
+    for precision, ran in (("int8", "int8"), ("float", "float")):
         ann = tmp_path / f"{precision}.anot"
         run_analysis(str(cmu_svs), str(ann), str(tmp_path / f"{precision}.csv"),
                      AnalysisOptions(region=region, precision=precision, parquet=False))

@@ -1,14 +1,15 @@
 """The CPU graph in int8: ``<version>/model.int8.onnx`` next to the float ``model.onnx``.
 
 ONNX Runtime's static quantization (``onnxruntime.quantization``) of the exported float graph,
-for the in-process CPU backend only (``LocalBackend`` runs it on the CPU when it is there;
-Triton, the GPU and the PyTorch backend keep the float graph):
+for the in-process CPU backend only (the CLI's ``--precision int8``, ``LocalBackend(...,
+precision="int8")``; Triton, the GPU and the PyTorch backend run the float graph):
 
 * **Which convolutions**: those with more than :data:`FLOAT_CHANNELS` output channels, i.e.
   U-Net levels 1-4 (a quarter of the resolution and below, 32-192 channels). Level 0 (half
   resolution, 12 channels padded to 16: where the outlines are drawn), the input's low-pass,
-  the stem and the head stay float: quantizing level 0 too cost the CMU selection regions
-  0.015 of agreement under JPEG (models/nucleus_unet/MODEL.md, "int8").
+  the stem and the head stay float: quantizing level 0 too cost the shipped network 0.015
+  of agreement on the CMU selection regions (models/nucleus_unet/MODEL.md, "int8 on the
+  CPU").
 * **How**: QOperator format (``QLinearConv``), weights int8 per output channel in 7 bits
   (``reduce_range``: AVX2's ``VPMADDUBSW`` cannot saturate, so CPUs with and without
   AVX-512 VNNI compute the same integers), activations uint8 with ranges from MinMax
