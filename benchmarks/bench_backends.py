@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
-    with LocalBackend(DEFAULT_MODEL_DIR, threads=args.threads) as local:
+    with LocalBackend(DEFAULT_MODEL_DIR, threads=args.threads, precision="float") as local:
         rate, done, secs, reference = bench(local, tiles, args.batch, args.tiles,
                                             args.max_seconds)
     print(f"local onnxruntime {onnxruntime.__version__}: {rate:.3f} tiles/s "

@@ -145,7 +145,7 @@ def parity(device: str) -> dict:
     image = np.asarray(Image.open(ROOT / "data" / "hgsc_nest.jpg").convert("RGB")) \
         if (ROOT / "data" / "hgsc_nest.jpg").is_file() else _cmu_tile()
     tiles = np.ascontiguousarray(np.stack([image[:512, :512], image[-512:, -512:]]))
-    with LocalBackend() as ort:
+    with LocalBackend(precision="float") as ort:
         ref = ort.infer(tiles)
         info = ort.info
     out = {}

@@ -4,10 +4,11 @@ machine's drift cannot bias).
 Usage (from the repository root)::
 
     .venv/bin/python -m benchmarks.model_timing models/nucleus_unet /path/to/other_model \
-        [--repeats 15] [--threads 2] [--size 1024] [--grid-anchor-too] [--int8-too]
+        [--repeats 15] [--threads 2] [--size 1024] [--grid-anchor-too] [--float-too]
 
-Each model is loaded once through ``LocalBackend`` (ONNX Runtime, CPU, its float graph;
-``--int8-too`` adds its int8 graph where it ships one), warmed up with one call, then the
+Each model is loaded once through ``LocalBackend`` (ONNX Runtime, CPU, as the CLI runs it:
+its int8 graph where it ships one; ``--float-too`` adds its float graph), warmed up with one
+call, then the
 models take turns on the same ``size`` x ``size`` tile of hgsc_nest for ``repeats`` rounds;
 the median and the minimum of each model's calls are printed. With ``--grid-anchor-too``
 each model also takes two turns with the grid anchor, timed as the
@@ -25,9 +26,8 @@ import time
 
 import numpy as np
 
-from slicer_cli.nuclei.backends.local import INT8_NAME, LocalBackend
+from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.backends.test_time import infer_averaged
-from slicer_cli.nuclei.model import onnx_path
 from slicer_cli.nuclei.seams import unused_edges
 from slicer_cli.nuclei.slide import Slide
 from slicer_cli.nuclei.tiling import plan_tiles
@@ -40,22 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=1024)
-    p.add_argument("--int8-too", action="store_true",
-                   help="also time the int8 graph of each model that ships one")
+    p.add_argument("--float-too", action="store_true",
+                   help="also time the float graph of each model that ships an int8 one")
     p.add_argument("--grid-anchor-too", action="store_true",
                    help="also time each model with the grid anchor (--grid-anchor)")
     args = p.parse_args(argv)
     image = np.ascontiguousarray(load_tile().image[None, :args.size, :args.size])
     anchors = (False, "lone", "inner") if args.grid_anchor_too else (False,)
     with contextlib.ExitStack() as stack:
-        # each model's float graph (the CLI's default), and with --int8-too its int8 graph
-        # where it ships one (--precision int8)
+        # each model as the CLI runs it on the CPU (its int8 graph where it ships one), and
+        # with --float-too its float graph as well
         backends = {}
         for m in args.model_dirs:
             backends[m] = stack.enter_context(LocalBackend(m, threads=args.threads))
-            if args.int8_too and (onnx_path(m).with_name(INT8_NAME)).is_file():
-                backends[m + " [int8]"] = stack.enter_context(
-                    LocalBackend(m, threads=args.threads, precision="int8"))
+            if args.float_too and backends[m].precision == "int8":
+                backends[m + " [float]"] = stack.enter_context(
+                    LocalBackend(m, threads=args.threads, precision="float"))
         runs = [(m, a) for m in backends for a in anchors]
         times = {run: [] for run in runs}
         # an inner tile of the model's own plan of a slide three tiles wide: edges unused

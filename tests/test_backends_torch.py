@@ -43,7 +43,7 @@ def tiles(hgsc_image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def onnx_maps(tiles):
-    with LocalBackend(threads=1) as backend:
+    with LocalBackend(threads=1, precision="float") as backend:
         return backend.infer(tiles), backend.info
 
 
@@ -134,7 +134,7 @@ def test_cuda_maps_averaged_over_flips_and_shifts_match_onnx(tiles):
     cupy = _cuda()
     from slicer_cli.nuclei.backends.test_time import infer_averaged
 
-    with LocalBackend(threads=1) as backend:
+    with LocalBackend(threads=1, precision="float") as backend:
         want, info = infer_averaged(backend, tiles, flips=4, shifts=4), backend.info
     with TorchBackend(device="cuda") as backend:
         maps = infer_averaged(backend, tiles, flips=4, shifts=4)

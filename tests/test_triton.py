@@ -116,7 +116,7 @@ def tiles(hgsc_image) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def local_maps(tiles) -> dict[str, np.ndarray]:
-    with LocalBackend(threads=1) as local:
+    with LocalBackend(threads=1, precision="float") as local:
         return local.infer(tiles)
 
 
@@ -160,7 +160,7 @@ def test_batches_split_at_max_batch_size(triton, tiles, local_maps):
 def test_threads_share_one_backend(triton, tiles, local_maps):
     """HTTP clients are not thread-safe: each thread gets its own, results stay right."""
     crops = tiles[:, :128, :128]
-    with LocalBackend(threads=1) as local:
+    with LocalBackend(threads=1, precision="float") as local:
         expected = local.infer(crops)
     with TritonBackend(triton.http_url, MODEL, max_in_flight=3) as backend:
         assert backend.concurrency == 3

@@ -88,7 +88,7 @@ class Averaged:
 
 
 def _instances(model_dir: Path, image: np.ndarray, threads: int, flips: int,
-               shifts: int, anchor: bool = False, precision: str = "float") -> tuple:
+               shifts: int, anchor: bool = False, precision: str = "auto") -> tuple:
     """``(info, instances, inference s, post-processing s, graph precision)`` of the model
     on ``image``."""
     with LocalBackend(model_dir, threads=threads, precision=precision) as backend:
@@ -105,13 +105,14 @@ def _instances(model_dir: Path, image: np.ndarray, threads: int, flips: int,
 def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
              threads: int = 2, flips: int = 1, shifts: int = 1,
              baseline: Path | None = None, anchor: bool = True,
-             precision: str = "float") -> dict:
+             precision: str = "auto") -> dict:
     """Score the model of ``model_dir`` on ``box`` of hgsc_nest; returns a metrics dict.
 
     With ``baseline`` (another model directory) also ``versus_baseline``: this model minus
     that one on the same nuclei, bPQ, mPQ and per-class PQ, each with its paired 95 %
     block-bootstrap interval (``metrics.pq_difference_intervals``). ``precision``: the graph,
-    ``float`` or ``int8`` (``LocalBackend``'s, the CLI's ``--precision``).
+    ``auto`` (the CLI's default: int8 on the CPU where the model ships it), ``float`` or
+    ``int8`` (``LocalBackend``'s, the CLI's ``--precision``).
     """
     tile = load_tile()
     image, labels, classes = region(tile, box)
@@ -157,7 +158,7 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
                threads: int = 2, flips: int = 1, shifts: int = 1,
                name: str = "held_out", cmu: tuple[int, int, int, int] = CMU_REGION,
-               anchor: bool = True, precision: str = "float") -> dict:
+               anchor: bool = True, precision: str = "auto") -> dict:
     """Agreement of the model with itself (shifts and re-encodes on ``box`` and on the CMU
     slide's region ``cmu``, the ROI (1, 1) shift) and its accuracy on ``box`` re-stained as
     other labs' H&E; ``box``'s agreement is keyed ``name`` (the ``--region``). The ROI
@@ -182,7 +183,7 @@ def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 
 def time_inference(model_dir: Path, sizes: tuple[int, ...] = (256, 1024), repeats: int = 3,
-                   threads: int = 2, precision: str = "float") -> dict[str, float]:
+                   threads: int = 2, precision: str = "auto") -> dict[str, float]:
     """Median ONNX Runtime seconds for one real tile of each size (batch of 1)."""
     tile = load_tile()
     out = {}
@@ -242,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")
-    p.add_argument("--precision", choices=("float", "int8"), default="float",
-                   help="the graph on the CPU (the CLI's --precision): float, or the model's "
-                        "int8 graph")
+    p.add_argument("--precision", choices=("auto", "float", "int8"), default="auto",
+                   help="the graph on the CPU (the CLI's --precision): auto (the model's int8 "
+                        "graph where it ships one), float or int8")
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION

@@ -42,7 +42,7 @@ def pseudo_tiles(teacher_dir: Path, pool, threads: int = 2, flips: int = 4,
     pixels, the teacher's nuclei as instances, class 0 everywhere, their distance target,
     and as ``ignore`` the pixels off them where the teacher is unsure (:data:`UNSURE`)."""
     tiles = []
-    with LocalBackend(teacher_dir, threads=threads) as backend:
+    with LocalBackend(teacher_dir, threads=threads, precision="float") as backend:
         info = backend.info
         averaged = Averaged(backend, flips, shifts)
         for image in pool.images:

@@ -134,7 +134,7 @@ def rasterise(annotation: dict, shape: tuple[int, int], origin=(0, 0)) -> np.nda
 
 def roi_agreement(model_dir: Path, slide: Path = ROOT / "data" / "cmu_small_region.svs",
                   flips: bool = False, shifts: bool = False,
-                  anchor: bool = True, precision: str = "float") -> dict[str, float]:
+                  anchor: bool = True, precision: str = "auto") -> dict[str, float]:
     """The whole-slide pipeline with its region starting at (0, 0) and at (1, 1) (with the
     test-time flips when ``flips``, the test-time shifts when ``shifts``, the grid anchor
     when ``anchor``, the CLI's ``--precision``).

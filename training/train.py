@@ -179,7 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where the network trains (cuda: a GPU machine, docs/GPU.md); crops "
                         "are made on the CPU either way, and export, tuning and calibration "
                         "run on the CPU")
-    p.add_argument("--version", default="5.3.1")
+    p.add_argument("--version", default="5.4.0")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)

@@ -64,7 +64,7 @@ class AnalysisOptions:
     parquet: bool = True
     max_slide_px: float = LIMITS["max_slide_px"][1]
     device: str = "cpu"
-    precision: str = "float"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.region is not None:
@@ -87,8 +87,9 @@ class AnalysisOptions:
             check_scheduler(self.scheduler)
         if self.device not in ("auto", "cpu", "cuda"):
             raise OptionsError(f"--device must be auto, cpu or cuda, not {self.device!r}")
-        if self.precision not in ("float", "int8"):
-            raise OptionsError(f"--precision must be float or int8, not {self.precision!r}")
+        if self.precision not in ("auto", "float", "int8"):
+            raise OptionsError(f"--precision must be auto, float or int8, not "
+                               f"{self.precision!r}")
         if self.triton_url:
             scheme = self.triton_url.split("://", 1)[0].lower() if "://" in self.triton_url \
                 else ""

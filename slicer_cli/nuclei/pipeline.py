@@ -472,7 +472,7 @@ def _attributes(info: ModelInfo, plan: TilePlan, options: AnalysisOptions, backe
     params["backend"] = {"TritonBackend": "triton", "TorchBackend": "pytorch"}.get(
         type(backend).__name__, "onnxruntime")
     params["device"] = device
-    # the graph that ran: int8 only in-process on the CPU (--precision int8)
+    # the graph that ran: int8 only in-process on the CPU (--precision auto or int8)
     params["precision"] = getattr(backend, "precision", "float")
     return {"model": {"name": info.name, "version": info.version, "mpp": info.mpp,
                       "classes": list(info.classes), "class_colors": list(info.class_colors),

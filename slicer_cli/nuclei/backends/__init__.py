@@ -86,7 +86,7 @@ def resolve_device(device: str = "auto") -> str:
 
 def open_backend(url: str | None = None, model_dir: str | Path = DEFAULT_MODEL_DIR,
                  model_name: str | None = None, device: str = "cpu",
-                 precision: str = "float") -> Backend:
+                 precision: str = "auto") -> Backend:
     """Open the backend named by ``url`` (``None`` or ``""`` -> in-process).
 
     Parameters
@@ -102,8 +102,9 @@ def open_backend(url: str | None = None, model_dir: str | Path = DEFAULT_MODEL_D
         ``cpu`` (ONNX Runtime on the CPU: the reference) or ``cuda`` (resolved already, see
         :func:`resolve_device`).
     precision : str
-        In-process on the CPU: ``float`` (the default) or ``int8``, the model's int8 graph
-        (:class:`~.local.LocalBackend`). The GPU and Triton always run the float graph.
+        In-process on the CPU: ``auto`` (the default: the model's int8 graph where it ships
+        one), ``float`` or ``int8`` (:class:`~.local.LocalBackend`). The GPU and Triton
+        always run the float graph.
     """
     if not url:
         if device == "cuda":

@@ -11,7 +11,7 @@ from ..model import DEFAULT_MODEL_DIR, INPUT_NAME, OUTPUT_NAMES, load_model_info
 
 #: the in-process CPU graph in int8 beside ``model.onnx`` (``training/quantize.py``)
 INT8_NAME = "model.int8.onnx"
-PRECISIONS = ("float", "int8")
+PRECISIONS = ("auto", "float", "int8")
 
 
 class LocalBackend:
@@ -24,12 +24,12 @@ class LocalBackend:
         for the CPU, ``<version>/model.int8.onnx``).
     threads : int, optional
         Intra-op threads (default: half the cores this process may use).
-    precision : {"float", "int8"}
-        ``float`` (the default): the float graph, the one Triton, the GPU and the PyTorch
-        backend run. ``int8``: the model's int8 graph, on the CPU (about a third less time
-        per tile, its nuclei the float graph's to agreement 0.97, a little less steady under
-        JPEG: models/nucleus_unet/MODEL.md, "int8 on the CPU"). The one run is in
-        :attr:`precision`.
+    precision : {"auto", "float", "int8"}
+        ``auto`` (the default): the model's int8 graph where it ships one and ONNX Runtime
+        runs on the CPU (about a fifth less time per tile, the float graph's nuclei:
+        models/nucleus_unet/MODEL.md, "int8 on the CPU"), the float graph otherwise.
+        ``float``: the float graph, the one Triton, the GPU and the PyTorch backend run.
+        ``int8``: the int8 graph, on the CPU. The one run is in :attr:`precision`.
 
     Raises
     ------
@@ -38,19 +38,21 @@ class LocalBackend:
     """
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, threads: int | None = None,
-                 precision: str = "float"):
+                 precision: str = "auto"):
         import onnxruntime as ort
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.info = load_model_info(model_dir)
         path = onnx_path(model_dir)
-        self.precision = precision
-        if precision == "int8":
-            path = path.with_name(INT8_NAME)
-            if not path.is_file():
-                raise ModelError(f"{model_dir} has no int8 graph ({path.name} beside "
-                                 "model.onnx)")
+        int8 = path.with_name(INT8_NAME)
+        if precision == "int8" and not int8.is_file():
+            raise ModelError(f"{model_dir} has no int8 graph ({int8.name} beside {path.name})")
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if precision == "int8" or (precision == "auto" and int8.is_file() and not cuda):
+            path, self.precision = int8, "int8"
+        else:
+            self.precision = "float"
         opts = ort.SessionOptions()
         # Half the cores: the other half post-processes the tiles the network has done
         # (8192^2 benchmark slide on 2 cores, with 4 pipeline workers and batches of 2:
