@@ -306,13 +306,22 @@ def test_server_killed_mid_run_then_back(triton_repo, hold_file, tiles, local_ma
 
 
 # -- the CLI on a real slide through Triton -----------------------------------------------------
+@pytest.fixture(scope="module")
+def svs_run_float(tmp_path_factory, cmu_svs):
+    """The CLI on the whole CMU slide in-process with the float graph, the one Triton
+    serves (the CPU's default is the model's int8 graph)."""
+    tmp = tmp_path_factory.mktemp("svs_float")
+    ann, csv = tmp / "nuclei.anot", tmp / "features.csv"
+    return cli(cmu_svs, ann, csv, "--precision", "float"), ann, csv
+
+
 @needs_triton
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
-def test_cli_on_real_slide_through_triton_finds_the_local_nuclei(triton, svs_run, cmu_svs,
-                                                                  tmp_path, scheme):
+def test_cli_on_real_slide_through_triton_finds_the_local_nuclei(triton, svs_run_float,
+                                                                  cmu_svs, tmp_path, scheme):
     from slicer_cli.nuclei.metrics import panoptic_quality
 
-    proc_local, ann_local, _ = svs_run
+    proc_local, ann_local, _ = svs_run_float
     assert proc_local.returncode == 0, proc_local.stderr
     url = triton.http_url if scheme == "http" else triton.grpc_url
     ann, csv = tmp_path / "triton.anot", tmp_path / "triton.csv"
@@ -320,6 +329,8 @@ def test_cli_on_real_slide_through_triton_finds_the_local_nuclei(triton, svs_run
     assert proc.returncode == 0, proc.stderr
     doc, ref = load_annotation(ann), load_annotation(ann_local)
     assert doc["attributes"]["params"]["backend"] == "triton"
+    assert doc["attributes"]["params"]["precision"] == "float"
+    assert load_annotation(ann_local)["attributes"]["params"]["precision"] == "float"
     assert len(doc["elements"]) == len(ref["elements"]) > 0
     shape = (2967, 2220)  # the CMU slide, rows x columns
     pq = panoptic_quality(rasterise(ref, shape), rasterise(doc, shape))
