@@ -82,14 +82,17 @@ def quantize(float_path: Path, images: list[np.ndarray], out_path: Path | None =
             return None if batch is None else {"IMAGE": batch}
 
     tmp = out_path.with_suffix(".onnx.tmp")
-    # (the calibrator writes its augmented graph to a temporary directory of its own)
-    quantize_static(str(float_path), str(tmp), Reader(), quant_format=QuantFormat.QOperator,
-                    op_types_to_quantize=["Conv"], nodes_to_exclude=exclude,
-                    per_channel=True, reduce_range=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    calibration_providers=["CPUExecutionProvider"])
-    tmp.replace(out_path)
+    try:
+        # (the calibrator writes its augmented graph to a temporary directory of its own)
+        quantize_static(str(float_path), str(tmp), Reader(), quant_format=QuantFormat.QOperator,
+                        op_types_to_quantize=["Conv"], nodes_to_exclude=exclude,
+                        per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        calibration_providers=["CPUExecutionProvider"])
+        tmp.replace(out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out_path
 
 
