@@ -8,10 +8,9 @@ Usage (from the repository root)::
 
 Each model is loaded once through ``LocalBackend`` (ONNX Runtime, CPU, as the CLI runs it:
 its int8 graph where it ships one; ``--float-too`` adds its float graph), warmed up with one
-call, then the
-models take turns on the same ``size`` x ``size`` tile of hgsc_nest for ``repeats`` rounds;
-the median and the minimum of each model's calls are printed. With ``--grid-anchor-too``
-each model also takes two turns with the grid anchor, timed as the
+call, then the models take turns on the same ``size`` x ``size`` tile of hgsc_nest for
+``repeats`` rounds; the median and the minimum of each model's calls are printed. With
+``--grid-anchor-too`` each model also takes two turns with the grid anchor, timed as the
 engine runs it (``backends.test_time.infer_averaged(anchor=True)``: the landmark, the
 window, the network, the cut back): as a lone tile (a region no bigger than a tile: every
 pixel used, the window one period wider) and as a slide's inner tile (the edges its

@@ -85,13 +85,17 @@ def cli(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def run_whole_slide(tmp_path_factory, slide: Path, *args: str) -> tuple:
+    """The CLI on a whole slide, local backend, with ``args``: ``(process, annotation, csv)``."""
+    tmp = tmp_path_factory.mktemp("svs")
+    ann, csv = tmp / "nuclei.anot", tmp / "features.csv"
+    return cli(slide, ann, csv, *args), ann, csv
+
+
 @pytest.fixture(scope="session")
 def svs_run(tmp_path_factory, cmu_svs):
     """The CLI on the whole real CMU slide, local backend: ``(process, annotation, csv)``."""
-    tmp = tmp_path_factory.mktemp("svs")
-    ann, csv = tmp / "nuclei.anot", tmp / "features.csv"
-    proc = cli(cmu_svs, ann, csv)
-    return proc, ann, csv
+    return run_whole_slide(tmp_path_factory, cmu_svs)
 
 
 def rasterise(doc: dict, shape: tuple[int, int]) -> np.ndarray:

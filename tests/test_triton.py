@@ -25,7 +25,7 @@ from slicer_cli.nuclei.errors import BackendError, ModelError
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, read_config
 
 from .conftest import ROOT as REPO
-from .conftest import cli, load_annotation, rasterise
+from .conftest import cli, load_annotation, rasterise, run_whole_slide
 from .triton_server import (
     SERVE_SCRIPT,
     SKIP_REASON,
@@ -310,9 +310,7 @@ def test_server_killed_mid_run_then_back(triton_repo, hold_file, tiles, local_ma
 def svs_run_float(tmp_path_factory, cmu_svs):
     """The CLI on the whole CMU slide in-process with the float graph, the one Triton
     serves (the CPU's default is the model's int8 graph)."""
-    tmp = tmp_path_factory.mktemp("svs_float")
-    ann, csv = tmp / "nuclei.anot", tmp / "features.csv"
-    return cli(cmu_svs, ann, csv, "--precision", "float"), ann, csv
+    return run_whole_slide(tmp_path_factory, cmu_svs, "--precision", "float")
 
 
 @needs_triton

@@ -58,6 +58,7 @@ from slicer_cli.nuclei.metrics import (
     pq_intervals,
 )
 from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR
+from slicer_cli.nuclei.options import PRECISIONS
 from slicer_cli.nuclei.stain import REFERENCE_STAINS
 
 from .data import HELD_OUT, VALIDATION, load_tile, region
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", type=Path,
                    help="also this model minus the one of BASELINE on the same nuclei, with "
                         "paired intervals (a comparison far sharper than two intervals)")
-    p.add_argument("--precision", choices=("auto", "float", "int8"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the graph on the CPU (the CLI's --precision): auto (the model's int8 "
                         "graph where it ships one), float or int8")
     p.add_argument("--json", type=Path, help="write the metrics here too")

@@ -29,6 +29,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     # 5e10 is a 224k x 224k slide, larger than any real 40x scan
     "max_slide_px": (1.0, 5e10),
 }
+#: the network graphs a run may ask for on the CPU (``backends.local.LocalBackend``)
+PRECISIONS = ("auto", "float", "int8")
 #: largest coordinate a region may name (large_image's base pixels are int32)
 MAX_COORDINATE = 2 ** 31 - 1
 #: local dask cluster size limit (``local:N``)
@@ -87,8 +89,8 @@ class AnalysisOptions:
             check_scheduler(self.scheduler)
         if self.device not in ("auto", "cpu", "cuda"):
             raise OptionsError(f"--device must be auto, cpu or cuda, not {self.device!r}")
-        if self.precision not in ("auto", "float", "int8"):
-            raise OptionsError(f"--precision must be auto, float or int8, not "
+        if self.precision not in PRECISIONS:
+            raise OptionsError(f"--precision must be one of {', '.join(PRECISIONS)}, not "
                                f"{self.precision!r}")
         if self.triton_url:
             scheme = self.triton_url.split("://", 1)[0].lower() if "://" in self.triton_url \

@@ -8,10 +8,10 @@ import numpy as np
 
 from ..errors import BackendError, ModelError
 from ..model import DEFAULT_MODEL_DIR, INPUT_NAME, OUTPUT_NAMES, load_model_info, onnx_path
+from ..options import PRECISIONS
 
 #: the in-process CPU graph in int8 beside ``model.onnx`` (``training/quantize.py``)
 INT8_NAME = "model.int8.onnx"
-PRECISIONS = ("auto", "float", "int8")
 
 
 class LocalBackend:
@@ -48,7 +48,8 @@ class LocalBackend:
         int8 = path.with_name(INT8_NAME)
         if precision == "int8" and not int8.is_file():
             raise ModelError(f"{model_dir} has no int8 graph ({int8.name} beside {path.name})")
-        cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        available = ort.get_available_providers()
+        cuda = "CUDAExecutionProvider" in available
         if precision == "int8" or (precision == "auto" and int8.is_file() and not cuda):
             path, self.precision = int8, "int8"
         else:
@@ -64,7 +65,7 @@ class LocalBackend:
         # instead of 160 CPU s; the network alone is 5 % slower).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()
+                     if p in available
                      and (self.precision == "float" or p == "CPUExecutionProvider")]
         try:
             self._session = ort.InferenceSession(str(path), opts, providers=providers)
