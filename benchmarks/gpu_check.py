@@ -125,7 +125,7 @@ def gpu_tests(out: Path) -> dict:
     """``pytest -m gpu`` over the modules that hold GPU tests; the log goes to ``out``."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
            "-o", "addopts=-ra", "tests/test_features.py", "tests/test_instances.py",
-           "tests/test_stain.py", "tests/test_backends_torch.py"]
+           "tests/test_stain.py", "tests/test_backends_torch.py", "tests/test_training.py"]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     (out / "pytest_gpu.log").write_text(done.stdout + done.stderr)
@@ -257,6 +257,10 @@ def whole_slide(device: str, small: bool, workdir: Path, batch_size: int) -> dic
             "outputs_bytes": {Path(p).name: Path(p).stat().st_size for p in result.outputs}}
 
 
+STEPS = ("environment", "wheels", "carried_bytes", "gpu_tests", "parity", "test_time_cost",
+         "whole_slide")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "out" / "gpu_check")
@@ -264,12 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--small", action="store_true", help="a small slide (the dry run)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--skip-tests", action="store_true")
+    p.add_argument("--only", type=lambda t: set(t.split(",")), default=None, metavar="STEPS",
+                   help=f"these steps alone, comma-separated ({', '.join(STEPS)}); the "
+                        "report of an earlier run in --out is kept and added to")
     args = p.parse_args(argv)
+    if args.only is not None and not args.only <= set(STEPS):
+        p.error(f"--only: unknown steps {sorted(args.only - set(STEPS))}")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device,
                     "small": args.small}
+    if args.only is not None and (args.out / "report.json").is_file():
+        report = {**json.loads((args.out / "report.json").read_text()), **report}
 
     def step(name, fn, *a):
+        if args.only is not None and name not in args.only:
+            return
         t0 = time.perf_counter()
         try:
             report[name] = fn(*a)
@@ -291,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_check"
     work.mkdir(parents=True, exist_ok=True)
     step("whole_slide", whole_slide, args.device, args.small, work, args.batch_size)
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     lines = [f"{k}: {json.dumps(v, default=str)}" for k, v in report.items()]
     (args.out / "report.txt").write_text("\n".join(lines) + "\n")
     failed = [k for k, v in report.items() if isinstance(v, dict) and "error" in v]

@@ -153,11 +153,13 @@ def test_cuda_pipeline_finds_the_cpu_nuclei(tmp_path, cmu_svs):
     from .conftest import rasterise
 
     docs = {}
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", "cuda"):  # the GPU runs the float graph: the CPU's, not its int8
         result = run_analysis(str(cmu_svs), str(tmp_path / f"{device}.anot"),
-                              str(tmp_path / f"{device}.csv"), AnalysisOptions(device=device))
+                              str(tmp_path / f"{device}.csv"),
+                              AnalysisOptions(device=device, precision="float"))
         docs[device] = json.loads((tmp_path / f"{device}.anot").read_text())
         assert docs[device]["attributes"]["params"]["device"] == device
+        assert docs[device]["attributes"]["params"]["precision"] == "float"
     assert result.nuclei > 0
     shape = (2967, 2220)
     pq = agreement_pq(rasterise(docs["cpu"], shape), rasterise(docs["cuda"], shape))["pq"]

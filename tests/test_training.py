@@ -534,6 +534,30 @@ def test_half_resolution_chroma_path_sees_luma_and_smooth_chroma_and_round_trips
     assert _round_trip(net, image, tmp_path)["chroma_half"] is True
 
 
+def test_loader_workers_draw_the_same_batches_whatever_their_number():
+    """``--loader-workers N``: batch i comes from its own stream, made in spawned workers,
+    in order, the same for any N; 0 keeps the run's one stream in the training process."""
+    import functools
+
+    from training.loader import batches, step_rng
+
+    args = train_module.parse_args(["--batch", "4", "--pairs", "1", "--crop", "96"])
+    sampler = CropSampler(_disc_tile(), ())
+    draw = functools.partial(train_module.draw_batch, args, sampler, [], None)
+    want = [draw(step_rng(7, i)) for i in range(2, 6)]
+    one = list(batches(draw, None, 7, 2, 6, workers=1))
+    three = list(batches(draw, None, 7, 2, 6, workers=3))
+    rng = np.random.default_rng(7)
+    serial = [draw(rng) for _ in range(2)]
+    shared = list(batches(draw, np.random.default_rng(7), 7, 4, 6, workers=0))
+    for got, ref in [*zip(one, want), *zip(three, want), *zip(shared, serial)]:
+        for a, b in zip(got[:4], ref[:4]):  # images, fg, dist, cls
+            np.testing.assert_array_equal(a, b)
+        assert got[4] == ref[4] and len(got[4]) == 1 and got[5] is None  # pair offsets
+    assert not np.array_equal(want[0][0], want[1][0])  # each iteration its own crops
+    assert not np.array_equal(want[0][0], serial[0][0])  # another draw than the one stream
+
+
 def test_one_command_trains_the_held_out_twin_then_the_shipped_model(tmp_path):
     """``--split all`` without settings: the twin (held-out data kept out) is trained and
     tuned first, and the shipped model takes its thresholds and temperature; a rerun
@@ -574,7 +598,8 @@ def test_training_on_cuda_exports_a_cpu_model(tmp_path):
     work, model = tmp_path / "work", tmp_path / "model"
     argv = ["--iterations", "3", "--device", "cuda", "--split", "heldout", "--workdir",
             str(work), "--model-dir", str(model), "--version", "0.0.1-cuda",
-            "--stain-transfer", "0"]  # only hgsc_nest's three files need to travel
+            "--stain-transfer", "0",  # only hgsc_nest's three files need to travel
+            "--loader-workers", "2"]  # as training/gpu_train.sh
     summary = train_module.train(train_module.parse_args(argv))
     assert summary["split"] == "heldout" and (model / "1" / "model.onnx").is_file()
     assert b"0.0.1-cuda" in (model / "config.pbtxt").read_bytes()

@@ -18,7 +18,9 @@ mkdir -p "$OUTDIR" "$WORK"
 . scripts/gpu_env.sh GPU_TRAIN_PYTHON
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' | tee "$OUTDIR/env.txt"
-"$PY" -m training.train --device cuda --split heldout --threads "$(nproc)" \
+# the batches are made ahead by the cores the network leaves (training/loader.py)
+"$PY" -m training.train --device cuda --split heldout --threads 2 \
+  --loader-workers "$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))" \
   --workdir "$WORK/heldout" --model-dir "$OUTDIR/heldout_model" --version 0.0.0-gpu "$@" \
   2>&1 | tee "$OUTDIR/train.log"
 cp "$WORK/heldout/summary.json" "$OUTDIR/summary.json"

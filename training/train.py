@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import random
@@ -55,6 +56,7 @@ from .augment import photometric
 from .calibrate import calibrate
 from .data import CLASSES, RESERVED, VALIDATION, CropSampler, Tile, load_tile, region
 from .export import export_onnx, write_config
+from .loader import batches
 from .losses import (
     class_loss,
     consistency_loss,
@@ -183,6 +185,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "nucleus_unet")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nucleus_unet_train"))
     p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--loader-workers", type=int, default=0, metavar="N",
+                   help="make the batches ahead in N processes (training/loader.py: each "
+                        "batch from its own seeded stream, the same for any N > 0; another "
+                        "draw than 0's single stream); for a GPU, which they keep fed")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     return p.parse_args(argv)
 
@@ -383,25 +389,17 @@ def train(args: argparse.Namespace) -> dict:
     teacher.eval()
     running: dict[str, float] = {}
     n_sup = args.batch
+    stream = batches(functools.partial(draw_batch, args, sampler, pseudo, pool), rng,
+                     args.seed, step, args.iterations, args.loader_workers)
     t_loop = time.time()  # training time: the loop's, summed over resumed runs
     train_s = elapsed_before
     while step < args.iterations:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.iterations, args.lr)
-        crops = [sampler.crop(args.crop, rng) for _ in range(n_sup - 2 * args.pairs)]
-        pairs = [_pair_sampler(sampler, pseudo, args.pseudo_fraction, rng).pair(
-            args.crop, SHIFT_PX, rng, rescan=args.pair_views == "rescan")
-            for _ in range(args.pairs)]
-        crops += [p[0] for p in pairs] + [p[1] for p in pairs]  # then all A, then all B
-        pair_offsets = [p[2] for p in pairs]
-        images, fg, dist, cls = (np.stack(c) for c in zip(*crops))
+        images, fg, dist, cls, pair_offsets, views = next(stream)
         batch = images
         if args.consistency:
-            big = args.crop + SHIFT_PX
-            raws = [pool.image(big, rng) if pool is not None and
-                    rng.random() < args.unlabelled_fraction else sampler.image(big, rng)
-                    for _ in range(args.consistency)]
-            view_a, view_b, offsets = consistency_views(raws, args.crop, rng)
+            view_a, view_b, offsets = views
             batch = np.concatenate([images, view_b])
         fg_l, dist_l, cls_l = net(normalise(torch.from_numpy(batch).to(device)))
         cls_t = torch.from_numpy(cls).to(device)
@@ -487,6 +485,27 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
+def draw_batch(args: argparse.Namespace, sampler: CropSampler, pseudo: list, pool,
+               rng: np.random.Generator) -> tuple:
+    """One iteration's batch: ``(images, fg, dist, cls, pair_offsets, views)``, the
+    supervised crops (then all A, then all B of the labelled pairs) stacked, and with
+    ``--consistency`` the mean-teacher views ``(view_a, view_b, offsets)`` (else None)."""
+    crops = [sampler.crop(args.crop, rng) for _ in range(args.batch - 2 * args.pairs)]
+    pairs = [_pair_sampler(sampler, pseudo, args.pseudo_fraction, rng).pair(
+        args.crop, SHIFT_PX, rng, rescan=args.pair_views == "rescan")
+        for _ in range(args.pairs)]
+    crops += [p[0] for p in pairs] + [p[1] for p in pairs]
+    images, fg, dist, cls = (np.stack(c) for c in zip(*crops))
+    views = None
+    if args.consistency:
+        big = args.crop + SHIFT_PX
+        raws = [pool.image(big, rng) if pool is not None and
+                rng.random() < args.unlabelled_fraction else sampler.image(big, rng)
+                for _ in range(args.consistency)]
+        views = consistency_views(raws, args.crop, rng)
+    return images, fg, dist, cls, [p[2] for p in pairs], views
+
+
 def _pair_sampler(sampler: CropSampler, pseudo: list, fraction: float,
                   rng: np.random.Generator) -> CropSampler:
     """Where a labelled pair is cut: the labelled tile, or with ``fraction`` a pseudo-labelled
@@ -504,7 +523,9 @@ def _arg_key(args: argparse.Namespace) -> dict:
             "thresholds", "device",
             # the distillation after the loop has its own checkpoint (training/distill.py)
             "distill", "distill_crops", "distill_sup", "distill_lr", "distill_bn", "w_distill"}
-    key = {k: str(v) for k, v in vars(args).items() if k not in skip}
+    key = {k: str(v) for k, v in vars(args).items() if k not in skip | {"loader_workers"}}
+    if args.loader_workers > 0:  # per-iteration streams: the same run for any worker count
+        key["batches"] = "per-iteration streams"
     # options added later, at the value that changes nothing: the checkpoints made before
     # them (5.1.0's) still resume
     for k, neutral in {"refine": "0", "stem_blur": "3", "chroma_blur": "0.0",
