@@ -149,6 +149,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
+    p.add_argument("--swa-from", type=_swa_starts, default=(), metavar="F[,F...]",
+                   help="also keep the plain mean of the trained weights from these fractions "
+                        "of the run on (tail averaging; the run itself is unchanged), for "
+                        "--export-weights")
+    p.add_argument("--export-weights", default="ema", metavar="ema|swaF",
+                   help="the weights exported: ema, the moving average (decay --ema; as "
+                        "shipped), or swaF, the mean from fraction F of the run on (one of "
+                        "--swa-from), its batch-norm statistics re-estimated on training crops")
     p.add_argument("--pseudo-labels", type=Path, default=None, metavar="TEACHER_DIR",
                    help="a twin model whose nuclei on the unlabelled H&E become training "
                         "targets (training/pseudo.py; run M of MODEL.md; off by default)")
@@ -207,6 +215,16 @@ def _thresholds(text: str) -> dict | None:
         raise argparse.ArgumentTypeError(f"thresholds out of range: {text!r}")
     return {"fg_threshold": fg, "seed_threshold": seed, "min_area_px": int(area),
             "fg_peak_threshold": peak[0]}
+
+
+def _swa_starts(text: str) -> tuple[float, ...]:
+    try:
+        starts = tuple(sorted({float(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not fractions: {text!r}") from None
+    if not all(0.0 <= f < 1.0 for f in starts):
+        raise argparse.ArgumentTypeError(f"fractions must be in [0, 1): {text!r}")
+    return starts
 
 
 def _fraction(text: str) -> float:
@@ -355,6 +373,9 @@ def train(args: argparse.Namespace) -> dict:
                                         threads=args.threads)]
         log(f"pseudo-labels of {args.pseudo_labels}: "
             f"{dict(zip(unlabelled.names, (len(p.centres[0]) for p in pseudo)))} nuclei")
+    if args.export_weights != "ema" and args.export_weights not in swa_names(args):
+        raise SystemExit(f"error: --export-weights {args.export_weights}: not ema nor one of "
+                         f"--swa-from's {swa_names(args) or '(none)'}")
     if not 0 <= 2 * args.pairs <= args.batch:
         raise SystemExit(f"error: --pairs {args.pairs} needs a --batch of at least "
                          f"{2 * args.pairs}")
@@ -368,6 +389,10 @@ def train(args: argparse.Namespace) -> dict:
     for param in teacher.parameters():
         param.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # name -> {"from": first iteration, "n": iterations averaged, "params": their mean}
+    swa = {name: {"from": round(f * args.iterations), "n": 0,
+                  "params": [p.detach().clone() for p in net.parameters()]}
+           for name, f in zip(swa_names(args), args.swa_from)}
     step, elapsed_before = 0, 0.0
     if ckpt_path.exists() and not args.fresh:
         state = torch.load(ckpt_path, weights_only=False, map_location=device)
@@ -378,6 +403,7 @@ def train(args: argparse.Namespace) -> dict:
             rng.bit_generator.state = state["rng"]
             torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it
             step, elapsed_before = state["step"], state["elapsed_s"]
+            swa = state.get("swa", swa)
             log(f"resumed from {ckpt_path} at iteration {step}")
         else:
             log("checkpoint was made with other arguments: starting afresh")
@@ -428,6 +454,9 @@ def train(args: argparse.Namespace) -> dict:
         opt.step()
         step += 1
         _update_teacher(teacher, net, min(args.ema, 1.0 - 1.0 / (step + 1)))
+        for avg in swa.values():
+            if step > avg["from"]:
+                _accumulate(avg, net)
         for k, v in losses.items():
             running[k] = 0.9 * running.get(k, v.item()) + 0.1 * v.item()
         if step % 10 == 0 or step == args.iterations:
@@ -440,7 +469,7 @@ def train(args: argparse.Namespace) -> dict:
             torch.save({"net": net.state_dict(), "teacher": teacher.state_dict(),
                         "opt": opt.state_dict(), "step": step,
                         "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "elapsed_s": train_s,
+                        "elapsed_s": train_s, "swa": swa,
                         "args": _arg_key(args)}, tmp)
             tmp.replace(ckpt_path)
     if args.distill:
@@ -449,6 +478,11 @@ def train(args: argparse.Namespace) -> dict:
 
         teacher = distill(teacher, sampler, paint_out(unlabelled or UnlabelledPool()), weights,
                           args, args.workdir, log, device)
+    if args.export_weights != "ema":
+        teacher = averaged_network(net, swa[args.export_weights], sampler, args, device)
+        log(f"exporting {args.export_weights}: the mean of iterations "
+            f"{swa[args.export_weights]['from'] + 1}-{step} "
+            f"({swa[args.export_weights]['n']} of them), batch-norm statistics re-estimated")
     teacher = teacher.cpu().eval()  # export, tuning and calibration run on the CPU
     onnx_path = args.model_dir / "1" / "model.onnx"
     if settings is None:
@@ -476,6 +510,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.save(teacher.state_dict(), args.workdir / "teacher.pt")
     total_s = elapsed_before + time.time() - t_start
     summary = {"iterations": args.iterations, "distill": args.distill, "split": args.split,
+               "weights": args.export_weights,
                "train_s": round(train_s, 1),
                "total_s": round(total_s, 1), "onnx": str(onnx_file),
                "onnx_bytes": onnx_file.stat().st_size, "int8": str(int8_file), **tuned,
@@ -506,6 +541,41 @@ def draw_batch(args: argparse.Namespace, sampler: CropSampler, pseudo: list, poo
     return images, fg, dist, cls, [p[2] for p in pairs], views
 
 
+def swa_names(args: argparse.Namespace) -> list[str]:
+    """``--export-weights`` names of the ``--swa-from`` averages: ``swa0.5`` for 0.5."""
+    return [f"swa{f:g}" for f in args.swa_from]
+
+
+def _accumulate(avg: dict, net: UNet) -> None:
+    avg["n"] += 1
+    with torch.no_grad():
+        for a, p in zip(avg["params"], net.parameters()):
+            a.add_(p.detach() - a, alpha=1.0 / avg["n"])  # the running mean
+
+
+#: batches of training crops that re-estimate an average's batch-norm statistics
+BN_BATCHES = 48
+
+
+def averaged_network(net: UNet, avg: dict, sampler: CropSampler, args: argparse.Namespace,
+                     device: torch.device) -> UNet:
+    """A copy of ``net`` with the mean weights of ``avg`` and batch-norm statistics
+    re-estimated (a cumulative mean over ``BN_BATCHES`` batches of training crops, drawn from
+    their own stream): a mean of weights has no running statistics of its own."""
+    if avg["n"] == 0:
+        raise SystemExit("error: no iteration was averaged (the run stopped before --swa-from)")
+    out = copy.deepcopy(net)
+    with torch.no_grad():
+        for p, a in zip(out.parameters(), avg["params"]):
+            p.copy_(a)
+    rng = np.random.default_rng([args.seed, 2 ** 31 - 1])
+    crops = (normalise(torch.from_numpy(np.stack(
+        [sampler.crop(args.crop, rng)[0] for _ in range(args.batch)])).to(device))
+        for _ in range(BN_BATCHES))
+    torch.optim.swa_utils.update_bn(crops, out)
+    return out
+
+
 def _pair_sampler(sampler: CropSampler, pseudo: list, fraction: float,
                   rng: np.random.Generator) -> CropSampler:
     """Where a labelled pair is cut: the labelled tile, or with ``fraction`` a pseudo-labelled
@@ -520,7 +590,7 @@ def _pair_sampler(sampler: CropSampler, pseudo: list, fraction: float,
 def _arg_key(args: argparse.Namespace) -> dict:
     # export-only options: a rerun with other values resumes and exports again
     skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from",
-            "thresholds", "device",
+            "thresholds", "device", "export_weights",
             # the distillation after the loop has its own checkpoint (training/distill.py)
             "distill", "distill_crops", "distill_sup", "distill_lr", "distill_bn", "w_distill"}
     key = {k: str(v) for k, v in vars(args).items() if k not in skip | {"loader_workers"}}
@@ -532,7 +602,8 @@ def _arg_key(args: argparse.Namespace) -> dict:
                        "chroma_half": "False",
                        "pseudo_labels": "None",
                        "pseudo_fraction": "0.25",
-                       "pair_views": "independent"}.items():
+                       "pair_views": "independent",
+                       "swa_from": "()"}.items():
         if key.get(k) == neutral:
             del key[k]
     return key
