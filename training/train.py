@@ -472,6 +472,7 @@ def train(args: argparse.Namespace) -> dict:
                         "elapsed_s": train_s, "swa": swa,
                         "args": _arg_key(args)}, tmp)
             tmp.replace(ckpt_path)
+    stream.close()  # the batch makers, if any, stop here
     if args.distill:
         from .distill import distill
         from .unlabelled import UnlabelledPool, paint_out
