@@ -57,6 +57,28 @@ def test_stability_report_of_the_averaged_model():
     assert report["shift 8,0"] >= 0.9, report
 
 
+def test_selection_data_are_the_validation_block_over_grid_phases_and_regions_a_b():
+    """``--selection``: phase (0, 0) is the plain validation score, the means are over the 12
+    phases, and each region's worst is the least of its 10 copies."""
+    sel = evaluate.selection(DEFAULT_MODEL_DIR, precision="float")
+    plain = evaluate.evaluate(DEFAULT_MODEL_DIR, VALIDATION, precision="float")
+    assert sel["graph"] == plain["graph"] == "float" and sel["grid_anchor"] is True
+    phases = sel["validation_phases"]
+    assert list(phases) == [f"{dy},{dx}" for dy, dx in evaluate.GRID_PHASES]
+    assert len(phases) == 12 and len(set(evaluate.GRID_PHASES)) == 12
+    assert phases["0,0"] == {"bpq": plain["bpq"], "mpq": plain["mpq"]}
+    assert sel["validation_bpq"] == pytest.approx(np.mean([v["bpq"] for v in phases.values()]))
+    assert sel["validation_mpq"] == pytest.approx(np.mean([v["mpq"] for v in phases.values()]))
+    # one phase differs from another (the grid anchor follows the tissue, not exactly)
+    assert 0.6 < min(v["bpq"] for v in phases.values()) <= max(v["bpq"] for v in
+                                                                  phases.values()) <= 1
+    for name in "AB":
+        copies = sel["copies"][name]
+        assert len(copies) == 11 and sel[f"{name}_worst"] == copies["min"]
+        assert copies["min"] == min(v for k, v in copies.items() if k != "min")
+        assert 0.8 < copies["min"] <= 1  # 0.87-0.94 for every network shipped since 5.3.0
+
+
 def test_stability_windows_stay_off_every_reserved_box_and_are_summarised():
     """The windows variants are chosen on never touch what is kept for measuring (the CMU
     region of the stability bars, hgsc_nest's held-out and validation boxes), hold tissue,

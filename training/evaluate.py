@@ -6,7 +6,7 @@ Usage (from the repository root)::
                                           [--region held_out|validation] [--timing]
                                           [--robustness] [--flips 4] [--shifts 4]
                                           [--no-grid-anchor] [--baseline OTHER_MODEL_DIR]
-                                          [--windows]
+                                          [--windows] [--selection]
 
 The exported ONNX runs through ONNX Runtime (``LocalBackend``) on the quadrant alone
 (reflect-padded to a multiple of 32), its maps are post-processed by
@@ -36,6 +36,11 @@ region.
 real images off every reserved box (``robustness.stability_windows``): the mean and the
 spread of the worst copy's agreement, for choosing between variants where the quadrant and
 the CMU region are one draw each.
+
+``--selection`` adds the selection data the model rules of MODEL.md are written on (never
+the held-out quadrant): the validation block's bPQ and mPQ at each of 12 grid phases (the
+network sees the block cut 0-22 px further up and left; scored on the block itself) and
+their means, and the worst of the 10 copies on CMU selection regions A and B.
 """
 from __future__ import annotations
 
@@ -156,6 +161,41 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
     return result
 
 
+#: where the validation block starts on the network's grid for ``--selection``: (dy, dx) px
+#: further up and left (MODEL.md, "Chroma low-pass and the anchor by default")
+GRID_PHASES = ((0, 0), (1, 0), (0, 1), (1, 1), (0, 3), (3, 0), (8, 0), (17, 9), (5, 11),
+               (13, 22), (2, 2), (16, 16))
+
+
+def selection(model_dir: Path, threads: int = 2, flips: int = 1, shifts: int = 1,
+              anchor: bool = True, precision: str = "auto") -> dict:
+    """The selection data of the model rules (MODEL.md): the validation block over
+    ``GRID_PHASES`` and the worst copies on CMU selection regions A and B."""
+    tile = load_tile()
+    r0, r1, c0, c1 = VALIDATION
+    _, labels, classes = region(tile, VALIDATION)
+    phases = {}
+    with LocalBackend(model_dir, threads=threads, precision=precision) as backend:
+        info, net = backend.info, Averaged(backend, flips, shifts, anchor)
+        for dy, dx in GRID_PHASES:
+            image = np.ascontiguousarray(tile.image[r0 - dy:r1, c0 - dx:c1])
+            maps = {k: v[dy:, dx:] for k, v in
+                    predict_maps(net, image, info.size_multiple).items()}
+            inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
+                                     **info.thresholds)
+            phases[f"{dy},{dx}"] = {
+                "bpq": panoptic_quality(labels, inst.labels)["pq"],
+                "mpq": multiclass_pq(labels, classes, inst.labels, inst.class_index,
+                                     len(info.classes))["mpq"]}
+        copies = {name: tile_agreement(net, cmu_region(box))
+                  for name, box in zip("AB", SELECTION_REGIONS)}
+    return {"graph": backend.precision, "grid_anchor": anchor, "validation_phases": phases,
+            "validation_bpq": float(np.mean([v["bpq"] for v in phases.values()])),
+            "validation_mpq": float(np.mean([v["mpq"] for v in phases.values()])),
+            **{f"{name}_worst": c["min"] for name, c in copies.items()},
+            "copies": copies}
+
+
 def robustness(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
                threads: int = 2, flips: int = 1, shifts: int = 1,
                name: str = "held_out", cmu: tuple[int, int, int, int] = CMU_REGION,
@@ -247,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the graph on the CPU (the CLI's --precision): auto (the model's int8 "
                         "graph where it ships one), float or int8")
+    p.add_argument("--selection", action="store_true",
+                   help="also the model rules' selection data: the validation block over 12 "
+                        "grid phases, the worst copies on CMU selection regions A and B")
     p.add_argument("--json", type=Path, help="write the metrics here too")
     args = p.parse_args(argv)
     box = HELD_OUT if args.region == "held_out" else VALIDATION
@@ -265,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             result["windows"] = windows_agreement(
                 Averaged(backend, args.flips, args.shifts, args.grid_anchor),
                 stability_windows())
+    if args.selection:
+        result["selection"] = selection(args.model_dir, args.threads, args.flips, args.shifts,
+                                        args.grid_anchor, args.precision)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
