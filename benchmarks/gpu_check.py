@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     step("whole_slide", whole_slide, args.device, args.small, work, args.batch_size)
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    (args.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [f"{k}: {json.dumps(v, default=str)}" for k, v in report.items()]
     (args.out / "report.txt").write_text("\n".join(lines) + "\n")
     failed = [k for k, v in report.items() if isinstance(v, dict) and "error" in v]
