@@ -164,15 +164,16 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator, stains: np.ndarray | None = None,
-                stain_source: np.ndarray | None = None, p_stain: float = 0.7) -> np.ndarray:
+                stain_source: np.ndarray | None = None, p_stain: float = 0.7,
+                p_jpeg: float = 0.5) -> np.ndarray:
     """One random chain of image degradations (labels unaffected): :func:`appearance`, then
-    :func:`storage`.
+    :func:`storage` (JPEG with probability ``p_jpeg``).
 
     With a bank of real stain vectors (``stains``, K x 3 x 2) and the image's own
     (``stain_source``, 3 x 2), a :func:`stain_transfer` comes first with probability
     ``p_stain``.
     """
-    return storage(appearance(image, rng, stains, stain_source, p_stain), rng)
+    return storage(appearance(image, rng, stains, stain_source, p_stain), rng, p_jpeg)
 
 
 def appearance(image: np.ndarray, rng: np.random.Generator, stains: np.ndarray | None = None,
@@ -189,11 +190,12 @@ def appearance(image: np.ndarray, rng: np.random.Generator, stains: np.ndarray |
     return image
 
 
-def storage(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What one scan and its file add: sensor noise, then JPEG re-compression at quality
-    40-95 (blocks from the image's first pixel); the second part of :func:`photometric`."""
+def storage(image: np.ndarray, rng: np.random.Generator, p_jpeg: float = 0.5) -> np.ndarray:
+    """What one scan and its file add: sensor noise, then with probability ``p_jpeg`` JPEG
+    re-compression at quality 40-95 (blocks from the image's first pixel); the second part of
+    :func:`photometric`."""
     if rng.random() < 0.25:
         image = noise(image, rng.uniform(1.0, 8.0), rng)
-    if rng.random() < 0.5:
+    if rng.random() < p_jpeg:
         image = jpeg(image, int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1)))
     return image

@@ -113,6 +113,8 @@ class CropSampler:
     p_stain: float = 0.7
     #: source pixels per crop pixel, log-uniform (``training/augment.py:random_warp``)
     scale_range: tuple[float, float] = SCALE_RANGE
+    #: probability of a JPEG re-compression per crop or view (``augment.storage``)
+    p_jpeg: float = 0.5
 
     def __post_init__(self) -> None:
         self.centres = nucleus_centres(self.tile, self.reserved)
@@ -147,7 +149,8 @@ class CropSampler:
         return image, (inst > 0).astype(np.float32), dist, cls
 
     def _degrade(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return photometric(image, rng, self.stains, REFERENCE_STAINS, self.p_stain)
+        return photometric(image, rng, self.stains, REFERENCE_STAINS, self.p_stain,
+                           self.p_jpeg)
 
     def _appearance(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return appearance(image, rng, self.stains, REFERENCE_STAINS, self.p_stain)
@@ -170,11 +173,12 @@ class CropSampler:
         views = []
         corners = rng.integers(0, shift, (2, 2))
         if rescan:
-            image = storage(self._appearance(image, rng), rng)
+            image = storage(self._appearance(image, rng), rng, self.p_jpeg)
         for y0, x0 in corners:
             cut = (slice(y0, y0 + size), slice(x0, x0 + size))
             view = np.ascontiguousarray(image[cut])
-            views.append((storage(view, rng) if rescan else self._degrade(view, rng),
+            views.append((storage(view, rng, self.p_jpeg) if rescan else
+                          self._degrade(view, rng),
                           (inst[cut] > 0).astype(np.float32), np.ascontiguousarray(dist[cut]),
                           np.ascontiguousarray(cls[cut])))
         (ya, xa), (yb, xb) = corners

@@ -143,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stain-transfer", type=float, default=0.7,
                    help="probability of re-staining a crop with real stain vectors of the "
                         "unlabelled slides (5.0.0: 0.7; 0 before)")
+    p.add_argument("--jpeg-p", type=_fraction, default=0.5,
+                   help="probability of a JPEG re-compression (quality 40-95) per crop and per "
+                        "view of a pair (run S of MODEL.md: 0.9)")
     p.add_argument("--scale-range", type=_scale_range, default=(0.7, 1.4),
                    help="MIN,MAX source pixels per crop pixel, log-uniform (5.0.0 and 4.0.0: "
                         "0.7,1.4; run F of MODEL.md: 0.7,2.0)")
@@ -361,14 +364,14 @@ def train(args: argparse.Namespace) -> dict:
         stains = stain_bank(unlabelled, np.random.default_rng(args.seed + 1))
     pool = unlabelled if args.consistency else None  # the mean teacher's unlabelled crops
     sampler = CropSampler(tile, reserved, stains=stains, p_stain=args.stain_transfer,
-                          scale_range=args.scale_range)
+                          scale_range=args.scale_range, p_jpeg=args.jpeg_p)
     pseudo = []
     if args.pseudo_labels:
         from .pseudo import PseudoSampler, pseudo_tiles
         from .unlabelled import paint_out
 
         pseudo = [PseudoSampler(t, (), stains=stains, p_stain=args.stain_transfer,
-                                scale_range=args.scale_range)
+                                scale_range=args.scale_range, p_jpeg=args.jpeg_p)
                   for t in pseudo_tiles(args.pseudo_labels, paint_out(unlabelled),
                                         threads=args.threads)]
         log(f"pseudo-labels of {args.pseudo_labels}: "
@@ -604,7 +607,8 @@ def _arg_key(args: argparse.Namespace) -> dict:
                        "pseudo_labels": "None",
                        "pseudo_fraction": "0.25",
                        "pair_views": "independent",
-                       "swa_from": "()"}.items():
+                       "swa_from": "()",
+                       "jpeg_p": "0.5"}.items():
         if key.get(k) == neutral:
             del key[k]
     return key
