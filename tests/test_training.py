@@ -113,6 +113,27 @@ def test_degradations_keep_the_image_shape_and_type():
     assert np.abs(jpeg(image, 95).astype(int) - image).mean() < 3
 
 
+def test_jpeg_probability_reaches_every_crop_and_view(monkeypatch):
+    """``--jpeg-p``: the share of crops and pair views that are JPEG re-compressed."""
+    from training import augment
+
+    calls = []
+    real = augment.jpeg
+    monkeypatch.setattr(augment, "jpeg", lambda im, q: calls.append(q) or real(im, q))
+    for p_jpeg, low, high in ((0.0, 0, 0), (1.0, 30, 30), (0.5, 5, 25)):
+        calls.clear()
+        sampler = CropSampler(_disc_tile(), (), p_jpeg=p_jpeg)
+        rng = np.random.default_rng(3)
+        for _ in range(10):
+            sampler.crop(64, rng)
+            sampler.pair(64, 8, rng)  # two views, each its own storage
+        assert low <= len(calls) <= high, (p_jpeg, len(calls))
+        assert all(40 <= q <= 95 for q in calls)
+    assert train_module.parse_args([]).jpeg_p == 0.5
+    with pytest.raises(SystemExit):
+        train_module.parse_args(["--jpeg-p", "1.5"])
+
+
 def test_consistency_views_are_the_shifts_they_claim(monkeypatch):
     monkeypatch.setattr(train_module, "photometric", lambda image, rng: image)
     rng = np.random.default_rng(11)
