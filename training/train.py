@@ -201,7 +201,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "batch from its own seeded stream, the same for any N > 0; another "
                         "draw than 0's single stream); for a GPU, which they keep fed")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.export_weights != "ema" and args.export_weights not in swa_names(args):
+        p.error(f"--export-weights {args.export_weights}: not ema nor one of --swa-from's "
+                f"{swa_names(args) or '(none)'}")
+    return args
 
 
 def _thresholds(text: str) -> dict | None:
@@ -376,9 +380,6 @@ def train(args: argparse.Namespace) -> dict:
                                         threads=args.threads)]
         log(f"pseudo-labels of {args.pseudo_labels}: "
             f"{dict(zip(unlabelled.names, (len(p.centres[0]) for p in pseudo)))} nuclei")
-    if args.export_weights != "ema" and args.export_weights not in swa_names(args):
-        raise SystemExit(f"error: --export-weights {args.export_weights}: not ema nor one of "
-                         f"--swa-from's {swa_names(args) or '(none)'}")
     if not 0 <= 2 * args.pairs <= args.batch:
         raise SystemExit(f"error: --pairs {args.pairs} needs a --batch of at least "
                          f"{2 * args.pairs}")
@@ -595,10 +596,12 @@ def _arg_key(args: argparse.Namespace) -> dict:
     # export-only options: a rerun with other values resumes and exports again
     skip = {"fresh", "workdir", "model_dir", "checkpoint_every", "version", "settings_from",
             "thresholds", "device", "export_weights",
+            # the batch makers' number: any N > 0 is the same run (per-iteration streams)
+            "loader_workers",
             # the distillation after the loop has its own checkpoint (training/distill.py)
             "distill", "distill_crops", "distill_sup", "distill_lr", "distill_bn", "w_distill"}
-    key = {k: str(v) for k, v in vars(args).items() if k not in skip | {"loader_workers"}}
-    if args.loader_workers > 0:  # per-iteration streams: the same run for any worker count
+    key = {k: str(v) for k, v in vars(args).items() if k not in skip}
+    if args.loader_workers > 0:  # per-iteration streams: another run than the one stream's
         key["batches"] = "per-iteration streams"
     # options added later, at the value that changes nothing: the checkpoints made before
     # them (5.1.0's) still resume
