@@ -506,7 +506,8 @@ def train(args: argparse.Namespace) -> dict:
         temperature = settings["temperature"]
         log(f"thresholds {tuned} and temperature {temperature} from {args.settings_from}")
     onnx_file = export_onnx(teacher, onnx_path, temperature)
-    # the in-process CPU's graph: levels 1-4 in int8 (training/quantize.py)
+    # the in-process CPU's graph: levels 2-4 (the convolutions of more than 32 output
+    # channels) in int8 (training/quantize.py)
     int8_file = quantize(onnx_file, calibration_images(tile.image))
     # the same network for the PyTorch backend (weights + architecture, no pickled code)
     save_weights(teacher, onnx_path.with_name("model.pt"), temperature)
