@@ -464,6 +464,7 @@ def test_chroma_low_pass_folded_into_the_stem_is_the_plain_order_and_round_trips
     {"chroma_blur": 1.5, "stem_blur": 5, "blur_pools": 2},  # wider blur, two plain pools
     {"antialias": False, "blur_pools": 0, "n_classes": 2},  # no low-pass at all
     {"antialias": False, "blur_pools": 0, "chroma_blur": 1.5},  # the chroma one alone
+    {"chroma_blur": 2.0},  # run T's wider Gaussian (radius 6: more edge padding)
 ])
 def test_onnx_graph_is_the_exported_network(tmp_path, extra):
     """``export_onnx`` writes :class:`training.onnx_graph.InferenceGraph` (batch norms and
