@@ -24,7 +24,13 @@ from training.augment import (  # noqa: E402
     stain_transfer,
 )
 from training.calibrate import TEMPERATURES, matched_nuclei, nucleus_probabilities  # noqa: E402
-from training.data import CropSampler, Tile, normalised_distance, overlaps  # noqa: E402
+from training.data import (  # noqa: E402
+    CropSampler,
+    Tile,
+    mirror_edges,
+    normalised_distance,
+    overlaps,
+)
 from training.losses import (  # noqa: E402
     consistency_loss,
     foreground_loss,
@@ -224,6 +230,49 @@ def test_labelled_pairs_are_the_shifts_they_claim():
         in_a, in_b = common_region(a[0].shape, b[0].shape, (dy, dx))
         for view_a, view_b in zip(a, b):  # image, fg, distance, class: same shift
             np.testing.assert_array_equal(view_b[in_b], view_a[in_a])
+
+
+def test_mirrored_edges_keep_image_and_labels_aligned_and_the_rest_untouched():
+    """A pair's view B with mirrored edge bands (--pair-edges): inside the bands nothing
+    moves; each band is the mirror image of the pixels next to it, the labels' alike."""
+    sampler = CropSampler(_disc_tile(), reserved=())
+    sampler._degrade = lambda image, rng: image
+    _, view, _ = sampler.pair(96, 32, np.random.default_rng(3))
+    top, bottom, left, right = 5, 0, 17, 2
+    out = mirror_edges(view, (top, bottom, left, right))
+    for before, after in zip(view, out):
+        assert after.shape == before.shape and after.dtype == before.dtype
+        np.testing.assert_array_equal(after[top:96 - bottom, left:96 - right],
+                                      before[top:96 - bottom, left:96 - right])
+        # row top - k mirrors row top + k; column left - k mirrors column left + k
+        for k in (1, top):
+            np.testing.assert_array_equal(after[top - k], after[top + k])
+        for k in (1, left):
+            np.testing.assert_array_equal(after[:, left - k], after[:, left + k])
+        np.testing.assert_array_equal(after[:, 96 - right], after[:, 96 - right - 2])
+    # an image and its labels stay one: every mirrored nucleus pixel is a nucleus colour
+    image, fg = out[0], out[1]
+    assert image[fg > 0].mean() < image[fg == 0].mean()
+    assert (mirror_edges(view, (0, 0, 0, 0))[0] == view[0]).all()
+
+
+def test_pair_consistency_leaves_out_the_mirrored_bands():
+    """What B shows in its mirrored bands is not A's tissue: it costs nothing; one pixel
+    inside them it does."""
+    g = torch.Generator().manual_seed(2)
+    maps = [torch.randn(1, c, 48, 48, generator=g) for c in (1, 1, 3)]
+    dy, dx = 4, -6
+    view_b = [torch.roll(t, shifts=(-dy, -dx), dims=(-2, -1)).clone() for t in maps]
+    band = (7, 3, 0, 9)  # top, bottom, left, right
+    for t in view_b:
+        t[..., :band[0], :] = 9.0
+        t[..., 48 - band[1]:, :] = -9.0
+        t[..., :, 48 - band[3]:] = 5.0
+    assert pair_consistency_loss(tuple(maps), tuple(view_b), [(dy, dx)], [band]).item() == \
+        pytest.approx(0.0, abs=1e-6)
+    assert pair_consistency_loss(tuple(maps), tuple(view_b), [(dy, dx)],
+                                 [(band[0] - 1, band[1], 0, band[3])]).item() > 1e-4
+    assert pair_consistency_loss(tuple(maps), tuple(view_b), [(dy, dx)]).item() > 1e-3
 
 
 def test_rescan_pairs_share_the_stain_and_not_the_file():

@@ -189,6 +189,22 @@ class CropSampler:
         return self.warp(size, rng).image(self.tile.image)
 
 
+def mirror_edges(view: tuple[np.ndarray, ...], band: tuple[int, int, int, int]
+                 ) -> tuple[np.ndarray, ...]:
+    """``view`` (image, fg, distance, class; H x W each) with its edge bands ``(top, bottom,
+    left, right)`` replaced by the mirror image of the pixels next to them (NumPy's
+    ``reflect``), labels alike: the edges a lone tile meets the network with, where the
+    grid anchor widens its window (``slicer_cli/nuclei/backends/grid_anchor.py``)."""
+    top, bottom, left, right = band
+    h, w = view[0].shape[:2]
+    inner = (slice(top, h - bottom), slice(left, w - right))
+    out = []
+    for a in view:
+        pad = ((top, bottom), (left, right)) + ((0, 0),) * (a.ndim - 2)
+        out.append(np.ascontiguousarray(np.pad(a[inner], pad, mode="reflect")))
+    return tuple(out)
+
+
 def warp_labelled(tile: Tile, warp: Warp) -> tuple[np.ndarray, ...]:
     """Image, instances, classes and distance target of a warped crop, still aligned."""
     inst = warp.labels(tile.instances)

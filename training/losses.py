@@ -54,7 +54,8 @@ def class_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
 
 def consistency_loss(student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                      teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                     offsets: list[tuple[int, int]]) -> torch.Tensor:
+                     offsets: list[tuple[int, int]],
+                     bands: tuple[list | None, list | None] = (None, None)) -> torch.Tensor:
     """Mean-teacher consistency between two shifted, differently degraded views.
 
     ``student`` holds the raw logits ``(fg, dist, cls)`` of view B, ``teacher`` the
@@ -62,12 +63,25 @@ def consistency_loss(student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     ``(y + dy, x + dx)`` (``offsets[i] = (dy, dx)``). Over each pair's common region: squared
     error of the foreground probability everywhere, of the distance map and the class
     probabilities where the teacher sees a nucleus (weighted by its foreground).
+
+    ``bands``: per pair, the ``(top, bottom, left, right)`` edge bands of the student's and
+    of the teacher's view that show no tissue of the other (mirrored padding,
+    ``data.mirror_edges``), or None for none; they are left out of the common region.
     """
     total = student[0].new_zeros(())
+    h, w = student[0].shape[-2:]
     for i, (dy, dx) in enumerate(offsets):
-        h, w = student[0].shape[-2:]
-        a = (slice(max(0, dy), min(h, h + dy)), slice(max(0, dx), min(w, w + dx)))
-        b = (slice(a[0].start - dy, a[0].stop - dy), slice(a[1].start - dx, a[1].stop - dx))
+        # the common region in the teacher's pixels, less either view's bands
+        s_band = bands[0][i] if bands[0] is not None else (0, 0, 0, 0)
+        t_band = bands[1][i] if bands[1] is not None else (0, 0, 0, 0)
+        y0 = max(0, dy, t_band[0], s_band[0] + dy)
+        y1 = min(h, h + dy, h - t_band[1], h - s_band[1] + dy)
+        x0 = max(0, dx, t_band[2], s_band[2] + dx)
+        x1 = min(w, w + dx, w - t_band[3], w - s_band[3] + dx)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        a = (slice(y0, y1), slice(x0, x1))
+        b = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
         s_fg = torch.sigmoid(student[0][i, 0][b])
         s_dist = torch.sigmoid(student[1][i, 0][b])
         s_cls = torch.softmax(student[2][i][(slice(None), *b)], dim=0)
@@ -84,13 +98,16 @@ def consistency_loss(student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
 
 def pair_consistency_loss(logits_a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                           logits_b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                          offsets: list[tuple[int, int]]) -> torch.Tensor:
+                          offsets: list[tuple[int, int]],
+                          bands_b: list | None = None) -> torch.Tensor:
     """Symmetric consistency between two views of the same labelled crops.
 
     ``logits_a``, ``logits_b``: raw ``(fg, dist, cls)`` of views A and B; B's pixel
     ``(y, x)`` shows A's ``(y + dy, x + dx)``. Each view is pulled towards the other's
     (detached) probabilities with :func:`consistency_loss`, so a shift by an odd number of
-    pixels or a re-encoding costs the network what it changes in its maps.
+    pixels or a re-encoding costs the network what it changes in its maps. ``bands_b``: per
+    pair, B's mirrored edge bands ``(top, bottom, left, right)`` (``--pair-edges``), left
+    out of the comparison: next to them B has to give the maps A gives with real tissue.
     """
     def probs(logits):
         fg, dist, cls = logits
@@ -98,5 +115,5 @@ def pair_consistency_loss(logits_a: tuple[torch.Tensor, torch.Tensor, torch.Tens
                 torch.softmax(cls, dim=1).detach())
 
     back = [(-dy, -dx) for dy, dx in offsets]
-    return 0.5 * (consistency_loss(logits_b, probs(logits_a), offsets)
-                  + consistency_loss(logits_a, probs(logits_b), back))
+    return 0.5 * (consistency_loss(logits_b, probs(logits_a), offsets, (bands_b, None))
+                  + consistency_loss(logits_a, probs(logits_b), back, (None, bands_b)))

@@ -54,7 +54,7 @@ from slicer_cli.nuclei.network import UNet, normalise, save_weights
 
 from .augment import photometric
 from .calibrate import calibrate
-from .data import CLASSES, RESERVED, VALIDATION, CropSampler, Tile, load_tile, region
+from .data import CLASSES, RESERVED, VALIDATION, CropSampler, Tile, load_tile, mirror_edges, region
 from .export import export_onnx, write_config
 from .loader import batches
 from .losses import (
@@ -140,6 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "degradations, stain included; rescan (run O of MODEL.md, not "
                         "shipped), the same stain, colour and focus and each its own noise "
                         "and JPEG file, as a re-scan or a re-encoded copy")
+    p.add_argument("--pair-edges", type=_fraction, default=0.0,
+                   help="probability per labelled pair that view B meets the network as a "
+                        "lone tile does with the grid anchor: each of its four edges, with "
+                        "probability 1/2, a band of 1-31 px mirrored (data.mirror_edges), "
+                        "left out of the pair's consistency (run U of MODEL.md; 0: none)")
     p.add_argument("--stain-transfer", type=float, default=0.7,
                    help="probability of re-staining a crop with real stain vectors of the "
                         "unlabelled slides (5.0.0: 0.7; 0 before)")
@@ -426,7 +431,7 @@ def train(args: argparse.Namespace) -> dict:
     while step < args.iterations:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.iterations, args.lr)
-        images, fg, dist, cls, pair_offsets, views = next(stream)
+        images, fg, dist, cls, pairing, views = next(stream)
         batch = images
         if args.consistency:
             view_a, view_b, offsets = views
@@ -443,7 +448,7 @@ def train(args: argparse.Namespace) -> dict:
             k0, k1 = n_sup - 2 * args.pairs, n_sup - args.pairs
             losses["pair"] = pair_consistency_loss(
                 tuple(t[k0:k1] for t in (fg_l, dist_l, cls_l)),
-                tuple(t[k1:n_sup] for t in (fg_l, dist_l, cls_l)), pair_offsets)
+                tuple(t[k1:n_sup] for t in (fg_l, dist_l, cls_l)), *pairing)
             loss = loss + args.w_pair * losses["pair"]
         if args.consistency:
             with torch.no_grad():
@@ -528,13 +533,19 @@ def train(args: argparse.Namespace) -> dict:
 
 def draw_batch(args: argparse.Namespace, sampler: CropSampler, pseudo: list, pool,
                rng: np.random.Generator) -> tuple:
-    """One iteration's batch: ``(images, fg, dist, cls, pair_offsets, views)``, the
-    supervised crops (then all A, then all B of the labelled pairs) stacked, and with
+    """One iteration's batch: ``(images, fg, dist, cls, (offsets, bands), views)``, the
+    supervised crops (then all A, then all B of the labelled pairs) stacked, per pair B's
+    offset and (``--pair-edges``; else None) B's mirrored edge bands, and with
     ``--consistency`` the mean-teacher views ``(view_a, view_b, offsets)`` (else None)."""
     crops = [sampler.crop(args.crop, rng) for _ in range(args.batch - 2 * args.pairs)]
     pairs = [_pair_sampler(sampler, pseudo, args.pseudo_fraction, rng).pair(
         args.crop, SHIFT_PX, rng, rescan=args.pair_views == "rescan")
         for _ in range(args.pairs)]
+    bands = None
+    if args.pair_edges:
+        bands = [tuple(int(b) for b in rng.integers(1, SHIFT_PX, 4) * (rng.random(4) < 0.5))
+                 if rng.random() < args.pair_edges else (0, 0, 0, 0) for _ in pairs]
+        pairs = [(a, mirror_edges(b, band), off) for (a, b, off), band in zip(pairs, bands)]
     crops += [p[0] for p in pairs] + [p[1] for p in pairs]
     images, fg, dist, cls = (np.stack(c) for c in zip(*crops))
     views = None
@@ -544,7 +555,7 @@ def draw_batch(args: argparse.Namespace, sampler: CropSampler, pseudo: list, poo
                 rng.random() < args.unlabelled_fraction else sampler.image(big, rng)
                 for _ in range(args.consistency)]
         views = consistency_views(raws, args.crop, rng)
-    return images, fg, dist, cls, [p[2] for p in pairs], views
+    return images, fg, dist, cls, ([p[2] for p in pairs], bands), views
 
 
 def swa_names(args: argparse.Namespace) -> list[str]:
