@@ -623,7 +623,8 @@ def _arg_key(args: argparse.Namespace) -> dict:
                        "pseudo_fraction": "0.25",
                        "pair_views": "independent",
                        "swa_from": "()",
-                       "jpeg_p": "0.5"}.items():
+                       "jpeg_p": "0.5",
+                       "pair_edges": "0.0"}.items():
         if key.get(k) == neutral:
             del key[k]
     return key
