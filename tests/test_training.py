@@ -256,6 +256,29 @@ def test_mirrored_edges_keep_image_and_labels_aligned_and_the_rest_untouched():
     assert (mirror_edges(view, (0, 0, 0, 0))[0] == view[0]).all()
 
 
+def test_pair_edges_draw_mirrored_bands_on_view_b_only():
+    """--pair-edges 1: every pair's view B carries its bands (0 or 1-31 px a side), mirrored
+    as ``mirror_edges`` makes them; view A and the plain crops are as without the option."""
+    args = train_module.parse_args(["--batch", "6", "--pairs", "2", "--crop", "96",
+                                    "--pair-edges", "1"])
+    sampler = CropSampler(_disc_tile(), ())
+    images, _, _, _, (offsets, bands), _ = train_module.draw_batch(
+        args, sampler, [], None, np.random.default_rng(5))
+    assert len(offsets) == len(bands) == 2
+    assert all(b == 0 or 1 <= b < 32 for band in bands for b in band)
+    assert any(any(band) for band in bands)
+    for k, (top, bottom, left, right) in enumerate(bands):
+        b = images[4 + k]
+        for j in range(1, top + 1):
+            np.testing.assert_array_equal(b[top - j], b[top + j])
+        for j in range(1, left + 1):
+            np.testing.assert_array_equal(b[:, left - j], b[:, left + j])
+        for j in range(1, bottom + 1):
+            np.testing.assert_array_equal(b[95 - bottom + j], b[95 - bottom - j])
+        for j in range(1, right + 1):
+            np.testing.assert_array_equal(b[:, 95 - right + j], b[:, 95 - right - j])
+
+
 def test_pair_consistency_leaves_out_the_mirrored_bands():
     """What B shows in its mirrored bands is not A's tissue: it costs nothing; one pixel
     inside them it does."""
@@ -622,7 +645,9 @@ def test_loader_workers_draw_the_same_batches_whatever_their_number():
     for got, ref in [*zip(one, want), *zip(three, want), *zip(shared, serial)]:
         for a, b in zip(got[:4], ref[:4]):  # images, fg, dist, cls
             np.testing.assert_array_equal(a, b)
-        assert got[4] == ref[4] and len(got[4]) == 1 and got[5] is None  # pair offsets
+        # the pairs' offsets, no mirrored bands (--pair-edges 0), no mean-teacher views
+        assert got[4] == ref[4] and len(got[4][0]) == 1 and got[4][1] is None
+        assert got[5] is None
     assert not np.array_equal(want[0][0], want[1][0])  # each iteration its own crops
     assert not np.array_equal(want[0][0], serial[0][0])  # another draw than the one stream
 
