@@ -233,7 +233,7 @@ def test_labelled_pairs_are_the_shifts_they_claim():
 
 
 def test_mirrored_edges_keep_image_and_labels_aligned_and_the_rest_untouched():
-    """A pair's view B with mirrored edge bands (--pair-edges): inside the bands nothing
+    """A pair's view B with mirrored edge bands (--pair-edges): between the bands nothing
     moves; each band is the mirror image of the pixels next to it, the labels' alike."""
     sampler = CropSampler(_disc_tile(), reserved=())
     sampler._degrade = lambda image, rng: image
