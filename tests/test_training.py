@@ -25,8 +25,10 @@ from training.augment import (  # noqa: E402
 )
 from training.calibrate import TEMPERATURES, matched_nuclei, nucleus_probabilities  # noqa: E402
 from training.data import (  # noqa: E402
+    RESERVED,
     CropSampler,
     Tile,
+    load_tile,
     mirror_edges,
     normalised_distance,
     overlaps,
@@ -744,3 +746,27 @@ def test_restain_moves_each_stain_onto_its_target_vector():
         assert direction @ target[:, k] > 0.995, (k, direction, target[:, k])
     # the mix keeps its amounts: its OD is the target vectors weighted by them
     np.testing.assert_allclose(od[2], target @ conc[2], atol=0.03)
+
+
+def test_excluded_rectangles_are_kept_out_of_training_like_the_reserved_ones():
+    """``--exclude`` (the learning curve of MODEL.md): the rectangles join the reserved
+    boxes the run's crops and class-balanced centres avoid; without it the run is the same
+    run as before (its resume key), and a malformed rectangle is refused."""
+    args = train_module.parse_args(["--split", "heldout", "--exclude", "0,750,0,1500"])
+    assert train_module.kept_out(args) == RESERVED + ((0, 750, 0, 1500),)
+    assert train_module.kept_out(train_module.parse_args([])) == ()
+    assert train_module.kept_out(train_module.parse_args(
+        ["--exclude", "0,10,0,10", "--exclude", "5,20,5,20"])) == ((0, 10, 0, 10), (5, 20, 5, 20))
+    # the learning curve's run: the bottom-left quadrant's nuclei alone
+    sampler = CropSampler(load_tile(), reserved=train_module.kept_out(args))
+    assert [len(c) for c in sampler.centres] == [98, 215, 50]
+    assert all(y >= 750 and x < 750 for c in sampler.centres for y, x in c)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        r0, r1, c0, c1 = sampler.warp(256, rng).bounds()
+        assert r0 >= 750 and c1 <= 750
+    assert "exclude" not in train_module._arg_key(train_module.parse_args([]))
+    assert "exclude" in train_module._arg_key(args)
+    for bad in ("1,2,3", "5,5,0,10", "0,10,7,3", "-1,4,0,4", "a,b,c,d"):
+        with pytest.raises(SystemExit):
+            train_module.parse_args(["--exclude", bad])

@@ -116,6 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="heldout: keep the held-out quadrant and validation block out (the "
                         "measured twin); all (default): train on every labelled pixel (the "
                         "shipped run), with the twin's thresholds and temperature")
+    p.add_argument("--exclude", type=_box, action="append", default=None,
+                   metavar="ROW0,ROW1,COL0,COL1",
+                   help="leave this rectangle of the labelled tile out of training as well, "
+                        "as the reserved boxes are (repeatable; a learning curve: the same "
+                        "recipe on less labelled tissue, MODEL.md)")
     p.add_argument("--settings-from", type=Path, default=None,
                    help="with --split all: summary.json of a heldout run to take thresholds "
                         "and temperature from (default: train that twin first, with the same "
@@ -249,6 +254,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _box(text: str) -> tuple[int, int, int, int]:
+    try:
+        r0, r1, c0, c1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW0,ROW1,COL0,COL1, got {text!r}") from None
+    if not (0 <= r0 < r1 and 0 <= c0 < c1):
+        raise argparse.ArgumentTypeError(f"empty or negative rectangle: {text!r}")
+    return r0, r1, c0, c1
+
+
 def _scale_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in text.split(","))
@@ -257,6 +272,12 @@ def _scale_range(text: str) -> tuple[float, float]:
     if not (0.25 <= lo <= hi <= 4.0):
         raise argparse.ArgumentTypeError(f"scale range out of 0.25-4: {text!r}")
     return lo, hi
+
+
+def kept_out(args: argparse.Namespace) -> tuple[tuple[int, int, int, int], ...]:
+    """The rectangles of the labelled tile this run never trains on: the reserved boxes
+    with ``--split heldout``, and every ``--exclude``."""
+    return (RESERVED if args.split == "heldout" else ()) + tuple(args.exclude or ())
 
 
 def class_weights(tile: Tile, reserved: tuple = RESERVED) -> torch.Tensor:
@@ -361,7 +382,7 @@ def train(args: argparse.Namespace) -> dict:
         settings = json.loads(args.settings_from.read_text())
     t_start = time.time()
     tile = load_tile()
-    reserved = RESERVED if args.split == "heldout" else ()
+    reserved = kept_out(args)
     weights = class_weights(tile, reserved).to(device)
     mean_teacher = bool(args.consistency and args.unlabelled_fraction > 0)
     unlabelled = stains = None
@@ -624,7 +645,8 @@ def _arg_key(args: argparse.Namespace) -> dict:
                        "pair_views": "independent",
                        "swa_from": "()",
                        "jpeg_p": "0.5",
-                       "pair_edges": "0.0"}.items():
+                       "pair_edges": "0.0",
+                       "exclude": "None"}.items():
         if key.get(k) == neutral:
             del key[k]
     return key
