@@ -54,7 +54,17 @@ from slicer_cli.nuclei.network import UNet, normalise, save_weights
 
 from .augment import photometric
 from .calibrate import calibrate
-from .data import CLASSES, RESERVED, VALIDATION, CropSampler, Tile, load_tile, mirror_edges, region
+from .data import (
+    CLASSES,
+    RESERVED,
+    VALIDATION,
+    Box,
+    CropSampler,
+    Tile,
+    load_tile,
+    mirror_edges,
+    region,
+)
 from .export import export_onnx, write_config
 from .loader import batches
 from .losses import (
@@ -254,7 +264,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _box(text: str) -> tuple[int, int, int, int]:
+def _box(text: str) -> Box:
     try:
         r0, r1, c0, c1 = (int(v) for v in text.split(","))
     except ValueError:
@@ -274,7 +284,7 @@ def _scale_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def kept_out(args: argparse.Namespace) -> tuple[tuple[int, int, int, int], ...]:
+def kept_out(args: argparse.Namespace) -> tuple[Box, ...]:
     """The rectangles of the labelled tile this run never trains on: the reserved boxes
     with ``--split heldout``, and every ``--exclude``."""
     return (RESERVED if args.split == "heldout" else ()) + tuple(args.exclude or ())
