@@ -1,4 +1,4 @@
-"""Pseudo-labels (``training/pseudo.py``, ``--pseudo-labels``; run M of MODEL.md): the
+"""Pseudo-labels (``training/pseudo.py``, ``--pseudo-labels``; run M of EXPERIMENTS.md): the
 teacher's nuclei on real unlabelled H&E become training targets, their uncertain pixels are
 left out of the foreground loss, their classes are not learnt from, and nothing of the CMU
 slide's evaluation and selection regions is read."""

@@ -749,7 +749,7 @@ def test_restain_moves_each_stain_onto_its_target_vector():
 
 
 def test_excluded_rectangles_are_kept_out_of_training_like_the_reserved_ones():
-    """``--exclude`` (the learning curve of MODEL.md): the rectangles join the reserved
+    """``--exclude`` (the learning curve of EXPERIMENTS.md): the rectangles join the reserved
     boxes the run's crops and class-balanced centres avoid; without it the run is the same
     run as before (its resume key), and a malformed rectangle is refused."""
     args = train_module.parse_args(["--split", "heldout", "--exclude", "0,750,0,1500"])

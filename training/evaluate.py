@@ -37,7 +37,7 @@ real images off every reserved box (``robustness.stability_windows``): the mean 
 spread of the worst copy's agreement, for choosing between variants where the quadrant and
 the CMU region are one draw each.
 
-``--selection`` adds the selection data the model rules of MODEL.md are written on (never
+``--selection`` adds the selection data the model rules of EXPERIMENTS.md are written on (never
 the held-out quadrant): the validation block's bPQ and mPQ at each of 12 grid phases (the
 network sees the block cut 0-22 px further up and left; scored on the block itself) and
 their means, and the worst of the 10 copies on CMU selection regions A and B.
@@ -162,14 +162,14 @@ def evaluate(model_dir: Path, box: tuple[int, int, int, int] = HELD_OUT,
 
 
 #: where the validation block starts on the network's grid for ``--selection``: (dy, dx) px
-#: further up and left (MODEL.md, "Chroma low-pass and the anchor by default")
+#: further up and left (EXPERIMENTS.md, "Chroma low-pass and the anchor by default")
 GRID_PHASES = ((0, 0), (1, 0), (0, 1), (1, 1), (0, 3), (3, 0), (8, 0), (17, 9), (5, 11),
                (13, 22), (2, 2), (16, 16))
 
 
 def selection(model_dir: Path, threads: int = 2, flips: int = 1, shifts: int = 1,
               anchor: bool = True, precision: str = "auto") -> dict:
-    """The selection data of the model rules (MODEL.md): the validation block over
+    """The selection data of the model rules (EXPERIMENTS.md): the validation block over
     ``GRID_PHASES`` and the worst copies on CMU selection regions A and B."""
     tile = load_tile()
     r0, r1, c0, c1 = VALIDATION
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                         "16: 0-3 pixels each way)")
     p.add_argument("--cmu-region", type=_box, default=CMU_REGION, metavar="L,T,W,H",
                    help="the CMU slide's region for --robustness (base pixels; default "
-                        "the measured one; MODEL.md's selection regions A and B are "
+                        "the measured one; EXPERIMENTS.md's selection regions A and B are "
                         + " and ".join(",".join(map(str, box)) for box in SELECTION_REGIONS)
                         + ")")
     p.add_argument("--grid-anchor", action=argparse.BooleanOptionalAction, default=True,

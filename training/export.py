@@ -59,7 +59,7 @@ def write_config(model_dir: Path, *, version: str, fg_threshold: float, seed_thr
                  temperature: float = 1.0) -> Path:
     """Write ``<model_dir>/config.pbtxt`` (Triton layout; metadata in ``parameters``).
 
-    The serving part is for a GPU (the reasoning is in MODEL.md, "Serving on a GPU"): ONNX
+    The serving part is for a GPU (the reasoning is in docs/GPU.md, "Serving on a GPU"): ONNX
     Runtime with the TensorRT execution accelerator in FP16 (engines cached), two instances
     per GPU so that one copies while the other computes, preferred batches of 4 and 8 tiles.
     The CPU development server (``scripts/serve_triton.py``) drops the accelerator.

@@ -1,4 +1,4 @@
-"""Pseudo-labels on real unlabelled H&E (``--pseudo-labels TEACHER``; run M of MODEL.md, off
+"""Pseudo-labels on real unlabelled H&E (``--pseudo-labels TEACHER``; run M of EXPERIMENTS.md, off
 by default).
 
 A trained model, the *teacher* (a twin: it never saw the validation block or the held-out

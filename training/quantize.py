@@ -8,7 +8,7 @@ CPU; ``float`` does not; Triton, the GPU and the PyTorch backend run the float g
   U-Net levels 2-4 (an eighth of the resolution and below, 48-192 channels). Levels 0 and 1
   (half and a quarter of the resolution, 12 and 24 channels padded to 16 and 32), the
   input's low-pass, the stem and the head stay float. Chosen by rules written before their
-  scores (models/nucleus_unet/MODEL.md, "int8 on the CPU"): levels 1-4 in int8 cost the
+  scores (models/nucleus_unet/EXPERIMENTS.md, "int8 on the CPU"): levels 1-4 in int8 cost the
   twin's CMU selection region A 0.012 of worst agreement; levels 2-4 cost nothing there
   and still take the anchored call under 3.0.0's time.
 * **How**: QOperator format (``QLinearConv``), weights int8 per output channel in 7 bits

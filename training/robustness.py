@@ -37,7 +37,7 @@ OFFSETS = ((1, 0), (0, 3), (8, 0), (17, 9))
 QUALITIES = (90, 75)
 #: a tissue-rich region of the CMU slide (base pixels, 0.499 um/px: the model's resolution)
 CMU_REGION = (400, 1000, 1024, 1024)  # left, top, width, height
-#: the CMU slide's selection regions A and B of MODEL.md (Stability, "Hysteresis"): where
+#: the CMU slide's selection regions A and B of EXPERIMENTS.md (Stability, "Hysteresis"): where
 #: post-processing and training variants are chosen, apart from the measured region
 SELECTION_REGIONS = ((700, 0, 1024, 992), (1424, 1943, 796, 1024))
 

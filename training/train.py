@@ -17,13 +17,13 @@ degradations). ``--pairs N`` (4 by default) of them are labelled pairs: the same
 twice, shifted by up to 31 px and degraded separately, both supervised and pulled together
 by a symmetric consistency loss (``losses.pair_consistency_loss``, weight ``--w-pair``),
 which teaches the network that a shift or a re-encoding changes nothing. With
-``--consistency N`` (0 by default; runs A and B of MODEL.md) also N mean-teacher pairs
+``--consistency N`` (0 by default; runs A and B of EXPERIMENTS.md) also N mean-teacher pairs
 (half from real unlabelled H&E, ``training/unlabelled.py``): the student on one view is
 pulled towards an exponential moving average of itself on the other
 (``losses.consistency_loss``). Either way the network exported is that moving average of
 the trained weights (decay ``--ema``). The foreground cross-entropy counts the pixels of
 connective nuclei twice (``--fg-weight-connective``). ``--distill N`` (0 by default; run K
-of MODEL.md) adds N iterations of self-distillation after the loop (``training/distill.py``).
+of EXPERIMENTS.md) adds N iterations of self-distillation after the loop (``training/distill.py``).
 
 Checkpoints go to ``--workdir`` every ``--checkpoint-every`` iterations and a rerun with the
 same arguments resumes from the last one. At the end the network is exported to
@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chroma-half", action=argparse.BooleanOptionalAction, default=False,
                    help="with --chroma-blur: the smoothed chroma enters at half resolution, "
                         "next to the stem, instead of at full resolution before it (less "
-                        "full-resolution work; UNet's chroma_half; run N of MODEL.md, not "
+                        "full-resolution work; UNet's chroma_half; run N of EXPERIMENTS.md, not "
                         "shipped)")
     p.add_argument("--refine", type=int, default=0,
                    help="channels of a full-resolution refinement of the logits (0: none)")
@@ -130,20 +130,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    metavar="ROW0,ROW1,COL0,COL1",
                    help="leave this rectangle of the labelled tile out of training as well, "
                         "as the reserved boxes are (repeatable; a learning curve: the same "
-                        "recipe on less labelled tissue, MODEL.md)")
+                        "recipe on less labelled tissue, EXPERIMENTS.md)")
     p.add_argument("--settings-from", type=Path, default=None,
                    help="with --split all: summary.json of a heldout run to take thresholds "
                         "and temperature from (default: train that twin first, with the same "
                         "options, in <workdir>/heldout, its model in <workdir>/heldout_model)")
     p.add_argument("--consistency", type=int, default=0,
                    help="mean-teacher consistency crop pairs per iteration (0, the default: "
-                        "supervised only; runs A and B of MODEL.md used 4)")
+                        "supervised only; runs A and B of EXPERIMENTS.md used 4)")
     p.add_argument("--thresholds", default="0.4,0.4,32,0.7", type=_thresholds,
                    help="post-processing fg_threshold,seed_threshold,min_area_px[,"
                         "fg_peak_threshold] (peak 0 when left out), or 'tune' for the grid "
                         "search on the validation block (training/tune.py); the default is "
                         "3.0.0's setting, which keeps nuclei out of the training tissue, with "
-                        "5.2.0's peak (MODEL.md)")
+                        "5.2.0's peak (EXPERIMENTS.md, 'Hysteresis, 5.2.0')")
     p.add_argument("--pairs", type=int, default=4,
                    help="crops of the batch seen twice, shifted by up to 31 px and degraded "
                         "separately, both supervised and pulled together (5.0.0: 4 pairs, "
@@ -152,23 +152,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pair-views", choices=("independent", "rescan"), default="independent",
                    help="how the two views of a labelled pair differ (data.CropSampler.pair): "
                         "independent (the default, 5.0.0-5.3.0), each its own whole chain of "
-                        "degradations, stain included; rescan (run O of MODEL.md, not "
+                        "degradations, stain included; rescan (run O of EXPERIMENTS.md, not "
                         "shipped), the same stain, colour and focus and each its own noise "
                         "and JPEG file, as a re-scan or a re-encoded copy")
     p.add_argument("--pair-edges", type=_fraction, default=0.0,
                    help="probability per labelled pair that view B meets the network as a "
                         "lone tile does with the grid anchor: each of its four edges, with "
                         "probability 1/2, a band of 1-31 px mirrored (data.mirror_edges), "
-                        "left out of the pair's consistency (run U of MODEL.md; 0: none)")
+                        "left out of the pair's consistency (run U of EXPERIMENTS.md; 0: none)")
     p.add_argument("--stain-transfer", type=float, default=0.7,
                    help="probability of re-staining a crop with real stain vectors of the "
                         "unlabelled slides (5.0.0: 0.7; 0 before)")
     p.add_argument("--jpeg-p", type=_fraction, default=0.5,
                    help="probability of a JPEG re-compression (quality 40-95) per crop and per "
-                        "view of a pair (run S of MODEL.md: 0.9)")
+                        "view of a pair (run S of EXPERIMENTS.md: 0.9)")
     p.add_argument("--scale-range", type=_scale_range, default=(0.7, 1.4),
                    help="MIN,MAX source pixels per crop pixel, log-uniform (5.0.0 and 4.0.0: "
-                        "0.7,1.4; run F of MODEL.md: 0.7,2.0)")
+                        "0.7,1.4; run F of EXPERIMENTS.md: 0.7,2.0)")
     p.add_argument("--unlabelled-fraction", type=float, default=0.5)
     p.add_argument("--w-cons", type=float, default=1.0)
     p.add_argument("--ema", type=float, default=0.99, help="mean-teacher decay")
@@ -182,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--swa-from), its batch-norm statistics re-estimated on training crops")
     p.add_argument("--pseudo-labels", type=Path, default=None, metavar="TEACHER_DIR",
                    help="a twin model whose nuclei on the unlabelled H&E become training "
-                        "targets (training/pseudo.py; run M of MODEL.md; off by default)")
+                        "targets (training/pseudo.py; run M of EXPERIMENTS.md; off by default)")
     p.add_argument("--pseudo-fraction", type=_fraction, default=0.25,
                    help="with --pseudo-labels: share of the labelled pairs cut from them")
     p.add_argument("--distill", type=int, default=0,

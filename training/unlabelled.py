@@ -1,5 +1,5 @@
 """Real unlabelled H&E (no labels are read): stain vectors for the re-staining augmentation
-and its evaluation, and crops for the mean-teacher consistency (runs A and B of MODEL.md).
+and its evaluation, and crops for the mean-teacher consistency (runs A and B of EXPERIMENTS.md).
 
 Every image comes out of a registry package, sha256-pinned by ``scripts/fetch_data.py``:
 

@@ -176,7 +176,7 @@ class UNet(nn.Module):
         luma only (its weights times the luma-keeping matrix), and a second 3 x 3
         convolution at half resolution adds the chroma, smoothed by the Gaussian and taken
         at every other pixel. No full-resolution pass beyond 5.2.0's but the Gaussian's,
-        itself at stride 2. Tried with width 10 (run N of MODEL.md), not shipped.
+        itself at stride 2. Tried with width 10 (run N of EXPERIMENTS.md), not shipped.
 
     ``forward`` takes a float NCHW batch already normalised and returns raw logits
     ``(fg [N,1,H,W], dist [N,1,H,W], cls [N,C,H,W])``.

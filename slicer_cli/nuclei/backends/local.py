@@ -27,7 +27,7 @@ class LocalBackend:
     precision : {"auto", "float", "int8"}
         ``auto`` (the default): the model's int8 graph where it ships one and ONNX Runtime
         runs on the CPU (14-17 % less time per tile, the float graph's nuclei:
-        models/nucleus_unet/MODEL.md, "int8 on the CPU"), the float graph otherwise.
+        models/nucleus_unet/EXPERIMENTS.md, "int8 on the CPU"), the float graph otherwise.
         ``float``: the float graph, the one Triton, the GPU and the PyTorch backend run.
         ``int8``: the int8 graph, on the CPU. The one run is in :attr:`precision`.
 

@@ -16,7 +16,7 @@ maps are moved back to the tile's own pixels before they are averaged; a shifted
 estimate for the last rows or columns it pushed out, which repeat the row or column before
 (tiles overlap far more than a few pixels).
 Works for every backend (NumPy or CuPy maps). Figures: models/nucleus_unet/MODEL.md,
-"Stability".
+"Calls at a glance"; the runs behind them: EXPERIMENTS.md beside it.
 """
 from __future__ import annotations
 
