@@ -21,7 +21,7 @@ twenty at quality 75), and that copy is then no steadier than without the anchor
 network call per tile: on a window 32 px wider and taller for a lone tile (6 % more pixels
 for a 1024 px tile), on one of the tile's own size for a slide's inner tile, whose outer
 pixels no nucleus it keeps reaches (the window moves by up to 16 px into that edge;
-``unused`` of :func:`infer_anchored`). Figures: EXPERIMENTS.md, "Grid anchor".
+``unused`` of :func:`infer_anchored`). Figures: EXPERIMENTS.md, Stability, "Grid anchor".
 """
 from __future__ import annotations
 
