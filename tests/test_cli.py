@@ -171,6 +171,29 @@ def test_credentials_in_a_triton_url_are_never_printed(tmp_path, cmu_svs):
     assert "s3cret" not in proc.stderr + proc.stdout
 
 
+def test_model_name_picks_a_shipped_model_in_process(tmp_path, cmu_svs):
+    args = ("--region", "600,1200,500,400", "--no-parquet", "true")
+    default = cli(cmu_svs, tmp_path / "d.anot", tmp_path / "d.csv", *args)
+    named = cli(cmu_svs, tmp_path / "n.anot", tmp_path / "n.csv", *args,
+                "--model-name", "nucleus_unet")
+    assert default.returncode == 0 and named.returncode == 0, default.stderr + named.stderr
+    assert len(pd.read_csv(tmp_path / "d.csv")) > 0
+    assert (pd.read_csv(tmp_path / "n.csv")["nucleus_id"].tolist()
+            == pd.read_csv(tmp_path / "d.csv")["nucleus_id"].tolist())
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("name, shown", [("nucleus_unet_accurate", "nucleus_unet_accurate"),
+                                         ("../models/nucleus_unet", "(not a model name)"),
+                                         ("/etc", "(not a model name)")])
+def test_unknown_model_name_stops_the_run(tmp_path, cmu_svs, name, shown):
+    proc = cli(cmu_svs, tmp_path / "a.anot", tmp_path / "f.csv",
+               env={**os.environ, "NUCLEUS_ANALYSIS_TRITON_MODEL": name})
+    _assert_clean_failure(proc, tmp_path, f"no model named {shown} in the model repository; "
+                                          "there are: nucleus_unet")
+    assert proc.returncode == 1
+
+
 def test_deployment_settings_are_not_in_the_xml():
     root = ET.fromstring(cli("--xml").stdout)
     names = {e.findtext("name") for e in root.iter() if e.find("name") is not None}

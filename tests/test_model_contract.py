@@ -14,6 +14,8 @@ from slicer_cli.nuclei.model import (
     load_model_info,
     onnx_path,
     read_config,
+    repository_model_dir,
+    repository_models,
 )
 
 
@@ -99,6 +101,41 @@ def test_local_backend_rejects_corrupt_onnx(tmp_path):
     (model / "1" / "model.onnx").write_bytes(b"not an onnx file")
     with pytest.raises(ModelError, match="cannot load"):
         open_backend(None, model)
+
+
+def _repository(tmp_path):
+    """A model repository: two models, and folders and files that are not models."""
+    for name in ("fast", "accurate"):
+        shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / name)
+    (tmp_path / "no_config").mkdir()
+    shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / ".hidden")
+    (tmp_path / "config.pbtxt").write_text("")
+    return tmp_path
+
+
+def test_models_are_chosen_by_name_from_the_repository(tmp_path):
+    repo = _repository(tmp_path)
+    assert repository_models(repo) == ["accurate", "fast"]
+    assert repository_model_dir("accurate", repo) == repo / "accurate"
+    assert repository_models(tmp_path / "absent") == []
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("name", ["no_config", ".hidden", "..", "../fast", "fast/..",
+                                  "fast/1", "/etc", str(DEFAULT_MODEL_DIR), "fast\\..",
+                                  "Fast", "fast ", "x" * 300])
+def test_a_model_name_is_never_a_path(tmp_path, name):
+    repo = _repository(tmp_path)
+    with pytest.raises(ModelError, match="no model named .* there are: accurate, fast$"):
+        repository_model_dir(name, repo)
+
+
+def test_in_process_backend_runs_the_named_shipped_model():
+    with open_backend(None, "/nonexistent", model_name="nucleus_unet") as backend:
+        assert backend.info.name == "nucleus_unet"
+    with pytest.raises(ModelError, match="no model named nucleus_unet_other in the model "
+                                         "repository; there are: .*nucleus_unet"):
+        open_backend(None, model_name="nucleus_unet_other")
 
 
 def test_unknown_backend_scheme():

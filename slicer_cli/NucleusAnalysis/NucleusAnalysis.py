@@ -51,7 +51,9 @@ DEPLOYMENT_FLAGS = {
                      "Triton Inference Server URL (http://host:8000 or grpc://host:8001); "
                      "unset runs the shipped model in-process with ONNX Runtime"),
     "--model-name": ("NUCLEUS_ANALYSIS_TRITON_MODEL",
-                     "name of the model on the Triton server (default: nucleus_unet)"),
+                     "name of the model: on the Triton server, or without one the model "
+                     "folder of that name in the shipped model repository, models/ "
+                     "(default: nucleus_unet)"),
     "--scheduler": ("NUCLEUS_ANALYSIS_SCHEDULER",
                     "dask.distributed scheduler (tcp://host:8786), or local:N for a local "
                     "cluster of N worker processes; unset runs threads in this process"),

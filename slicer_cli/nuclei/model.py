@@ -206,6 +206,37 @@ def version_file(model_dir: str | Path, name: str) -> Path:
     raise ModelError(f"no <version>/{name} under {model_dir}")
 
 
+#: what a model's name may be: one folder name of the model repository, never a path
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def repository_models(repository: str | Path = MODEL_REPOSITORY) -> list[str]:
+    """Names of the models in a Triton model repository (its folders with a config.pbtxt)."""
+    root = Path(repository)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if _MODEL_NAME.fullmatch(p.name) and (p / "config.pbtxt").is_file())
+
+
+def repository_model_dir(name: str, repository: str | Path = MODEL_REPOSITORY) -> Path:
+    """The folder of the model called ``name`` in a model repository (the in-process twin of
+    choosing a model by name on Triton).
+
+    Raises
+    ------
+    ModelError
+        When ``name`` is not one of :func:`repository_models` (a path, ``..``, an unknown
+        name): the message lists the names there are.
+    """
+    names = repository_models(repository)
+    if name not in names:
+        shown = name if _MODEL_NAME.fullmatch(name) else "(not a model name)"
+        raise ModelError(f"no model named {shown} in the model repository; there are: "
+                         + (", ".join(names) or "none"))
+    return Path(repository) / name
+
+
 def onnx_path(model_dir: str | Path = DEFAULT_MODEL_DIR) -> Path:
     """Path of the newest version's ``model.onnx`` in a Triton model directory."""
     return version_file(model_dir, "model.onnx")

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import BackendError
-from ..model import DEFAULT_MODEL_DIR, ModelInfo
+from ..model import DEFAULT_MODEL_DIR, ModelInfo, repository_model_dir
 
 
 @runtime_checkable
@@ -97,7 +97,9 @@ def open_backend(url: str | None = None, model_dir: str | Path = DEFAULT_MODEL_D
     model_dir : path
         Local Triton-layout model directory (the in-process backends run its files).
     model_name : str, optional
-        Name of the model on the Triton server (default: the name of ``model_dir``).
+        Name of the model on the Triton server (default: the name of ``model_dir``);
+        in-process, the folder of that name in the shipped model repository
+        (:func:`~slicer_cli.nuclei.model.repository_model_dir`), instead of ``model_dir``.
     device : str
         ``cpu`` (ONNX Runtime on the CPU: the reference) or ``cuda`` (resolved already, see
         :func:`resolve_device`).
@@ -107,6 +109,8 @@ def open_backend(url: str | None = None, model_dir: str | Path = DEFAULT_MODEL_D
         always run the float graph.
     """
     if not url:
+        if model_name:
+            model_dir = repository_model_dir(model_name)
         if device == "cuda":
             return _cuda_backend(model_dir)
         from .local import LocalBackend
