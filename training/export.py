@@ -113,7 +113,7 @@ optimization {{
       parameters {{ key: "precision_mode" value: "FP16" }}
       parameters {{ key: "max_workspace_size_bytes" value: "4294967296" }}
       parameters {{ key: "trt_engine_cache_enable" value: "1" }}
-      parameters {{ key: "trt_engine_cache_path" value: "/tmp/nucleus_unet_trt" }}
+      parameters {{ key: "trt_engine_cache_path" value: "/tmp/{model_dir.name}_trt" }}
     }} ]
   }}
 }}
