@@ -34,7 +34,7 @@ wait "$train_pid"
 echo "== training: rc $? after $(( $(date +%s) - started )) s"
 tail -n 4 "$OUTDIR/train_stdout.log" | cut -c1-600
 timeout "${SLIDE_LIMIT_S:-200}" "$PY" -m benchmarks.gpu_check --out "$OUTDIR" "${check_args[@]}" \
-  --only test_time_cost,whole_slide
+  --only test_time_cost,accurate_cost,whole_slide
 echo "== timed steps: rc $? after $(( $(date +%s) - started )) s"
 mv "$OUTDIR/train_stdout.log" "$OUTDIR/train/" 2>/dev/null
 tar -czf "$OUTDIR/train.tar.gz" -C "$OUTDIR" train && rm -rf "$OUTDIR/train"

@@ -171,21 +171,27 @@ def parity(device: str) -> dict:
     return out
 
 
-def averaging_cost(device: str, small: bool, batch_size: int) -> dict:
-    """Seconds per tile of the network (PyTorch, fp32) plain and with the test-time flips,
-    shifts and both (1, 4, 4 and 16 calls; ``backends/test_time.py``), on real tissue."""
+#: the calls timed per model: (flips, shifts) -> 1, 4, 4 and 16 network calls per tile
+CALLS = {"plain": (1, 1), "flips": (4, 1), "shifts": (1, 4), "flips_shifts": (4, 4)}
+
+
+def averaging_cost(device: str, small: bool, batch_size: int, model: str = "nucleus_unet",
+                   calls: tuple[str, ...] = tuple(CALLS)) -> dict:
+    """Seconds per tile of a shipped model's network (PyTorch, fp32) plain and with the
+    test-time flips, shifts and both (``backends/test_time.py``), on real tissue."""
     from slicer_cli.nuclei.backends.pytorch import TorchBackend
     from slicer_cli.nuclei.backends.test_time import infer_averaged
+    from slicer_cli.nuclei.model import repository_model_dir
 
     side, n, repeats = (256, 1, 1) if small else (1024, batch_size, 3)
     tissue = _cmu_tile()
     reps = -(-side // min(tissue.shape[:2]))
     tile = np.tile(tissue, (reps, reps, 1))[:side, :side]
     batch = np.ascontiguousarray(np.stack([tile] * n))
-    out = {"tile_px": side, "batch": n}
-    with TorchBackend(device=device) as backend:
-        for name, (flips, shifts) in {"plain": (1, 1), "flips": (4, 1), "shifts": (1, 4),
-                                      "flips_shifts": (4, 4)}.items():
+    out = {"model": model, "tile_px": side, "batch": n}
+    with TorchBackend(repository_model_dir(model), device=device) as backend:
+        for name in calls:
+            flips, shifts = CALLS[name]
             _host(infer_averaged(backend, batch, flips, shifts)["FOREGROUND"])  # warm-up
             times = []
             for _ in range(repeats):
@@ -264,7 +270,7 @@ def whole_slide(device: str, small: bool, workdir: Path, batch_size: int) -> dic
 
 
 STEPS = ("environment", "wheels", "carried_bytes", "gpu_tests", "parity", "test_time_cost",
-         "whole_slide")
+         "accurate_cost", "whole_slide")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         step("gpu_tests", gpu_tests, args.out)
     step("parity", parity, args.device)
     step("test_time_cost", averaging_cost, args.device, args.small, args.batch_size)
+    # the accurate model (models/nucleus_unet_accurate), plain and in the setting it is for
+    step("accurate_cost", averaging_cost, args.device, args.small, args.batch_size,
+         "nucleus_unet_accurate", ("plain", "flips_shifts"))
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_check"
     work.mkdir(parents=True, exist_ok=True)
     step("whole_slide", whole_slide, args.device, args.small, work, args.batch_size)

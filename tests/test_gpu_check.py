@@ -47,6 +47,9 @@ def test_dry_run_on_the_cpu(tmp_path):
     cost = report["test_time_cost"]
     assert {f"{k}_s_per_tile" for k in ("plain", "flips", "shifts", "flips_shifts")} <= set(cost)
     assert 0 < cost["plain_s_per_tile"] < cost["flips_shifts_s_per_tile"]  # 1 call vs 16
+    accurate = report["accurate_cost"]
+    assert accurate["model"] == "nucleus_unet_accurate" and cost["model"] == "nucleus_unet"
+    assert 0 < accurate["plain_s_per_tile"] < accurate["flips_shifts_s_per_tile"]
     run = report["whole_slide"]
     assert run["nuclei"] > 0 and run["tiles"] > 0 and run["slide"]["gigapixels"] >= 0.05
     assert {"read", "network", "instances", "features"} <= set(

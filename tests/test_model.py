@@ -1,17 +1,52 @@
-"""The shipped model (models/nucleus_unet) honours the contract and finds real nuclei."""
+"""The shipped models (every folder of models/: the CPU default nucleus_unet and the accurate
+nucleus_unet_accurate) honour the contract and find real nuclei."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 
 from slicer_cli.nuclei.instances import extract_instances
-from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, onnx_path
+from slicer_cli.nuclei.model import (
+    DEFAULT_MODEL_DIR,
+    MODEL_REPOSITORY,
+    load_model_info,
+    onnx_path,
+    repository_models,
+)
 
 MAX_BYTES = 30 * 1024 * 1024
+SHIPPED = repository_models()
 
 
-def test_config_honours_the_contract():
-    info = load_model_info(DEFAULT_MODEL_DIR)
+def test_the_repository_ships_a_fast_default_and_an_accurate_model():
+    assert SHIPPED == ["nucleus_unet", "nucleus_unet_accurate"]
+    assert MODEL_REPOSITORY / "nucleus_unet" == DEFAULT_MODEL_DIR
+
+
+@pytest.fixture(scope="module", params=SHIPPED)
+def shipped(request):
+    """Each shipped model in-process (ONNX Runtime, 2 threads, its default precision)."""
+    from slicer_cli.nuclei.backends.local import LocalBackend
+
+    with LocalBackend(MODEL_REPOSITORY / request.param, threads=2) as b:
+        yield b
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_model_has_its_card_naming_its_version(name):
+    """Each model folder carries its MODEL.md, and the card names the version that ships."""
+    info = load_model_info(MODEL_REPOSITORY / name)
+    card = (MODEL_REPOSITORY / name / "MODEL.md").read_text()
+    assert card.startswith(f"# {name}:")
+    assert re.search(rf"Shipped: {re.escape(info.version)}\b", card), info.version
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_config_honours_the_contract(name):
+    info = load_model_info(MODEL_REPOSITORY / name)
+    assert info.name == name  # Triton serves a folder under the name its config gives
     assert info.classes == ("connective", "inflammatory", "neoplastic")
     assert len(info.class_colors) == 3 and len(set(info.class_colors)) == 3
     assert info.mpp == pytest.approx(0.5)
@@ -21,10 +56,11 @@ def test_config_honours_the_contract():
     assert info.fg_threshold < info.fg_peak_threshold <= 1  # 5.2.0: the hysteresis is on
 
 
-def test_onnx_file_is_small_with_dynamic_axes():
+@pytest.mark.parametrize("name", SHIPPED)
+def test_onnx_file_is_small_with_dynamic_axes(name):
     import onnx
 
-    path = onnx_path(DEFAULT_MODEL_DIR)
+    path = onnx_path(MODEL_REPOSITORY / name)
     assert path.stat().st_size <= MAX_BYTES
     model = onnx.load(str(path))
     assert any(op.domain in ("", "ai.onnx") and op.version == 17 for op in model.opset_import)
@@ -36,9 +72,9 @@ def test_onnx_file_is_small_with_dynamic_axes():
     assert all(d.dim_param for d in dims[:3])  # N, H, W are symbolic
 
 
-def test_runs_on_a_real_256_tile(backend, hgsc_rgb):
+def test_runs_on_a_real_256_tile(shipped, hgsc_rgb):
     tile = np.ascontiguousarray(hgsc_rgb[None, 100:356, 200:456])
-    out = backend.infer(tile)
+    out = shipped.infer(tile)
     assert out["FOREGROUND"].shape == (1, 256, 256)
     assert out["DISTANCE"].shape == (1, 256, 256)
     assert out["CLASS_PROB"].shape == (1, 256, 256, 3)
@@ -76,13 +112,14 @@ def test_cpu_batch_runs_tile_by_tile_with_the_same_maps(backend, hgsc_rgb):
         np.testing.assert_allclose(tiled[name], want, atol=1e-5, err_msg=name)
 
 
-def test_nucleus_count_on_a_real_quadrant_is_plausible(backend, hgsc_rgb, hgsc_labels):
-    # The held-out quadrant (never used for training or tuning); 750 px reflect-padded to 768.
+def test_nucleus_count_on_a_real_quadrant_is_plausible(shipped, hgsc_rgb, hgsc_labels):
+    # The held-out quadrant of the twins (the shipped networks learnt every labelled pixel,
+    # so this checks plausibility, not accuracy); 750 px reflect-padded to 768.
     image = hgsc_rgb[750:, 750:]
     n_true = len(np.unique(hgsc_labels[750:, 750:])) - 1
     padded = np.pad(image, ((0, 18), (0, 18), (0, 0)), mode="reflect")[None]
-    out = {k: v[0, :750, :750] for k, v in backend.infer(padded).items()}
-    info = backend.info
+    out = {k: v[0, :750, :750] for k, v in shipped.infer(padded).items()}
+    info = shipped.info
     inst = extract_instances(out["FOREGROUND"], out["DISTANCE"], out["CLASS_PROB"],
                              **info.thresholds)
     n_pred = int(inst.labels.max())

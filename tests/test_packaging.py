@@ -56,9 +56,11 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 def test_wheel_carries_the_model_and_the_web_client(installed):
     _, _, wheel = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "slicer_cli/models/nucleus_unet/config.pbtxt" in names
-    assert any(n.startswith("slicer_cli/models/nucleus_unet/") and n.endswith("/model.onnx")
-               for n in names)
+    for model in ("nucleus_unet", "nucleus_unet_accurate"):  # the CPU default, the accurate
+        assert f"slicer_cli/models/{model}/config.pbtxt" in names
+        assert f"slicer_cli/models/{model}/MODEL.md" in names
+        assert any(n.startswith(f"slicer_cli/models/{model}/") and n.endswith("/model.onnx")
+                   for n in names)
     assert "slicer_cli/NucleusAnalysis/NucleusAnalysis.xml" in names
     assert "girder_nucleus_analysis/web_client/package.json" in names
     assert "girder_nucleus_analysis/web_client/NucleusLegend.js" in names

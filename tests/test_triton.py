@@ -22,7 +22,12 @@ from slicer_cli.nuclei.backends import open_backend
 from slicer_cli.nuclei.backends.local import LocalBackend
 from slicer_cli.nuclei.backends.triton import TritonBackend, _classify, check_metadata
 from slicer_cli.nuclei.errors import BackendError, ModelError
-from slicer_cli.nuclei.model import DEFAULT_MODEL_DIR, load_model_info, read_config
+from slicer_cli.nuclei.model import (
+    DEFAULT_MODEL_DIR,
+    MODEL_REPOSITORY,
+    load_model_info,
+    read_config,
+)
 
 from .conftest import ROOT as REPO
 from .conftest import cli, load_annotation, rasterise, run_whole_slide
@@ -41,6 +46,7 @@ def needs_triton(test):
 
 
 MODEL = DEFAULT_MODEL_DIR.name
+ACCURATE = "nucleus_unet_accurate"  # the second shipped model, served beside the default
 BAD_OUTPUT = f"{MODEL}_bad_output"  # FOREGROUND renamed FG
 NO_BATCH = f"{MODEL}_no_batching"  # max_batch_size 0
 BATCH2 = f"{MODEL}_batch2"  # max_batch_size 2
@@ -83,9 +89,10 @@ def hold_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def triton_repo(tmp_path_factory, hold_file) -> Path:
-    """The shipped model (linked, unchanged) plus four deliberately different variants."""
+    """The shipped models (linked, unchanged) plus four deliberately different variants."""
     repo = tmp_path_factory.mktemp("triton_repo")
-    (repo / MODEL).symlink_to(DEFAULT_MODEL_DIR.resolve())
+    for name in (MODEL, ACCURATE):
+        (repo / name).symlink_to((MODEL_REPOSITORY / name).resolve())
     _variant(repo, BAD_OUTPUT, _rename_foreground)
     _variant(repo, NO_BATCH, lambda c: (c.__setitem__("max_batch_size", 0),
                                         c.pop("dynamic_batching", None)))
@@ -144,6 +151,22 @@ def test_served_info_equals_local(triton, scheme):
     with TritonBackend(url, MODEL) as backend:
         assert backend.info == load_model_info()
         assert backend.max_batch_size == read_config(DEFAULT_MODEL_DIR)["max_batch_size"]
+
+
+@needs_triton
+def test_the_accurate_model_is_served_by_name(triton, tiles):
+    """One server, two shipped models: the name alone picks the accurate one, and its maps
+    are the in-process float graph's (and not the default model's)."""
+    model_dir = MODEL_REPOSITORY / ACCURATE
+    with LocalBackend(model_dir, threads=1, precision="float") as local:
+        expected = local.infer(tiles[:1, :256, :256])
+    with open_backend(triton.grpc_url, DEFAULT_MODEL_DIR, model_name=ACCURATE) as backend:
+        assert backend.info == load_model_info(model_dir) != load_model_info()
+        maps = backend.infer(tiles[:1, :256, :256])
+    _assert_same(maps, expected)
+    with LocalBackend(threads=1, precision="float") as default:
+        other = default.infer(tiles[:1, :256, :256])["FOREGROUND"]
+    assert np.abs(other - maps["FOREGROUND"]).max() > 1e-2
 
 
 @needs_triton

@@ -53,7 +53,8 @@ DEPLOYMENT_FLAGS = {
     "--model-name": ("NUCLEUS_ANALYSIS_TRITON_MODEL",
                      "name of the model: on the Triton server, or without one the model "
                      "folder of that name in the shipped model repository, models/ "
-                     "(default: nucleus_unet)"),
+                     "(default: nucleus_unet, fast on a CPU; nucleus_unet_accurate is "
+                     "wider, for a GPU or Triton)"),
     "--scheduler": ("NUCLEUS_ANALYSIS_SCHEDULER",
                     "dask.distributed scheduler (tcp://host:8786), or local:N for a local "
                     "cluster of N worker processes; unset runs threads in this process"),
