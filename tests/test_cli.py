@@ -215,6 +215,16 @@ def test_the_accurate_model_by_name_finds_the_same_tissue_nuclei(tmp_path, cmu_s
     assert near_a.mean() >= 0.6 and near_d.mean() >= 0.6, (near_a.mean(), near_d.mean())
 
 
+def test_int8_of_a_model_without_an_int8_graph_is_a_clear_error(tmp_path, cmu_svs):
+    """The accurate model ships its float graph only: asking its int8 graph stops the run
+    with one line naming the model (not a server path), and writes nothing."""
+    proc = cli(cmu_svs, tmp_path / "a.anot", tmp_path / "f.csv", "--precision", "int8",
+               "--model-name", "nucleus_unet_accurate")
+    _assert_clean_failure(proc, tmp_path, "model nucleus_unet_accurate has no int8 graph "
+                                          "(no model.int8.onnx); use precision auto or float")
+    assert proc.returncode == 1 and str(ROOT) not in proc.stderr
+
+
 @pytest.mark.security
 @pytest.mark.parametrize("name, shown", [("nucleus_unet_huge", "nucleus_unet_huge"),
                                          ("../models/nucleus_unet", "(not a model name)"),

@@ -47,7 +47,8 @@ class LocalBackend:
         path = onnx_path(model_dir)
         int8 = path.with_name(INT8_NAME)
         if precision == "int8" and not int8.is_file():
-            raise ModelError(f"{model_dir} has no int8 graph ({int8.name} beside {path.name})")
+            raise ModelError(f"model {self.info.name} has no int8 graph (no {int8.name}); "
+                             "use precision auto or float")
         available = ort.get_available_providers()
         cuda = "CUDAExecutionProvider" in available
         if precision == "int8" or (precision == "auto" and int8.is_file() and not cuda):
