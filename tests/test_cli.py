@@ -182,29 +182,29 @@ def test_model_name_picks_a_shipped_model_in_process(tmp_path, cmu_svs):
             == pd.read_csv(tmp_path / "d.csv")["nucleus_id"].tolist())
 
 
-def test_the_accurate_model_by_name_finds_the_same_tissue_nuclei(tmp_path, cmu_svs):
+def test_the_accurate_model_by_name_finds_the_same_tissue_nuclei(tmp_path, cmu_svs, svs_run):
     """The second shipped model, chosen by name only (the deployment's setting): its run
     says which model made the nuclei, finds a plausible number of them, and agrees with the
-    CPU default about where they are (two networks, so agreement, not identity)."""
+    CPU default (``svs_run``, the same whole slide) about where they are (two networks, so
+    agreement, not identity)."""
     from scipy.spatial import cKDTree
 
     from slicer_cli.nuclei.model import MODEL_REPOSITORY, load_model_info
 
-    args = ("--no-parquet", "true")  # the whole slide: about 1500 nuclei
-    default = cli(cmu_svs, tmp_path / "d.anot", tmp_path / "d.csv", *args)
-    accurate = cli(cmu_svs, tmp_path / "a.anot", tmp_path / "a.csv", *args,
+    default, ann_d, csv_d = svs_run
+    ann_a, csv_a = tmp_path / "a.anot", tmp_path / "a.csv"
+    accurate = cli(cmu_svs, ann_a, csv_a, "--no-parquet", "true",
                    env={**os.environ, "NUCLEUS_ANALYSIS_TRITON_MODEL": "nucleus_unet_accurate"})
     assert default.returncode == 0 and accurate.returncode == 0, \
         default.stderr + accurate.stderr
-    models = {n: load_annotation(tmp_path / f"{n}.anot")["attributes"]["model"]
-              for n in ("d", "a")}
+    models = {n: load_annotation(ann)["attributes"]["model"]
+              for n, ann in (("d", ann_d), ("a", ann_a))}
     assert models["d"]["name"] == "nucleus_unet"
     assert models["a"]["name"] == "nucleus_unet_accurate"
     assert models["a"]["version"] == load_model_info(
         MODEL_REPOSITORY / "nucleus_unet_accurate").version
-    xy = {n: pd.read_csv(tmp_path / f"{n}.csv")[["Identifier.CentroidX",
-                                                  "Identifier.CentroidY"]].to_numpy()
-          for n in ("d", "a")}
+    xy = {n: pd.read_csv(csv)[["Identifier.CentroidX", "Identifier.CentroidY"]].to_numpy()
+          for n, csv in (("d", csv_d), ("a", csv_a))}
     assert 0.7 * len(xy["d"]) <= len(xy["a"]) <= 1.4 * len(xy["d"]), len(xy["d"])
     # Most nuclei of one run have one of the other within 6 px (3 um). Two networks on skin,
     # which neither learnt, disagree on faint small nuclei: measured 0.77 and 0.81 (models
